@@ -1,0 +1,103 @@
+"""``braket:local`` and ``braket:local_dm``: the Braket SDK's local simulators.
+
+The FreeParameter template is serialised to OpenQASM once per (template, W,
+noise) and each packed row runs as that program with its ``inputs``. The
+local simulators interpret OpenQASM per task, so packing pays on the state
+vector (W = 8 by default); density matrices grow as 4^W, so ``local_dm``
+packs nothing by default.
+
+Default noise of ``braket:local_dm`` (options ``depolarizing``,
+``readout_flip``; ``noise=false`` turns it off): a single-qubit depolarizing
+channel with p = 0.003 after every gate and a read-out bit flip with p = 0.02.
+"""
+
+import time
+import warnings
+from functools import cache
+from typing import Any
+
+import numpy as np
+from braket.circuits import Noise
+from braket.circuits.serialization import IRType
+from braket.devices import LocalSimulator
+from braket.ir.openqasm import Program
+
+from backends.base import Backend, Capabilities, Handle
+from circuits.batch import ActivationBatch, BatchResult, Template
+from circuits.lower_braket import braket_inputs, braket_template
+from circuits.packing import binomial_p0, pack_params, unpack_counts
+from models.errors import InputError
+
+DEPOLARIZING = 0.003
+READOUT_FLIP = 0.02
+MAX_SHOTS = 1_000_000
+
+
+@cache
+def _program(template: Template, width: int, depolarizing: float, readout_flip: float) -> Program:
+    circuit = braket_template(template, width).copy()
+    if depolarizing:
+        circuit.apply_gate_noise(Noise.Depolarizing(depolarizing))
+    if readout_flip:
+        circuit.apply_readout_noise(Noise.BitFlip(readout_flip))
+    return circuit.to_ir(IRType.OPENQASM)
+
+
+class BraketLocalBackend(Backend):
+    def __init__(self, density_matrix: bool = False) -> None:
+        self.density_matrix = density_matrix
+        self.name = "braket:local_dm" if density_matrix else "braket:local"
+
+    def capabilities(self) -> Capabilities:
+        if self.density_matrix:
+            return Capabilities(
+                name=self.name, kind="noisy simulator", qubits=13, max_shots=MAX_SHOTS,
+                noise=f"depolarizing p={DEPOLARIZING} after every gate, read-out bit flip p={READOUT_FLIP}",
+                native_gates=("h", "x", "z", "rz", "ry"), default_pack=1, max_pack=4,
+                options=("noise", "depolarizing", "readout_flip"),
+            )
+        return Capabilities(
+            name=self.name, kind="simulator", qubits=25, max_shots=MAX_SHOTS,
+            noise="none (ideal state vector)", native_gates=("h", "x", "z", "rz", "ry"),
+            default_pack=8, max_pack=16,
+        )
+
+    def submit(
+        self,
+        batch: ActivationBatch,
+        shots: int | None = None,
+        pack: int | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> Handle:
+        shots, width, options = self.validate(shots, pack, options)
+        start = time.perf_counter()
+        depolarizing, readout_flip = self._noise(options)
+        program = _program(batch.template, width, depolarizing, readout_flip)
+        packed = pack_params(batch.params, width)
+        device = LocalSimulator("braket_dm" if self.density_matrix else "braket_sv")
+        ones = np.zeros((packed.shape[0] if batch.num_rows else 0, width), dtype=np.int64)
+        with warnings.catch_warnings():  # the dm simulator warns on noise-free circuits
+            warnings.simplefilter("ignore", UserWarning)
+            for k, inputs in enumerate(braket_inputs(batch.template, width, packed[: ones.shape[0]])):
+                result = device.run(program, shots=shots, inputs=inputs).result()
+                ones[k, result.measured_qubits] = result.measurements.sum(axis=0)
+        p0, se = binomial_p0(shots - unpack_counts(ones, batch.num_rows), shots)
+        metadata = {
+            "pack": width, "depolarizing": depolarizing, "readout_flip": readout_flip,
+            "seconds": time.perf_counter() - start,
+        }
+        return Handle(
+            self.name,
+            result=BatchResult(p0=p0, p0_stderr=se, shots=shots, executions=ones.shape[0], metadata=metadata),
+        )
+
+    def _noise(self, options: dict[str, Any]) -> tuple[float, float]:
+        if not self.density_matrix or not options.get("noise", True):
+            return 0.0, 0.0
+        values = []
+        for key, default in (("depolarizing", DEPOLARIZING), ("readout_flip", READOUT_FLIP)):
+            value = options.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 0.5:
+                raise InputError(f"options.{key}", f"must be a probability in [0, 0.5], got {value!r}")
+            values.append(float(value))
+        return values[0], values[1]

@@ -1,0 +1,126 @@
+"""Pieces the Aer and IBM backends share: fake devices, qubit choice, ISA cache, marginals.
+
+Edge circuits never entangle, so a packed template only touches W physical
+qubits. We therefore transpile against a *compact* target holding just those
+qubits (their gates, errors and T1/T2, renumbered 0..W−1) and derive the
+Aer noise model from it with Aer's own device-model functions: the same
+errors as the full device model, at a fraction of the build and run time.
+"""
+
+import json
+import os
+from functools import cache
+
+import numpy as np
+from qiskit import QuantumCircuit, transpile
+from qiskit.providers import BackendV2
+from qiskit.transpiler import Target
+from qiskit_aer.noise import NoiseModel
+from qiskit_aer.noise.device.models import basic_device_gate_errors, basic_device_readout_errors
+
+from circuits.batch import Template
+from circuits.lower_qiskit import qiskit_template
+from models.errors import InputError
+
+_UNIVERSAL = ("measure", "delay", "reset")
+
+
+@cache
+def fake_backend_classes() -> dict[str, type]:
+    """``fake_<name>`` → class, for every fake device qiskit-ibm-runtime ships."""
+    from qiskit_ibm_runtime import fake_provider
+    from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
+
+    found = {}
+    for attr in dir(fake_provider):
+        cls = getattr(fake_provider, attr)
+        if isinstance(cls, type) and issubclass(cls, FakeBackendV2) and hasattr(cls, "conf_filename"):
+            stem = attr.removeprefix("Fake").removesuffix("V2").removesuffix("Backend").lower()
+            found[f"fake_{stem}"] = cls
+    return found
+
+
+def fake_qubits(name: str) -> int:
+    """Qubit count read from the fake device's configuration file, without building it."""
+    cls = fake_backend_classes()[name]
+    with open(os.path.join(cls.dirname, cls.conf_filename), encoding="utf-8") as fh:
+        return int(json.load(fh)["n_qubits"])
+
+
+def check_fake_name(name: str) -> None:
+    classes = fake_backend_classes()
+    if name not in classes:
+        raise InputError("backend", f"no IBM fake device '{name}' (known: {', '.join(sorted(classes))})")
+
+
+@cache
+def fake_backend(name: str) -> BackendV2:
+    check_fake_name(name)
+    return fake_backend_classes()[name]()
+
+
+def best_qubits(target: Target, count: int) -> tuple[int, ...]:
+    """The ``count`` qubits with the lowest read-out error, then √X error; uncalibrated ones last."""
+
+    def error(name: str, qubit: int) -> float:
+        props = target[name].get((qubit,)) if name in target else None
+        return props.error if props is not None and props.error is not None else 1.0
+
+    ranked = sorted(range(target.num_qubits), key=lambda q: (error("measure", q), error("sx", q), q))
+    if count > len(ranked):
+        raise InputError("pack", f"needs {count} qubits, the device has {len(ranked)}")
+    return tuple(ranked[:count])
+
+
+def compact_target(target: Target, qubits: tuple[int, ...]) -> Target:
+    """A W-qubit target with the single-qubit instructions and properties of ``qubits``."""
+    props = target.qubit_properties
+    compact = Target(
+        num_qubits=len(qubits), dt=target.dt,
+        qubit_properties=[props[q] for q in qubits] if props else None,
+    )
+    for name in target.operation_names:
+        operation = target.operation_from_name(name)
+        if getattr(operation, "num_qubits", 0) != 1 and name not in _UNIVERSAL:
+            continue
+        entries = {(i,): target[name][(q,)] for i, q in enumerate(qubits) if (q,) in target[name]}
+        if entries:
+            compact.add_instruction(operation, entries, name=name)
+    return compact
+
+
+def noise_model(target: Target) -> NoiseModel:
+    """Aer's device noise model (depolarizing + thermal relaxation + read-out) of ``target``."""
+    model = NoiseModel(basis_gates=[n for n in target.operation_names if n not in _UNIVERSAL])
+    for qubits, error in basic_device_readout_errors(None, target=target):
+        model.add_readout_error(error, qubits)
+    for name, qubits, error in basic_device_gate_errors(None, target=target):
+        model.add_quantum_error(error, name, qubits)
+    return model
+
+
+_isa_cache: dict[tuple, QuantumCircuit] = {}
+
+
+def isa_template(template: Template, width: int, target: Target | None, key: tuple = ()) -> QuantumCircuit:
+    """The packed template transpiled for ``target`` — once per (key, template, W)."""
+    cache_key = (key, template, width)
+    if cache_key not in _isa_cache:
+        circuit = qiskit_template(template, width)
+        if target is not None:
+            circuit = transpile(circuit, target=target, optimization_level=1, seed_transpiler=0)
+            if circuit.num_parameters != width * template.num_params:
+                raise RuntimeError("transpilation dropped template parameters")
+        _isa_cache[cache_key] = circuit
+    return _isa_cache[cache_key]
+
+
+def ones_per_clbit(array: np.ndarray, num_bits: int) -> np.ndarray:
+    """Count of 1 outcomes per classical bit from a BitArray's packed ``array``.
+
+    ``array`` has shape (circuits, shots, bytes) with bit k in byte
+    ``bytes − 1 − k // 8`` at position ``k % 8`` (Qiskit's big-endian packing).
+    """
+    bits = np.unpackbits(array, axis=-1, bitorder="big")  # column c holds bit 8·bytes − 1 − c
+    ones = bits.sum(axis=1, dtype=np.int64)[:, ::-1]
+    return ones[:, :num_bits]

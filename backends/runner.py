@@ -1,0 +1,83 @@
+"""Drive an ExecutionPlan to completion on one backend, in this process.
+
+This is the synchronous loop the CLI and benchmarks use; the Celery workers
+run the same submit → poll → absorb steps, persisting state between them.
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from backends.base import Backend
+from circuits.plan import FeedForwardPlan, PlanState
+
+
+@dataclass
+class RoundStats:
+    rows: int
+    requested: int
+    executions: int
+    shots: int
+    seconds: float
+    provider_job_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunReport:
+    outputs: np.ndarray
+    stderr: np.ndarray
+    state: PlanState
+    rounds: list[RoundStats]
+    seconds: float
+
+    @property
+    def rows(self) -> int:
+        return sum(r.rows for r in self.rounds)
+
+    @property
+    def requested(self) -> int:
+        return sum(r.requested for r in self.rounds)
+
+    @property
+    def executions(self) -> int:
+        return sum(r.executions for r in self.rounds)
+
+
+def run_plan(
+    plan: FeedForwardPlan,
+    backend: Backend,
+    shots: int | None = None,
+    pack: int | None = None,
+    options: dict[str, Any] | None = None,
+    progress: bool = False,
+    poll_interval: float = 0.2,
+) -> RunReport:
+    """Submit every round, wait for it, absorb it; return outputs and bookkeeping."""
+    backend.validate(shots, pack, options)  # refuse bad settings before any work
+    start = time.perf_counter()
+    state = plan.initial_state()
+    rounds: list[RoundStats] = []
+    bar = tqdm(total=plan.total_rounds, desc=backend.name, unit="round", disable=not progress, leave=False)
+    while (batch := plan.next_batch(state)) is not None:
+        round_start = time.perf_counter()
+        handle = backend.submit(batch, shots=shots, pack=pack, options=options)
+        while (result := backend.poll(handle)) is None:
+            time.sleep(poll_interval)
+        state = plan.absorb(state, result)
+        rounds.append(
+            RoundStats(
+                rows=batch.num_rows,
+                requested=batch.num_requested,
+                executions=result.executions,
+                shots=result.shots,
+                seconds=time.perf_counter() - round_start,
+                provider_job_ids=list(result.provider_job_ids),
+            )
+        )
+        bar.update()
+    bar.close()
+    outputs, stderr = plan.outputs(state)
+    return RunReport(outputs, stderr, state, rounds, time.perf_counter() - start)

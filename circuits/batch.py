@@ -1,0 +1,96 @@
+"""The compiler's IR: what a backend executes and what it returns.
+
+An ``ActivationBatch`` is, in spirit, a Qiskit PUB: one parameterised template
+plus a float64 matrix with one row per circuit to run. ``segments`` say which
+(sample, out, in) activation each row serves, so results scatter back; a batch
+may carry several layers' rows under one template (QKAN-LSTM gates of one time
+step), each as its own segment.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from models.ansatz import Ansatz, build_ansatz
+
+Readout = Literal["z", "fast"]
+
+
+@dataclass(frozen=True)
+class Template:
+    """The parameterised single-qubit edge circuit; hashable, so lowerings cache on it."""
+
+    ansatz: str
+    reps: int
+
+    @property
+    def circuit(self) -> Ansatz:
+        return build_ansatz(self.ansatz, self.reps)
+
+    @property
+    def num_params(self) -> int:
+        return self.circuit.num_params
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``slots[b, o, i]`` is the row whose read-out is act[b, o, i]; −1 means not run (zero weight)."""
+
+    name: str
+    slots: np.ndarray
+
+
+@dataclass(frozen=True)
+class ActivationBatch:
+    template: Template
+    params: np.ndarray  # (N, P) float64, column order of models.ansatz
+    segments: tuple[Segment, ...]
+    readout: Readout
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.params.shape[0])
+
+    @property
+    def num_requested(self) -> int:
+        """Activations served, i.e. rows before deduplication and zero-weight pruning."""
+        return int(sum(s.slots.size for s in self.segments))
+
+    def scatter(self, values: np.ndarray) -> list[np.ndarray]:
+        """Per segment, an array shaped like its slots holding the row values (0 where not run)."""
+        padded = np.append(np.asarray(values, dtype=np.float64), 0.0)  # slot −1 reads the 0
+        return [padded[s.slots] for s in self.segments]
+
+    @staticmethod
+    def concatenate(batches: "list[ActivationBatch]") -> "ActivationBatch":
+        """One batch from several with the same template and read-out (one provider job)."""
+        first = batches[0]
+        if any(b.template != first.template or b.readout != first.readout for b in batches):
+            raise ValueError("only batches with the same template and read-out can be joined")
+        segments, offset = [], 0
+        for b in batches:
+            for s in b.segments:
+                segments.append(Segment(s.name, np.where(s.slots >= 0, s.slots + offset, -1)))
+            offset += b.num_rows
+        params = np.concatenate([b.params for b in batches], axis=0)
+        return ActivationBatch(first.template, params, tuple(segments), first.readout)
+
+
+@dataclass
+class BatchResult:
+    """What a backend measured for each row of a batch.
+
+    ``p0`` is the probability of reading 0 (exact, or estimated from
+    ``shots``), ``p0_stderr`` its standard error (0 when analytic). Provider
+    bookkeeping rides along so jobs can report it.
+    """
+
+    p0: np.ndarray
+    p0_stderr: np.ndarray
+    shots: int = 0
+    executions: int = 0
+    provider_job_ids: list[str] = field(default_factory=list)
+    qpu_seconds: float = 0.0
+    cost: float = 0.0
+    metadata: dict = field(default_factory=dict)

@@ -1,0 +1,35 @@
+"""Lowering to PennyLane: a broadcast QNode over the packed parameter matrix."""
+
+from collections.abc import Callable
+
+import numpy as np
+import pennylane as qml
+
+from circuits.batch import Template
+
+_GATES = {"h": qml.Hadamard, "x": qml.PauliX, "z": qml.PauliZ, "rz": qml.RZ, "ry": qml.RY}
+
+
+def pennylane_qnode(
+    device: "qml.devices.Device", template: Template, width: int, shots: int | None
+) -> Callable[[np.ndarray], list]:
+    """A QNode taking (W·P, M) angles — one broadcast call runs all M circuits.
+
+    It returns, per wire, the (M, 2) outcome probabilities (estimated from
+    ``shots`` samples, or exact when ``shots`` is None).
+    """
+    ansatz = template.circuit
+    num_params = ansatz.num_params
+
+    @qml.set_shots(shots)
+    @qml.qnode(device, interface=None)
+    def circuit(angles: np.ndarray) -> list:
+        for copy in range(width):
+            for gate in ansatz.gates:
+                if gate.column is None:
+                    _GATES[gate.name](wires=copy)
+                else:
+                    _GATES[gate.name](angles[copy * num_params + gate.column], wires=copy)
+        return [qml.probs(wires=w) for w in range(width)]
+
+    return circuit

@@ -1,0 +1,32 @@
+"""Packing: W copies of the template on W qubits, so one shot serves W rows.
+
+Row r runs on copy r % W of circuit r // W; copy w reads parameter columns
+[w·P, (w+1)·P). Results come back as per-qubit marginal counts.
+"""
+
+import numpy as np
+
+
+def pack_params(params: np.ndarray, width: int) -> np.ndarray:
+    """(N, P) rows → (⌈N/W⌉, W·P) circuit parameters; the tail is padded with zero angles."""
+    rows, num_params = params.shape
+    circuits = -(-rows // width)
+    padded = np.zeros((circuits * width, num_params), dtype=np.float64)
+    padded[:rows] = params
+    return padded.reshape(circuits, width * num_params)
+
+
+def unpack_counts(counts: np.ndarray, rows: int) -> np.ndarray:
+    """(circuits, W) per-qubit counts → (rows,) per-row counts, dropping the padding."""
+    return counts.reshape(-1)[:rows]
+
+
+def binomial_p0(zeros: np.ndarray, shots: int) -> tuple[np.ndarray, np.ndarray]:
+    """p0 estimate and standard error from the number of 0 outcomes in ``shots``.
+
+    The error uses the Laplace-smoothed p̃ = (n₀+1)/(n+2), so a row that read
+    all 0s or all 1s still reports a non-zero uncertainty.
+    """
+    zeros = np.asarray(zeros, dtype=np.float64)
+    smoothed = (zeros + 1.0) / (shots + 2.0)
+    return zeros / shots, np.sqrt(smoothed * (1.0 - smoothed) / shots)

@@ -1,0 +1,174 @@
+"""ExecutionPlan: a resumable state machine that runs a whole model in rounds.
+
+Each round is one ActivationBatch (a QKAN layer's circuits); between rounds
+the classical glue (KAN sums, Linear maps, activations) runs in torch. The
+state is small and serialises to bytes, so a job persisted after any round
+resumes on another machine. ``next_batch`` is a pure function of the state:
+recompiling after a restart yields the identical batch, so a stored provider
+result can be absorbed by a worker that never saw the submission.
+
+Standard errors are propagated to the outputs with the first-order delta
+method, treating errors of different activations as independent.
+"""
+
+import json
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from safetensors.numpy import load as load_arrays
+from safetensors.numpy import save as save_arrays
+
+from circuits.batch import ActivationBatch, BatchResult
+from circuits.compile import compile_layer
+from circuits.readout import activation_stderr, activation_values
+from models.errors import InputError
+from models.layer import QKANLayer
+from models.network import Model
+
+
+@dataclass
+class PlanState:
+    """Where a run stands: the next stage, the activations entering it and their variance."""
+
+    stage: int
+    rounds_done: int
+    x: np.ndarray
+    var: np.ndarray
+    layer_outputs: list[np.ndarray] = field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        arrays = {"x": self.x, "var": self.var}
+        arrays.update({f"layer_output.{k}": v for k, v in enumerate(self.layer_outputs)})
+        meta = {"stage": self.stage, "rounds_done": self.rounds_done, "layers": len(self.layer_outputs)}
+        return save_arrays(arrays, metadata={"plan_state": json.dumps(meta)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "PlanState":
+        arrays = load_arrays(data)
+        meta = json.loads(_metadata(data)["plan_state"])
+        return cls(
+            stage=meta["stage"],
+            rounds_done=meta["rounds_done"],
+            x=arrays["x"],
+            var=arrays["var"],
+            layer_outputs=[arrays[f"layer_output.{k}"] for k in range(meta["layers"])],
+        )
+
+
+class ExecutionPlan(Protocol):
+    """What workers drive: any model whose inference is rounds of activation batches."""
+
+    total_rounds: int
+
+    def initial_state(self) -> PlanState: ...
+
+    def next_batch(self, state: PlanState) -> ActivationBatch | None: ...
+
+    def absorb(self, state: PlanState, result: BatchResult) -> PlanState: ...
+
+
+class FeedForwardPlan:
+    """QKAN and HQKAN: stages in order, one round per QKAN layer."""
+
+    def __init__(self, model: Model, inputs: np.ndarray | torch.Tensor) -> None:
+        self.stages = model.stages()
+        self.dtype = next(model.parameters()).dtype
+        self.inputs = validate_inputs(inputs, model.in_dim)
+        self.total_rounds = sum(isinstance(s, QKANLayer) for s in self.stages)
+        self._last: tuple[PlanState, ActivationBatch] | None = None
+
+    def initial_state(self) -> PlanState:
+        state = PlanState(0, 0, self.inputs, np.zeros_like(self.inputs))
+        return self._run_glue(state)
+
+    def next_batch(self, state: PlanState) -> ActivationBatch | None:
+        if state.stage >= len(self.stages):
+            return None
+        if self._last is not None and self._last[0] is state:
+            return self._last[1]  # absorb right after next_batch: reuse the compiled batch
+        batch = compile_layer(self.stages[state.stage], state.x, name=f"stage{state.stage}")
+        self._last = (state, batch)
+        return batch
+
+    def absorb(self, state: PlanState, result: BatchResult) -> PlanState:
+        batch = self.next_batch(state)
+        if batch is None:
+            raise ValueError("the plan is finished; there is no batch to absorb")
+        if result.p0.shape != (batch.num_rows,):
+            raise ValueError(f"result has {result.p0.shape[0]} rows, the batch {batch.num_rows}")
+        layer: QKANLayer = self.stages[state.stage]  # type: ignore[assignment]
+        (act,) = batch.scatter(activation_values(result.p0, batch.readout))
+        (act_se,) = batch.scatter(activation_stderr(result.p0, result.p0_stderr, batch.readout))
+        x = torch.from_numpy(state.x).to(self.dtype)
+        with torch.no_grad():
+            y = layer.combine(x, torch.from_numpy(act).to(self.dtype)).double().numpy()
+            weights = layer.edge_weights().double().numpy()
+        var = np.einsum("boi,oi->bo", act_se**2, weights**2)
+        if state.var.any():
+            var = var + _propagate(layer, x, state.var)
+        nxt = PlanState(
+            stage=state.stage + 1,
+            rounds_done=state.rounds_done + 1,
+            x=y,
+            var=var,
+            layer_outputs=[*state.layer_outputs, y],
+        )
+        return self._run_glue(nxt)
+
+    def outputs(self, state: PlanState) -> tuple[np.ndarray, np.ndarray]:
+        """Model outputs and their standard errors once the plan is finished."""
+        if state.stage < len(self.stages):
+            raise ValueError(f"the plan is not finished ({state.rounds_done}/{self.total_rounds} rounds)")
+        return state.x, np.sqrt(state.var)
+
+    def _run_glue(self, state: PlanState) -> PlanState:
+        """Apply classical stages until the next QKAN layer (or the end)."""
+        while state.stage < len(self.stages) and not isinstance(self.stages[state.stage], QKANLayer):
+            stage = self.stages[state.stage]
+            x = torch.from_numpy(state.x).to(self.dtype)
+            with torch.no_grad():
+                y = stage(x).double().numpy()
+            var = _propagate(stage, x, state.var) if state.var.any() else np.zeros_like(y)
+            state = PlanState(state.stage + 1, state.rounds_done, y, var, state.layer_outputs)
+        return state
+
+
+def validate_inputs(inputs: np.ndarray | torch.Tensor, in_dim: int) -> np.ndarray:
+    """The float64 (B, in_dim) array the model can run on, or an InputError naming the problem."""
+    x = inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise InputError("inputs", "must be numeric")
+    x = x.astype(np.float64)
+    if x.ndim == 1 and in_dim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise InputError("inputs", f"must be a 2-D array (samples × {in_dim}), got {x.ndim}-D")
+    if x.shape[0] == 0:
+        raise InputError("inputs", "is empty: at least one sample is needed")
+    if x.shape[1] != in_dim:
+        raise InputError("inputs", f"has {x.shape[1]} columns, the model takes {in_dim}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise InputError("inputs", f"contains NaN or infinity (first at row {row}, column {col})")
+    return np.ascontiguousarray(x)
+
+
+def _propagate(fn: torch.nn.Module, x: torch.Tensor, var: np.ndarray) -> np.ndarray:
+    """Var of fn(x) from Var of x: Σ_i (∂fn_o/∂x_i)² Var x_i, per sample (fn acts row-wise)."""
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        y = fn(x)
+        rows = [
+            torch.autograd.grad(y[:, o].sum(), x, retain_graph=o + 1 < y.shape[1])[0]
+            for o in range(y.shape[1])
+        ]
+    jac = torch.stack(rows, dim=1).double().numpy()  # (B, out, in)
+    return np.einsum("boi,bi->bo", jac**2, var)
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    header_len = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + header_len]).get("__metadata__", {})

@@ -1,0 +1,1 @@
+"""The ``qkan-orch`` command line."""

@@ -1,0 +1,160 @@
+"""``qkan-orch train | predict | backends``: thin shells over models, circuits and backends."""
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from backends import get_backend, list_backends, run_plan
+from circuits import FeedForwardPlan
+from cli.arrays import read_array, write_array
+from models import build_model, fit, load_model, parse_spec, save_model
+from models.errors import InputError
+from models.functions import FUNCTIONS, get_function
+from models.spec import load_spec_file
+
+DEFAULT_SHOTS = 1000
+
+
+def parse_options(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError("options", f"not valid JSON ({exc})") from None
+    if not isinstance(options, dict):
+        raise InputError("options", "must be a JSON object")
+    return options
+
+
+def resolve_shots(backend_shot_based: bool, shots: int | None) -> int | None:
+    if shots is not None and shots <= 0:
+        raise InputError("shots", f"must be a positive integer, got {shots}")
+    if not backend_shot_based:
+        return None
+    return shots or DEFAULT_SHOTS
+
+
+def predict(args: argparse.Namespace) -> int:
+    if not args.out.lower().endswith((".npy", ".csv")):
+        raise InputError("out", f"{args.out}: use a .npy or .csv file")
+    model = load_model(args.model, args.spec)
+    backend = get_backend(args.backend)
+    shots = resolve_shots(backend.capabilities().shot_based, args.shots)
+    options = parse_options(args.options)
+    backend.validate(shots, args.pack, options)
+    plan = FeedForwardPlan(model, read_array(args.inputs))
+    report = run_plan(plan, backend, shots=shots, pack=args.pack, options=options, progress=not args.quiet)
+    write_array(args.out, report.outputs)
+    if args.stderr_out:
+        write_array(args.stderr_out, report.stderr, field="stderr-out")
+    print(
+        f"{report.outputs.shape[0]} samples on {backend.name}: {report.rows} circuits "
+        f"(of {report.requested} activations), {report.executions} executions, "
+        f"{report.seconds:.2f} s → {args.out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    if not args.out.endswith(".safetensors"):
+        raise InputError("out", f"{args.out}: models are saved as .safetensors")
+    spec = load_spec_file(args.spec) if args.spec else parse_spec(_spec_from_flags(args))
+    if args.csv:
+        data = read_array(args.csv, field="csv")
+        if data.shape[1] != spec.in_dim + spec.out_dim:
+            raise InputError(
+                "csv", f"has {data.shape[1]} columns, the model needs {spec.in_dim} inputs + {spec.out_dim} targets"
+            )
+        x, y = data[:, : spec.in_dim], data[:, spec.in_dim :]
+    else:
+        function = get_function(args.function)
+        if function.in_dim != spec.in_dim or spec.out_dim != 1:
+            raise InputError(
+                "width", f"'{function.name}' maps {function.in_dim} input(s) to 1 output; the spec has "
+                f"{spec.in_dim} → {spec.out_dim}",
+            )
+        xt = function.sample(args.samples, seed=args.seed)
+        x, y = xt.numpy(), function(xt).numpy()
+    if x.shape[0] == 0 or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise InputError("csv", "training data must be non-empty and finite")
+    model = build_model(spec, seed=args.seed)
+    result = fit(
+        model, torch.from_numpy(x).float(), torch.from_numpy(y).float(), optimizer=args.optimizer,
+        steps=args.steps, lr=args.lr, seed=args.seed, progress=not args.quiet,
+    )
+    save_model(model, args.out)
+    print(
+        f"trained {spec.kind} on {x.shape[0]} samples: final MSE {result.final_loss:.3e} → {args.out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _spec_from_flags(args: argparse.Namespace) -> dict:
+    try:
+        width = [int(w) for w in args.width.split(",")]
+    except ValueError:
+        raise InputError("width", f"'{args.width}' is not a comma-separated list of integers") from None
+    return {
+        "width": width, "reps": args.reps, "ansatz": args.ansatz,
+        "preact_trainable": args.preact_trainable, "postact_weight_trainable": args.postact_trainable,
+        "postact_bias_trainable": args.postact_trainable, "ba_trainable": args.ba_trainable,
+        "fast_measure": not args.z_readout,
+    }
+
+
+def backends(args: argparse.Namespace) -> int:
+    rows = list_backends()
+    if args.json:
+        print(json.dumps([asdict(c) for c in rows], indent=2))
+        return 0
+    print(f"{'name':<28} {'kind':<16} {'qubits':>6} {'pack':>4}  noise")
+    for c in rows:
+        print(f"{c.name:<28} {c.kind:<16} {c.qubits:>6} {c.default_pack:>4}  {c.noise}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="run a trained model's inference on a backend")
+    p.add_argument("--model", required=True, help="our .safetensors, or a qkan .pt state_dict")
+    p.add_argument("--spec", help="spec JSON (required for a .pt: the kwargs of its QKAN(...))")
+    p.add_argument("--inputs", required=True, help=".npy or .csv, one sample per row")
+    p.add_argument("--backend", default="exact", help="see `qkan-orch backends` (default: exact)")
+    p.add_argument("--shots", type=int, help=f"shots per circuit (default {DEFAULT_SHOTS} on sampling backends)")
+    p.add_argument("--pack", type=int, help="template copies per circuit (default: the backend's)")
+    p.add_argument("--options", help='backend options as JSON, e.g. \'{"seed": 1}\'')
+    p.add_argument("--out", required=True, help="outputs, .npy or .csv")
+    p.add_argument("--stderr-out", help="standard errors of the outputs, .npy or .csv")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=predict)
+
+    t = sub.add_parser("train", help="train a QKAN on a built-in function or a CSV")
+    source = t.add_mutually_exclusive_group(required=True)
+    source.add_argument("--function", choices=sorted(FUNCTIONS), help="built-in target on [-1, 1]^d")
+    source.add_argument("--csv", help="CSV: input columns, then target columns")
+    t.add_argument("--spec", help="model spec JSON (overrides the shape flags below)")
+    t.add_argument("--width", default="2,3,1", help="layer widths (default 2,3,1)")
+    t.add_argument("--reps", type=int, default=3)
+    t.add_argument("--ansatz", default="pz_encoding", help="pz_encoding | rpz_encoding | real")
+    t.add_argument("--preact-trainable", action="store_true")
+    t.add_argument("--postact-trainable", action="store_true", help="train post-activation weights and biases")
+    t.add_argument("--ba-trainable", action="store_true", help="train base-activation (SiLU) weights")
+    t.add_argument("--z-readout", action="store_true", help="read out ⟨Z⟩ instead of qkan's √p0−√p1")
+    t.add_argument("--optimizer", default="lbfgs", choices=["adam", "lbfgs"])
+    t.add_argument("--steps", type=int, default=30)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--samples", type=int, default=256, help="samples drawn for a built-in function")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="where to save the model (.safetensors)")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(handler=train)
+
+    b = sub.add_parser("backends", help="list backends: name, kind, qubits, default packing, noise")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(handler=backends)

@@ -1,0 +1,40 @@
+"""Entry point of ``qkan-orch``: argument parsing and one-line errors."""
+
+import argparse
+import sys
+
+from models.errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cli.commands import add_commands
+    from cli.demo import add_demo
+
+    parser = _Parser(prog="qkan-orch", description="Run trained QKAN models on quantum backends.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add_demo(sub)
+    add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except InputError as exc:
+        print(f"qkan-orch: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"qkan-orch: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Whole models: multi-layer QKAN and HQKAN, built from a spec.
+
+Both expose ``stages()``: the ordered list of modules a forward pass applies.
+QKAN layers among them are what the compiler turns into quantum rounds;
+everything else is classical glue that runs in torch between rounds.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.errors import InputError
+from models.layer import QKANLayer
+from models.spec import HQKANSpec, ModelSpec, QKANSpec
+
+
+class NormalizeOutput(nn.Module):
+    """qkan's ``norm_out``: L_p normalisation of the output rows."""
+
+    def __init__(self, p: int) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, p=self.p, dim=1)
+
+
+class QKAN(nn.Module):
+    """Stacked QKAN layers; ``layers.<k>.*`` keys match ``qkan.QKAN``."""
+
+    def __init__(self, spec: QKANSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        width = spec.width
+        self.layers = nn.ModuleList(
+            QKANLayer(
+                width[k], width[k + 1], reps=spec.reps, ansatz=spec.ansatz,
+                preact_trainable=spec.preact_trainable,
+                postact_weight_trainable=spec.postact_weight_trainable,
+                postact_bias_trainable=spec.postact_bias_trainable,
+                ba_trainable=spec.ba_trainable, base_activation=spec.base_activation,
+                fast_measure=spec.fast_measure,
+            )
+            for k in range(len(width) - (2 if spec.is_map else 1))
+        )
+        if spec.is_map:  # qkan appends Linear · SiLU · Linear into the same list
+            self.layers.extend(
+                [nn.Linear(width[-2], spec.hidden), nn.SiLU(), nn.Linear(spec.hidden, width[-1])]
+            )
+        self.tail = NormalizeOutput(spec.norm_out) if spec.norm_out else None
+
+    @property
+    def in_dim(self) -> int:
+        return self.spec.in_dim
+
+    @property
+    def out_dim(self) -> int:
+        return self.spec.out_dim
+
+    def stages(self) -> list[nn.Module]:
+        return [*self.layers, *([self.tail] if self.tail is not None else [])]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages():
+            x = stage(x)
+        return x
+
+
+class HQKAN(nn.Module):
+    """Linear(d_in → k) · QKAN(k … k') · Linear(k' → d_out): a drop-in MLP replacement."""
+
+    def __init__(self, spec: HQKANSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.down = nn.Linear(spec.in_dim, spec.qkan.in_dim)
+        self.qkan = QKAN(spec.qkan)
+        self.up = nn.Linear(spec.qkan.out_dim, spec.out_dim)
+
+    @property
+    def in_dim(self) -> int:
+        return self.spec.in_dim
+
+    @property
+    def out_dim(self) -> int:
+        return self.spec.out_dim
+
+    def stages(self) -> list[nn.Module]:
+        return [self.down, *self.qkan.stages(), self.up]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages():
+            x = stage(x)
+        return x
+
+
+Model = QKAN | HQKAN
+
+
+def build_model(spec: ModelSpec, seed: int | None = None) -> Model:
+    """A freshly initialised model; ``seed`` makes the initialisation reproducible."""
+    with torch.random.fork_rng(enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return QKAN(spec) if isinstance(spec, QKANSpec) else HQKAN(spec)
+
+
+def qkan_layers(model: Model) -> list[QKANLayer]:
+    return [s for s in model.stages() if isinstance(s, QKANLayer)]
+
+
+def extend_reps(model: Model, new_reps: int) -> Model:
+    """Layer extension: a copy with ``new_reps`` re-uploads computing the same function.
+
+    θ of the old layers and the final rotation are copied, new layers get θ = 0
+    and unit pre-activations. For pz/rpz the added gates are then RZ rotations
+    only, which commute with the Z read-out, so outputs are unchanged at step 0.
+    For ``real`` they are X·Z, which is not the identity, so it is refused.
+    """
+    old = qkan_layers(model)[0]
+    if new_reps <= old.reps:
+        raise InputError("reps", f"new reps ({new_reps}) must exceed the current {old.reps}")
+    if old.ansatz.name == "real":
+        raise InputError("ansatz", "layer extension is not function-preserving for the 'real' ansatz")
+    new = build_model(model.spec.with_reps(new_reps))
+    new.load_state_dict(_extended_state(model, new), strict=True)
+    return new.to(next(model.parameters()).dtype)
+
+
+def _extended_state(model: Model, new: Model) -> dict[str, torch.Tensor]:
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    target = new.state_dict()
+    for name, tensor in target.items():
+        old = state[name]
+        if old.shape == tensor.shape:
+            continue
+        grown = torch.zeros_like(tensor, dtype=old.dtype)
+        if name.endswith("theta"):
+            reps = old.shape[2] - 1
+            grown[:, :, :reps] = old[:, :, :reps]
+            grown[:, :, reps] = old[:, :, reps]  # old final rotation right after the old layers
+        elif name.endswith("preacts_weight"):
+            grown.fill_(1.0)
+            grown[..., : old.shape[-1]] = old
+        else:  # preacts_bias
+            grown[..., : old.shape[-1]] = old
+        state[name] = grown
+    return state

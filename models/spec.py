@@ -1,0 +1,178 @@
+"""Model specs: the JSON that, with a weights file, fully describes a model.
+
+A QKAN spec uses the keyword names of ``qkan.QKAN(...)``, so the kwargs JSON
+of a model trained with the ``qkan`` package *is* a spec. Options that only
+steer how ``qkan`` computes (solver choice, dtypes, initialisation) are
+accepted and ignored; options that change the function and that we cannot run
+on a single-qubit template are refused by name.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from models.ansatz import canonical_ansatz
+from models.errors import InputError
+
+BASE_ACTIVATIONS = ("silu", "swish", "gelu", "gelu_exact", "gelu_tanh", "relu", "tanh", "sigmoid")
+KNOWN_SOLVERS = ("exact", "qml", "flash", "cutn", "tn", "cute", "cutile", "qiskit", "cudaq")
+
+# qkan keywords that do not change the function a trained model computes.
+_IGNORED_QKAN_KEYS = {
+    "device", "qml_device", "c_dtype", "p_dtype", "save_act", "preact_init",
+    "theta_init", "checkpoint_reps", "solver_kwargs", "seed", "p_dim",
+}
+
+
+@dataclass(frozen=True)
+class QKANSpec:
+    """A multi-layer QKAN; field names and defaults follow ``qkan.QKAN``."""
+
+    width: tuple[int, ...]
+    reps: int = 3
+    ansatz: str = "pz_encoding"
+    preact_trainable: bool = False
+    postact_weight_trainable: bool = False
+    postact_bias_trainable: bool = False
+    ba_trainable: bool = False
+    base_activation: str = "silu"
+    fast_measure: bool = True
+    is_map: bool = False
+    hidden: int = 0
+    norm_out: int = 0
+    kind: str = field(default="qkan", init=False)
+
+    @property
+    def in_dim(self) -> int:
+        return self.width[0]
+
+    @property
+    def out_dim(self) -> int:
+        return self.width[-1]
+
+    def with_reps(self, reps: int) -> "QKANSpec":
+        return replace(self, reps=reps)
+
+
+@dataclass(frozen=True)
+class HQKANSpec:
+    """HQKAN: Linear(in_dim → width[0]) · QKAN(width) · Linear(width[-1] → out_dim)."""
+
+    in_dim: int
+    out_dim: int
+    qkan: QKANSpec
+    kind: str = field(default="hqkan", init=False)
+
+    def with_reps(self, reps: int) -> "HQKANSpec":
+        return replace(self, qkan=self.qkan.with_reps(reps))
+
+
+ModelSpec = QKANSpec | HQKANSpec
+
+
+def spec_to_json(spec: ModelSpec) -> str:
+    return json.dumps(asdict(spec), sort_keys=True)
+
+
+def parse_spec(obj: Any, field_name: str = "spec") -> ModelSpec:
+    """Validate a decoded JSON object (ours or qkan's kwargs) into a spec."""
+    if not isinstance(obj, dict):
+        raise InputError(field_name, "must be a JSON object")
+    obj = dict(obj)
+    kind = obj.pop("kind", "qkan")
+    if kind == "qkan":
+        return _parse_qkan(obj, field_name)
+    if kind == "hqkan":
+        unknown = set(obj) - {"in_dim", "out_dim", "qkan"}
+        if unknown:
+            raise InputError(f"{field_name}.{sorted(unknown)[0]}", "unknown HQKAN option")
+        in_dim = _positive_int(obj.get("in_dim"), f"{field_name}.in_dim")
+        out_dim = _positive_int(obj.get("out_dim", in_dim), f"{field_name}.out_dim")
+        inner = obj.get("qkan")
+        if not isinstance(inner, dict) or inner.get("kind", "qkan") != "qkan":
+            raise InputError(f"{field_name}.qkan", "must be a QKAN spec object")
+        inner = {k: v for k, v in inner.items() if k != "kind"}
+        return HQKANSpec(in_dim, out_dim, _parse_qkan(inner, f"{field_name}.qkan"))
+    raise InputError(f"{field_name}.kind", f"'{kind}' is not a model kind (qkan, hqkan)")
+
+
+def load_spec_file(path: str) -> ModelSpec:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            obj = json.load(fh)
+    except FileNotFoundError:
+        raise InputError("spec", f"file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError("spec", f"{path} is not valid JSON ({exc})") from None
+    return parse_spec(obj)
+
+
+def _parse_qkan(obj: dict[str, Any], where: str) -> QKANSpec:
+    _refuse_unsupported(obj, where)
+    known = set(QKANSpec.__dataclass_fields__) - {"kind"}
+    unknown = set(obj) - known - _IGNORED_QKAN_KEYS - {"group", "is_batchnorm", "theta_size", "solver"}
+    if unknown:
+        raise InputError(f"{where}.{sorted(unknown)[0]}", "unknown QKAN option")
+    width = obj.get("width")
+    if (
+        not isinstance(width, list | tuple)
+        or len(width) < 2
+        or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in width)
+    ):
+        raise InputError(f"{where}.width", "must be a list of ≥ 2 positive integers")
+    kwargs: dict[str, Any] = {"width": tuple(width)}
+    kwargs["reps"] = _positive_int(obj.get("reps", 3), f"{where}.reps")
+    kwargs["ansatz"] = _ansatz(obj.get("ansatz", "pz_encoding"), where)
+    for flag in (
+        "preact_trainable", "postact_weight_trainable", "postact_bias_trainable",
+        "ba_trainable", "fast_measure", "is_map",
+    ):
+        if flag in obj:
+            if not isinstance(obj[flag], bool):
+                raise InputError(f"{where}.{flag}", "must be true or false")
+            kwargs[flag] = obj[flag]
+    activation = obj.get("base_activation", "silu")
+    if not isinstance(activation, str) or activation.lower() not in BASE_ACTIVATIONS:
+        raise InputError(
+            f"{where}.base_activation",
+            f"{activation!r} is not supported (supported: {', '.join(BASE_ACTIVATIONS)})",
+        )
+    kwargs["base_activation"] = activation.lower()
+    kwargs["hidden"] = _nonnegative_int(obj.get("hidden", 0), f"{where}.hidden")
+    kwargs["norm_out"] = _nonnegative_int(obj.get("norm_out", 0), f"{where}.norm_out")
+    if kwargs.get("is_map") and kwargs["hidden"] < 1:
+        raise InputError(f"{where}.hidden", "must be ≥ 1 when is_map is true")
+    return QKANSpec(**kwargs)
+
+
+def _refuse_unsupported(obj: dict[str, Any], where: str) -> None:
+    if obj.get("group", -1) != -1:
+        raise InputError(f"{where}.group", "grouped θ (group != -1) is not supported: every edge needs its own circuit")
+    if obj.get("is_batchnorm", False):
+        raise InputError(f"{where}.is_batchnorm", "batch normalisation layers are not supported")
+    if obj.get("theta_size") is not None:
+        raise InputError(f"{where}.theta_size", "custom ansätze (theta_size) are not supported")
+    solver = obj.get("solver", "exact")
+    if not isinstance(solver, str) or solver not in KNOWN_SOLVERS:
+        raise InputError(f"{where}.solver", f"custom solver {solver!r} is not supported")
+
+
+def _ansatz(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise InputError(f"{where}.ansatz", "must be a string")
+    try:
+        return canonical_ansatz(value)
+    except InputError as exc:
+        raise InputError(f"{where}.ansatz", exc.message) from None
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(name, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _nonnegative_int(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InputError(name, f"must be a non-negative integer, got {value!r}")
+    return value
