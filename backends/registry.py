@@ -1,14 +1,17 @@
-"""Backends by the names users type (DESIGN §5)."""
+"""Backends by the names users type (DESIGN §5).
 
-from backends.aer import AerBackend
+Each SDK (Qiskit, Braket, PennyLane) takes about a second to import, so a
+backend's module is imported only when its name is asked for.
+"""
+
+from importlib.metadata import entry_points
+
 from backends.base import Backend, Capabilities
-from backends.braket_local import BraketLocalBackend
-from backends.exact import ExactBackend
-from backends.pennylane_device import PennyLaneBackend, installed_devices
-from backends.qiskit_common import fake_backend_classes
 from models.errors import InputError
 
-LOCAL_BACKENDS = ("exact", "aer", "aer:fake_sherbrooke", "braket:local", "braket:local_dm", "pennylane:default.qubit")
+
+def installed_pennylane_devices() -> list[str]:
+    return sorted(e.name for e in entry_points(group="pennylane.plugins"))
 
 
 def get_backend(name: str) -> Backend:
@@ -16,15 +19,27 @@ def get_backend(name: str) -> Backend:
     if not isinstance(name, str) or not name:
         raise InputError("backend", "must be a backend name such as 'exact' or 'aer'")
     if name == "exact":
+        from backends.exact import ExactBackend
+
         return ExactBackend()
-    if name == "aer":
-        return AerBackend()
-    if name.startswith("aer:"):
-        return AerBackend(name.removeprefix("aer:"))
+    if name == "aer" or name.startswith("aer:"):
+        from backends.aer import AerBackend
+
+        return AerBackend(name.removeprefix("aer").removeprefix(":") or None)
     if name in ("braket:local", "braket:local_dm"):
+        from backends.braket_local import BraketLocalBackend
+
         return BraketLocalBackend(density_matrix=name.endswith("_dm"))
     if name.startswith("pennylane:"):
-        return PennyLaneBackend(name.removeprefix("pennylane:"))
+        device = name.removeprefix("pennylane:")
+        if device not in installed_pennylane_devices():
+            raise InputError(
+                "backend",
+                f"PennyLane device '{device}' is not installed (installed: {', '.join(installed_pennylane_devices())})",
+            )
+        from backends.pennylane_device import PennyLaneBackend
+
+        return PennyLaneBackend(device)
     raise InputError(
         "backend",
         f"unknown backend '{name}' (local: exact, aer, aer:fake_<device>, braket:local, "
@@ -34,8 +49,10 @@ def get_backend(name: str) -> Backend:
 
 def list_backends() -> list[Capabilities]:
     """Every backend this installation can run, one entry per concrete name."""
+    from backends.qiskit_common import fake_backend_classes
+
     names = ["exact", "aer"]
     names += [f"aer:{fake}" for fake in sorted(fake_backend_classes())]
     names += ["braket:local", "braket:local_dm"]
-    names += [f"pennylane:{device}" for device in installed_devices() if device.endswith(".qubit")]
+    names += [f"pennylane:{device}" for device in installed_pennylane_devices() if device.endswith(".qubit")]
     return [get_backend(n).capabilities() for n in names]

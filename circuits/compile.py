@@ -26,7 +26,7 @@ def compile_layer(layer: QKANLayer, x: np.ndarray | torch.Tensor, name: str = "l
     u = values[column_start[edge_in][edge_of_row] + np.arange(num_rows) - edge_start[edge_of_row]]
 
     params = np.empty((num_rows, ansatz.num_params), dtype=np.float64)
-    theta = _to_numpy(layer.theta)[edge_out, edge_in].reshape(edge_out.size, -1)
+    theta = _to_numpy(layer.theta)[edge_out, edge_in].reshape(edge_out.size, ansatz.theta_columns.size)
     params[:, ansatz.theta_columns.ravel()] = theta[edge_of_row]
     if layer.encodes_affinely:
         weight = _to_numpy(layer.preacts_weight)[edge_out, edge_in][edge_of_row]

@@ -1,0 +1,31 @@
+"""Shared helpers: small models and inputs, float64 where exactness is checked."""
+
+import numpy as np
+import pytest
+import torch
+
+from models import build_model, parse_spec
+
+
+def make_model(seed: int = 0, perturb: float = 0.3, **spec: object) -> torch.nn.Module:
+    """A float64 model whose every parameter (not the mask) is moved off its initial value.
+
+    Pre/post-activation weights start at 1 and biases at 0; perturbing them makes
+    a test fail if any of them is dropped or misplaced by the compiler.
+    """
+    model = build_model(parse_spec(spec), seed=seed).double()
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("mask"):
+                p.add_(perturb * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model
+
+
+def make_inputs(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, size=(rows, cols))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

@@ -1,0 +1,152 @@
+"""The ``qkan-orch`` command as users run it: a real subprocess of the installed script."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import qkan
+import torch
+
+from conftest import make_inputs, make_model
+from models import save_model
+
+CLI = str(Path(sys.executable).parent / "qkan-orch")
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def train_with_qkan(tmp_path: Path, **kwargs: object) -> tuple[qkan.QKAN, Path, Path]:
+    """A model trained by the qkan package itself, saved the way its users save it."""
+    model = qkan.QKAN(**kwargs)
+    x = torch.rand(128, kwargs["width"][0]) * 2 - 1
+    y = (torch.sin(torch.pi * x[:, :1]) * 0.5).repeat(1, kwargs["width"][-1])
+    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
+    for _ in range(25):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    model.eval()
+    torch.save(model.state_dict(), tmp_path / "qkan_model.pt")
+    (tmp_path / "qkan_kwargs.json").write_text(json.dumps(kwargs))
+    return model, tmp_path / "qkan_model.pt", tmp_path / "qkan_kwargs.json"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"width": [2, 3, 1], "reps": 3, "seed": 0},
+        {"width": [3, 4, 2], "reps": 2, "seed": 1, "ansatz": "rpz_encoding", "preact_trainable": True,
+         "postact_weight_trainable": True, "ba_trainable": True, "fast_measure": False},
+    ],
+)
+def test_predict_reproduces_qkan_exact_solver_outputs(tmp_path: Path, kwargs: dict) -> None:
+    model, weights, spec = train_with_qkan(tmp_path, **kwargs)
+    x = make_inputs(64, kwargs["width"][0]).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    done = run("predict", "--model", str(weights), "--spec", str(spec), "--inputs", str(tmp_path / "x.npy"),
+               "--backend", "exact", "--out", str(tmp_path / "y.npy"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    assert np.max(np.abs(np.load(tmp_path / "y.npy") - want)) <= 1e-5
+
+
+def test_train_then_predict_on_a_sampling_backend_with_csv(tmp_path: Path) -> None:
+    trained = run("train", "--function", "sin", "--width", "1,2,1", "--reps", "2", "--steps", "5",
+                  "--out", str(tmp_path / "m.safetensors"), "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    (tmp_path / "x.csv").write_text("x\n" + "\n".join(str(v) for v in np.linspace(-1, 1, 9)) + "\n")
+    done = run("predict", "--model", str(tmp_path / "m.safetensors"), "--inputs", str(tmp_path / "x.csv"),
+               "--backend", "aer", "--shots", "2000", "--pack", "4", "--options", '{"seed": 3}',
+               "--out", str(tmp_path / "y.csv"), "--stderr-out", str(tmp_path / "se.csv"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    y, se = np.loadtxt(tmp_path / "y.csv", ndmin=2), np.loadtxt(tmp_path / "se.csv", ndmin=2)
+    assert y.shape == se.shape == (9, 1) and (se > 0).all()
+    assert "9 samples on aer" in done.stderr
+
+
+def test_backends_lists_every_local_family(tmp_path: Path) -> None:
+    done = run("backends", "--json")
+    assert done.returncode == 0, done.stderr
+    names = {entry["name"] for entry in json.loads(done.stdout)}
+    assert {"exact", "aer", "aer:fake_sherbrooke", "aer:fake_torino", "braket:local", "braket:local_dm",
+            "pennylane:default.qubit"} <= names
+
+
+def test_demo_runs_every_local_backend_and_writes_its_report(tmp_path: Path) -> None:
+    done = run("demo", "--out", str(tmp_path / "demo"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    entries = {e["backend"]: e for e in report["backends"]}
+    assert {"exact", "aer", "aer:fake_sherbrooke", "braket:local", "braket:local_dm",
+            "pennylane:default.qubit"} <= set(entries)
+    for entry in entries.values():
+        assert {"shots", "rows", "requested", "executions", "seconds", "rmse_vs_exact", "max_error_vs_exact"} <= set(entry)
+        assert entry["rows"] < entry["requested"]  # the grid's repeated values were deduplicated
+    assert entries["exact"]["rmse_vs_exact"] == 0.0
+    assert (tmp_path / "demo" / "predictions.png").stat().st_size > 10_000
+    assert "braket:local_dm" in done.stdout
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    model = make_model(width=[2, 3, 1], reps=2).float()
+    save_model(model, str(tmp_path / "m.safetensors"))
+    np.save(tmp_path / "x.npy", make_inputs(8, 2))
+    np.save(tmp_path / "wide.npy", make_inputs(8, 3))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 2)))
+    bad = make_inputs(8, 2)
+    bad[3, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x00" * 5 + b"garbage")
+    (tmp_path / "grouped.json").write_text(json.dumps({"width": [2, 3, 1], "reps": 2, "group": 3}))
+    (tmp_path / "spec.json").write_text(json.dumps({"width": [2, 3, 1], "reps": 2}))
+    (tmp_path / "evil.pt").write_bytes(b"\x80\x04cos\nsystem\n(S'touch PWNED'\ntR.")
+    return tmp_path
+
+
+BAD = [
+    (["--inputs", "wide.npy"], "inputs", "3 columns"),
+    (["--inputs", "nan.npy"], "inputs", "NaN"),
+    (["--inputs", "empty.npy"], "inputs", "empty"),
+    (["--inputs", "objects.npy"], "inputs", "not a readable numeric array"),
+    (["--inputs", "missing.npy"], "inputs", "not found"),
+    (["--backend", "quantum-magic"], "backend", "unknown backend"),
+    (["--backend", "aer", "--shots", "0"], "shots", "positive"),
+    (["--backend", "aer", "--shots", "-3"], "shots", "positive"),
+    (["--backend", "aer", "--pack", "99"], "pack", "1..24"),
+    (["--backend", "aer", "--options", "{not json"], "options", "JSON"),
+    (["--model", "corrupt.safetensors", "--spec", "spec.json"], "model", "neither"),
+    (["--model", "evil.pt", "--spec", "spec.json"], "model", "objects other than tensors"),
+    (["--spec", "grouped.json"], "spec.group", "grouped"),
+    (["--out", "y.txt"], "out", ".npy or .csv"),
+]
+
+
+@pytest.mark.parametrize(("change", "field", "message"), BAD)
+def test_bad_input_gives_one_line_error_and_writes_nothing(
+    workdir: Path, change: list[str], field: str, message: str
+) -> None:
+    args = {"--model": "m.safetensors", "--inputs": "x.npy", "--backend": "exact", "--out": "y.npy"}
+    for flag, value in zip(change[::2], change[1::2], strict=True):
+        args[flag] = value
+    argv = ["predict", "--quiet", *[item for pair in args.items() for item in pair]]
+    done = run(*argv, cwd=workdir)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"error: {field}:" in lines[0] and message in lines[0], lines[0]
+    assert not (workdir / "y.npy").exists() and not (workdir / "y.txt").exists()
+    assert not (workdir / "PWNED").exists()
+
+
+def test_usage_errors_are_one_line_too() -> None:
+    done = run("predict", "--model")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
