@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import qkan
 import torch
-
 from conftest import make_inputs, make_model
+
 from models import save_model
 
 CLI = str(Path(sys.executable).parent / "qkan-orch")
@@ -86,7 +86,8 @@ def test_demo_runs_every_local_backend_and_writes_its_report(tmp_path: Path) -> 
     assert {"exact", "aer", "aer:fake_sherbrooke", "braket:local", "braket:local_dm",
             "pennylane:default.qubit"} <= set(entries)
     for entry in entries.values():
-        assert {"shots", "rows", "requested", "executions", "seconds", "rmse_vs_exact", "max_error_vs_exact"} <= set(entry)
+        fields = {"shots", "rows", "requested", "executions", "seconds", "rmse_vs_exact", "max_error_vs_exact"}
+        assert fields <= set(entry)
         assert entry["rows"] < entry["requested"]  # the grid's repeated values were deduplicated
     assert entries["exact"]["rmse_vs_exact"] == 0.0
     assert (tmp_path / "demo" / "predictions.png").stat().st_size > 10_000

@@ -5,11 +5,11 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import make_inputs, make_model
 
 from backends import get_backend, run_plan
 from backends.exact import exact_p0
 from circuits import ActivationBatch, BatchResult, FeedForwardPlan, PlanState, compile_layer
-from conftest import make_inputs, make_model
 from models import InputError
 from models.ansatz import build_ansatz
 
@@ -99,7 +99,8 @@ def test_zero_weight_edges_produce_no_rows() -> None:
 def test_batches_concatenate_into_segments() -> None:
     model = make_model(width=[2, 3], reps=2)
     other = make_model(seed=5, width=[2, 2], reps=2)
-    a, b = compile_layer(model.layers[0], make_inputs(4, 2), "a"), compile_layer(other.layers[0], make_inputs(5, 2), "b")
+    a = compile_layer(model.layers[0], make_inputs(4, 2), "a")
+    b = compile_layer(other.layers[0], make_inputs(5, 2), "b")
     joined = ActivationBatch.concatenate([a, b])
     assert joined.num_rows == a.num_rows + b.num_rows
     got_a, got_b = joined.scatter(exact_p0(joined))

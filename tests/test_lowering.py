@@ -5,6 +5,7 @@ import pennylane as qml
 import pytest
 from braket.circuits import Circuit
 from braket.devices import LocalSimulator
+from conftest import make_inputs, make_model
 from qiskit.quantum_info import Statevector
 
 from backends.exact import exact_p0
@@ -14,12 +15,11 @@ from circuits.lower_braket import braket_inputs, braket_template
 from circuits.lower_pennylane import pennylane_qnode
 from circuits.lower_qiskit import qiskit_template
 from circuits.packing import pack_params, unpack_counts
-from conftest import make_inputs, make_model
 
 ANSATZE = ["pz_encoding", "rpz_encoding", "real"]
 
 
-def small_batch(ansatz: str):  # noqa: ANN201
+def small_batch(ansatz: str):
     model = make_model(width=[2, 3], reps=2, ansatz=ansatz, preact_trainable=True)
     return compile_layer(model.layers[0], make_inputs(4, 2))
 
