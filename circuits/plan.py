@@ -100,12 +100,14 @@ class FeedForwardPlan:
             raise ValueError(f"result has {result.p0.shape[0]} rows, the batch {batch.num_rows}")
         layer: QKANLayer = self.stages[state.stage]  # type: ignore[assignment]
         (act,) = batch.scatter(activation_values(result.p0, batch.readout))
-        (act_se,) = batch.scatter(activation_stderr(result.p0, result.p0_stderr, batch.readout))
         x = torch.from_numpy(state.x).to(self.dtype)
         with torch.no_grad():
             y = layer.combine(x, torch.from_numpy(act).to(self.dtype)).double().numpy()
-            weights = layer.edge_weights().double().numpy()
-        var = np.einsum("boi,oi->bo", act_se**2, weights**2)
+        var = np.zeros_like(y)
+        if result.p0_stderr.any():  # analytic results carry no error: skip the propagation
+            (act_se,) = batch.scatter(activation_stderr(result.p0, result.p0_stderr, batch.readout))
+            weights = layer.edge_weights().detach().double().numpy()
+            var = np.einsum("boi,oi->bo", act_se**2, weights**2)
         if state.var.any():
             var = var + _propagate(layer, x, state.var)
         nxt = PlanState(
