@@ -11,7 +11,6 @@ Default noise of ``braket:local_dm`` (options ``depolarizing``,
 channel with p = 0.003 after every gate and a read-out bit flip with p = 0.02.
 """
 
-import time
 import warnings
 from functools import cache
 from typing import Any
@@ -22,10 +21,10 @@ from braket.circuits.serialization import IRType
 from braket.devices import LocalSimulator
 from braket.ir.openqasm import Program
 
-from backends.base import Backend, Capabilities, Handle
-from circuits.batch import ActivationBatch, BatchResult, Template
+from backends.base import Capabilities
+from backends.sampling import LocalSamplingBackend
+from circuits.batch import Template
 from circuits.lower_braket import braket_inputs, braket_template
-from circuits.packing import binomial_p0, pack_params, unpack_counts
 from models.errors import InputError
 
 DEPOLARIZING = 0.003
@@ -43,7 +42,7 @@ def _program(template: Template, width: int, depolarizing: float, readout_flip: 
     return circuit.to_ir(IRType.OPENQASM)
 
 
-class BraketLocalBackend(Backend):
+class BraketLocalBackend(LocalSamplingBackend):
     def __init__(self, density_matrix: bool = False) -> None:
         self.density_matrix = density_matrix
         self.name = "braket:local_dm" if density_matrix else "braket:local"
@@ -62,34 +61,26 @@ class BraketLocalBackend(Backend):
             default_pack=8, max_pack=16,
         )
 
-    def submit(
+    def count_zeros(
         self,
-        batch: ActivationBatch,
-        shots: int | None = None,
-        pack: int | None = None,
-        options: dict[str, Any] | None = None,
-    ) -> Handle:
-        shots, width, options = self.validate(shots, pack, options)
-        start = time.perf_counter()
+        template: Template,
+        packed: np.ndarray,
+        width: int,
+        shots: int,
+        options: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> np.ndarray:
         depolarizing, readout_flip = self._noise(options)
-        program = _program(batch.template, width, depolarizing, readout_flip)
-        packed = pack_params(batch.params, width)
+        metadata.update(depolarizing=depolarizing, readout_flip=readout_flip)
+        program = _program(template, width, depolarizing, readout_flip)
         device = LocalSimulator("braket_dm" if self.density_matrix else "braket_sv")
-        ones = np.zeros((packed.shape[0] if batch.num_rows else 0, width), dtype=np.int64)
+        ones = np.zeros((packed.shape[0], width), dtype=np.int64)
         with warnings.catch_warnings():  # the dm simulator warns on noise-free circuits
             warnings.simplefilter("ignore", UserWarning)
-            for k, inputs in enumerate(braket_inputs(batch.template, width, packed[: ones.shape[0]])):
+            for k, inputs in enumerate(braket_inputs(template, width, packed)):
                 result = device.run(program, shots=shots, inputs=inputs).result()
                 ones[k, result.measured_qubits] = result.measurements.sum(axis=0)
-        p0, se = binomial_p0(shots - unpack_counts(ones, batch.num_rows), shots)
-        metadata = {
-            "pack": width, "depolarizing": depolarizing, "readout_flip": readout_flip,
-            "seconds": time.perf_counter() - start,
-        }
-        return Handle(
-            self.name,
-            result=BatchResult(p0=p0, p0_stderr=se, shots=shots, executions=ones.shape[0], metadata=metadata),
-        )
+        return shots - ones
 
     def _noise(self, options: dict[str, Any]) -> tuple[float, float]:
         if not self.density_matrix or not options.get("noise", True):

@@ -25,7 +25,29 @@ class NormalizeOutput(nn.Module):
         return F.normalize(x, p=self.p, dim=1)
 
 
-class QKAN(nn.Module):
+class StagedModel(nn.Module):
+    """A model that is its ``stages()`` applied in order; the spec gives its widths."""
+
+    spec: ModelSpec
+
+    @property
+    def in_dim(self) -> int:
+        return self.spec.in_dim
+
+    @property
+    def out_dim(self) -> int:
+        return self.spec.out_dim
+
+    def stages(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages():
+            x = stage(x)
+        return x
+
+
+class QKAN(StagedModel):
     """Stacked QKAN layers; ``layers.<k>.*`` keys match ``qkan.QKAN``."""
 
     def __init__(self, spec: QKANSpec) -> None:
@@ -49,24 +71,11 @@ class QKAN(nn.Module):
             )
         self.tail = NormalizeOutput(spec.norm_out) if spec.norm_out else None
 
-    @property
-    def in_dim(self) -> int:
-        return self.spec.in_dim
-
-    @property
-    def out_dim(self) -> int:
-        return self.spec.out_dim
-
     def stages(self) -> list[nn.Module]:
         return [*self.layers, *([self.tail] if self.tail is not None else [])]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages():
-            x = stage(x)
-        return x
 
-
-class HQKAN(nn.Module):
+class HQKAN(StagedModel):
     """Linear(d_in → k) · QKAN(k … k') · Linear(k' → d_out): a drop-in MLP replacement."""
 
     def __init__(self, spec: HQKANSpec) -> None:
@@ -76,21 +85,8 @@ class HQKAN(nn.Module):
         self.qkan = QKAN(spec.qkan)
         self.up = nn.Linear(spec.qkan.out_dim, spec.out_dim)
 
-    @property
-    def in_dim(self) -> int:
-        return self.spec.in_dim
-
-    @property
-    def out_dim(self) -> int:
-        return self.spec.out_dim
-
     def stages(self) -> list[nn.Module]:
         return [self.down, *self.qkan.stages(), self.up]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages():
-            x = stage(x)
-        return x
 
 
 Model = QKAN | HQKAN

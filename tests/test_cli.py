@@ -70,6 +70,27 @@ def test_train_then_predict_on_a_sampling_backend_with_csv(tmp_path: Path) -> No
     assert "9 samples on aer" in done.stderr
 
 
+def test_train_from_csv_then_predict_matches_the_data(tmp_path: Path) -> None:
+    x = make_inputs(200, 2, seed=4)
+    y = 0.5 * x[:, :1] * x[:, 1:]
+    np.savetxt(tmp_path / "data.csv", np.hstack([x, y]), delimiter=",", header="x1,x2,y", comments="")
+    trained = run("train", "--csv", str(tmp_path / "data.csv"), "--width", "2,3,1", "--steps", "20",
+                  "--out", str(tmp_path / "m.safetensors"), "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    np.save(tmp_path / "x.npy", x)
+    done = run("predict", "--model", str(tmp_path / "m.safetensors"), "--inputs", str(tmp_path / "x.npy"),
+               "--out", str(tmp_path / "y.npy"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert np.sqrt(np.mean((np.load(tmp_path / "y.npy") - y) ** 2)) < 0.02  # the fit, through the compiler
+
+
+def test_train_refuses_a_csv_of_the_wrong_width(tmp_path: Path) -> None:
+    np.savetxt(tmp_path / "data.csv", make_inputs(10, 4), delimiter=",")
+    done = run("train", "--csv", str(tmp_path / "data.csv"), "--width", "2,1", "--out", str(tmp_path / "m.safetensors"))
+    assert done.returncode == 2 and "error: csv: has 4 columns" in done.stderr
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def test_backends_lists_every_local_family(tmp_path: Path) -> None:
     done = run("backends", "--json")
     assert done.returncode == 0, done.stderr

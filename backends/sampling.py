@@ -1,0 +1,52 @@
+"""Shot-based simulators that finish inside ``submit``.
+
+They differ only in how they run packed circuits and count outcomes; the
+validation, packing, binomial estimate and bookkeeping are shared here.
+"""
+
+import time
+from abc import abstractmethod
+from typing import Any
+
+import numpy as np
+
+from backends.base import Backend, Handle
+from circuits.batch import ActivationBatch, BatchResult, Template
+from circuits.packing import binomial_p0, pack_params, unpack_counts
+
+
+class LocalSamplingBackend(Backend):
+    def submit(
+        self,
+        batch: ActivationBatch,
+        shots: int | None = None,
+        pack: int | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> Handle:
+        shots, width, options = self.validate(shots, pack, options)
+        assert shots is not None  # validate() requires shots on sampling backends
+        start = time.perf_counter()
+        packed = pack_params(batch.params, width)
+        metadata: dict[str, Any] = {"pack": width}
+        zeros = np.zeros((0, width))
+        if batch.num_rows:
+            zeros = self.count_zeros(batch.template, packed, width, shots, options, metadata)
+        p0, se = binomial_p0(unpack_counts(zeros, batch.num_rows), shots)
+        metadata["seconds"] = time.perf_counter() - start
+        result = BatchResult(p0=p0, p0_stderr=se, shots=shots, executions=zeros.shape[0], metadata=metadata)
+        return Handle(self.name, result=result)
+
+    @abstractmethod
+    def count_zeros(
+        self,
+        template: Template,
+        packed: np.ndarray,
+        width: int,
+        shots: int,
+        options: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> np.ndarray:
+        """Run every row of ``packed`` (M, W·P) with W = ``width``; return (M, W) counts of 0 per qubit.
+
+        Implementations may add what they chose (qubits, noise) to ``metadata``.
+        """
