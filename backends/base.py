@@ -42,11 +42,29 @@ class Status:
 
 @dataclass
 class Handle:
-    """A submission: provider job ids, or the finished result for local executors."""
+    """A submission: provider job ids, or the finished result for local executors.
+
+    Handles of pending provider jobs are persisted between polls, so their
+    ``data`` must be JSON; a local result is absorbed at once and never stored.
+    """
 
     backend: str
     provider_job_ids: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
     result: BatchResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.result is not None:
+            raise ValueError("a finished local handle is absorbed, not stored")
+        return {"backend": self.backend, "provider_job_ids": self.provider_job_ids, "data": self.data}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "Handle":
+        return cls(obj["backend"], list(obj["provider_job_ids"]), dict(obj["data"]))
+
+
+class TransientBackendError(RuntimeError):
+    """A provider hiccup (network, throttling, maintenance): retry with backoff, then fail."""
 
 
 class Backend(ABC):

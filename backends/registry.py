@@ -4,6 +4,9 @@ Each SDK (Qiskit, Braket, PennyLane) takes about a second to import, so a
 backend's module is imported only when its name is asked for.
 """
 
+import importlib
+import os
+from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from backends.base import Backend, Capabilities
@@ -40,11 +43,21 @@ def get_backend(name: str) -> Backend:
         from backends.pennylane_device import PennyLaneBackend
 
         return PennyLaneBackend(device)
+    for plugin in _plugins():
+        backend = plugin(name)
+        if backend is not None:
+            return backend
     raise InputError(
         "backend",
         f"unknown backend '{name}' (local: exact, aer, aer:fake_<device>, braket:local, "
         "braket:local_dm, pennylane:<device>; `qkan-orch backends` lists them all)",
     )
+
+
+def _plugins() -> list[Callable[[str], Backend | None]]:
+    """``get_backend(name) -> Backend | None`` of each module named in QKAN_BACKEND_PLUGINS."""
+    names = [n.strip() for n in os.environ.get("QKAN_BACKEND_PLUGINS", "").split(",") if n.strip()]
+    return [importlib.import_module(n).get_backend for n in names]
 
 
 def list_backends() -> list[Capabilities]:

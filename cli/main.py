@@ -3,6 +3,7 @@
 import argparse
 import sys
 
+from client.api import ApiError
 from models.errors import InputError
 
 
@@ -14,11 +15,13 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from cli.commands import add_commands
     from cli.demo import add_demo
+    from cli.service_commands import add_service_commands
 
     parser = _Parser(prog="qkan-orch", description="Run trained QKAN models on quantum backends.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add_demo(sub)
     add_commands(sub)
+    add_service_commands(sub)
     return parser
 
 
@@ -29,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"qkan-orch: error: {exc}", file=sys.stderr)
         return 2
+    except ApiError as exc:
+        print(f"qkan-orch: error: {exc} (HTTP {exc.status} {exc.code})", file=sys.stderr)
+        return 2 if 400 <= exc.status < 500 else 1
     except OSError as exc:
         print(f"qkan-orch: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
@@ -38,3 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

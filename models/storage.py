@@ -3,8 +3,10 @@
 Nothing here unpickles user data: safetensors holds raw tensors, and a ``.pt``
 state_dict is read with ``torch.load(weights_only=True)``, which only
 reconstructs tensors and plain containers and refuses everything else.
+Everything works on bytes, so uploads and files share one code path.
 """
 
+import io
 import json
 import os
 import pickle
@@ -12,8 +14,9 @@ import tempfile
 import warnings
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 from models.errors import InputError
 from models.network import Model, build_model
@@ -22,15 +25,35 @@ from models.spec import ModelSpec, load_spec_file, parse_spec, spec_to_json
 FORMAT = "qkan-orchestrator/1"
 
 
-def save_model(model: Model, path: str) -> None:
-    """Write ``path`` atomically: tensors plus the spec JSON in the metadata."""
+def model_to_bytes(model: Model) -> bytes:
+    """Safetensors bytes of the state_dict with the spec JSON in the metadata."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {"format": FORMAT, "spec": spec_to_json(model.spec)}
+    return save_tensors(tensors, metadata={"format": FORMAT, "spec": spec_to_json(model.spec)})
+
+
+def model_from_bytes(data: bytes, spec: ModelSpec | None = None, source: str = "model") -> Model:
+    """Our safetensors bytes (spec inside, or ``spec``), or a qkan .pt state_dict with ``spec``."""
+    kind = _sniff(data, source)
+    if kind == "safetensors":
+        file_spec, state = _read_safetensors(data, source)
+        spec = spec or file_spec
+        if spec is None:
+            raise InputError("spec", f"{source} carries no spec; pass the model's spec JSON")
+    else:
+        if spec is None:
+            raise InputError("spec", "a .pt state_dict needs the JSON of the kwargs its QKAN(...) was built with")
+        state = _read_torch_state_dict(data, source)
+    return model_from_state(spec, state, source=source)
+
+
+def save_model(model: Model, path: str) -> None:
+    """Write ``path`` atomically (a temporary file renamed into place)."""
+    data = model_to_bytes(model)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -38,19 +61,16 @@ def save_model(model: Model, path: str) -> None:
 
 
 def load_model(path: str, spec_path: str | None = None) -> Model:
-    """Load our safetensors file, or a qkan ``.pt`` state_dict (then ``spec_path`` is required)."""
+    """Load a model file; ``spec_path`` is required for a qkan ``.pt``."""
     spec = load_spec_file(spec_path) if spec_path else None
-    kind = _sniff(path)
-    if kind == "safetensors":
-        file_spec, state = _read_safetensors(path)
-        spec = spec or file_spec
-        if spec is None:
-            raise InputError("spec", f"{path} carries no spec; pass the model's spec JSON")
-    else:
-        if spec is None:
-            raise InputError("spec", "a .pt state_dict needs the JSON of the kwargs its QKAN(...) was built with")
-        state = _read_torch_state_dict(path)
-    return model_from_state(spec, state, source=path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise InputError("model", f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError("model", f"{path} is a directory") from None
+    return model_from_bytes(data, spec, source=path)
 
 
 def model_from_state(spec: ModelSpec, state: dict[str, torch.Tensor], source: str = "model") -> Model:
@@ -82,50 +102,47 @@ def model_from_state(spec: ModelSpec, state: dict[str, torch.Tensor], source: st
     return model
 
 
-def _sniff(path: str) -> str:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(9)
-    except FileNotFoundError:
-        raise InputError("model", f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise InputError("model", f"{path} is a directory") from None
-    if len(head) == 9 and head[8:9] == b"{":
+def _sniff(data: bytes, source: str) -> str:
+    if len(data) >= 9 and data[8:9] == b"{":
         return "safetensors"
-    if head.startswith(b"PK") or head[:1] == b"\x80":
+    if data.startswith(b"PK") or data[:1] == b"\x80":
         return "torch"
-    raise InputError("model", f"{path} is neither a safetensors file nor a torch state_dict")
+    raise InputError("model", f"{source} is neither a safetensors file nor a torch state_dict")
 
 
-def _read_safetensors(path: str) -> tuple[ModelSpec | None, dict[str, torch.Tensor]]:
+def _read_safetensors(data: bytes, source: str) -> tuple[ModelSpec | None, dict[str, torch.Tensor]]:
     try:
-        with safe_open(path, framework="pt") as fh:
-            metadata = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError("model", f"{path} is not a valid safetensors file ({exc})") from None
+        state = load_tensors(data)
+        metadata = _safetensors_metadata(data)
+    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError("model", f"{source} is not a valid safetensors file ({exc})") from None
     spec_json = metadata.get("spec")
     if spec_json is None:
         return None, state
     try:
         return parse_spec(json.loads(spec_json), "model.spec"), state
     except json.JSONDecodeError:
-        raise InputError("model", f"{path} has a corrupt spec in its metadata") from None
+        raise InputError("model", f"{source} has a corrupt spec in its metadata") from None
 
 
-def _read_torch_state_dict(path: str) -> dict[str, torch.Tensor]:
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    header_len = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+
+
+def _read_torch_state_dict(data: bytes, source: str) -> dict[str, torch.Tensor]:
     try:
         with warnings.catch_warnings():  # torch warns about the pickle it is refusing; we say it once
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise InputError(
-            "model", f"{path} holds objects other than tensors; only a plain state_dict is accepted"
+            "model", f"{source} holds objects other than tensors; only a plain state_dict is accepted"
         ) from None
     except Exception as exc:  # a corrupt archive fails in many ways; all mean "unreadable"
-        raise InputError("model", f"{path} is not a readable torch state_dict ({exc})") from None
+        raise InputError("model", f"{source} is not a readable torch state_dict ({exc})") from None
     if not isinstance(obj, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     ):
-        raise InputError("model", f"{path} is not a state_dict (a mapping of names to tensors)")
+        raise InputError("model", f"{source} is not a state_dict (a mapping of names to tensors)")
     return obj

@@ -1,5 +1,6 @@
 """Fitting models to data: Adam or LBFGS on the mean squared error."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +31,12 @@ def fit(
     lr: float | None = None,
     seed: int | None = 0,
     progress: bool = True,
+    callback: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Full-batch training; ``seed`` fixes any randomness torch draws during it."""
+    """Full-batch training; ``seed`` fixes any randomness torch draws during it.
+
+    ``callback(step, loss)`` is called after every step (the service turns it into job events).
+    """
     if optimizer not in OPTIMIZERS:
         raise InputError("optimizer", f"'{optimizer}' is not one of {', '.join(OPTIMIZERS)}")
     if steps < 1:
@@ -61,9 +66,11 @@ def fit(
     losses: list[float] = []
     model.train()
     bar = tqdm(range(steps), desc=f"train ({optimizer})", disable=not progress, leave=False)
-    for _ in bar:
+    for step in bar:
         loss = opt.step(closure)
         losses.append(float(loss.detach()))
         bar.set_postfix(mse=f"{losses[-1]:.3e}")
+        if callback is not None:
+            callback(step + 1, losses[-1])
     model.eval()
     return TrainResult(losses)

@@ -1,0 +1,202 @@
+"""``qkan-orch serve | worker | keys | models | submit | status | result | cancel``."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cli.arrays import read_array, write_array
+from models.errors import InputError
+
+
+def serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from service.api.app import create_app
+    from service.embedded import EmbeddedRedis, start_worker, stop_process
+    from service.settings import get_settings
+    from service.store.database import upgrade
+
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    redis = worker = None
+    try:
+        if not settings.redis_url:
+            redis = EmbeddedRedis(settings.data_dir / "redis")
+            os.environ["QKAN_REDIS_URL"] = redis.start()
+            get_settings.cache_clear()
+            settings = get_settings()
+            worker = start_worker({}, concurrency=args.worker_concurrency,
+                                  log_file=settings.data_dir / "worker.log")
+            print(f"embedded mode: data in {settings.data_dir.resolve()} (SQLite, Redis, worker.log)",
+                  file=sys.stderr)
+        host, port = args.host or settings.api_host, args.port or settings.api_port
+        print(f"QKAN Orchestrator API on http://{host}:{port}  (docs: /docs)", file=sys.stderr)
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+    finally:
+        if worker is not None:
+            stop_process(worker)
+        if redis is not None:
+            redis.stop()
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    from service.settings import get_settings
+    from workers.app import celery_app
+
+    settings = get_settings()
+    app = celery_app(settings)
+    import workers.tasks  # noqa: F401  (registers the tasks)
+
+    argv = ["worker", "-Q", args.queues, "--loglevel", settings.log_level, "--without-mingle", "--without-gossip",
+            "-n", f"qkan-{args.queues.replace(',', '-')}@%h"]
+    concurrency = args.concurrency or settings.worker_concurrency
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    app.worker_main(argv)
+    return 0
+
+
+def keys(args: argparse.Namespace) -> int:
+    from service.settings import get_settings
+    from service.store.database import session_scope, upgrade
+    from service.store.keys import create_key, list_keys
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    with session_scope(url) as session:
+        if args.action == "create":
+            key, token = create_key(session, args.name)
+            print(token)
+            print(f"key {key.id} ('{key.name}') created; the token above is shown only once", file=sys.stderr)
+        else:
+            for key in list_keys(session):
+                print(f"{key.id}\t{key.prefix}…\t{key.name}\t{key.created_at:%Y-%m-%d %H:%M}")
+    return 0
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from client import Client
+
+    return Client(args.url, args.api_key)
+
+
+def models_cmd(args: argparse.Namespace) -> int:
+    with _client(args) as qc:
+        if args.action == "upload":
+            if not args.file:
+                raise InputError("file", "give the model file to upload")
+            _print(qc.upload_model(args.file, args.spec, args.name))
+        elif args.action == "delete":
+            qc.delete_model(args.id)
+        elif args.id:
+            _print(qc.model(args.id))
+        else:
+            for m in qc.models(limit=500)["items"]:
+                print(f"{m['id']}  {m['name']:<24} {m['spec'].get('kind')} {m['parameter_count']:>6} params")
+    return 0
+
+
+def submit(args: argparse.Namespace) -> int:
+    from cli.commands import parse_options
+
+    options = parse_options(args.options) or None
+    inputs = Path(args.inputs) if args.inputs.lower().endswith(".csv") else read_array(args.inputs)
+    with _client(args) as qc:
+        job = qc.submit(args.model, inputs, args.backend, args.shots, args.pack, options, args.idempotency_key)
+        print(job["id"])
+        if args.wait:
+            status = qc.wait(job["id"], progress=not args.quiet)
+            print(f"{status['state']}", file=sys.stderr)
+            return 0 if status["state"] == "succeeded" else 1
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    with _client(args) as qc:
+        _print(qc.status(args.job))
+    return 0
+
+
+def result(args: argparse.Namespace) -> int:
+    with _client(args) as qc:
+        outputs, stderr = qc.result(args.job)
+    if args.out:
+        write_array(args.out, outputs)
+        if args.stderr_out:
+            write_array(args.stderr_out, stderr, field="stderr-out")
+    else:
+        for value, error in zip(outputs.tolist(), stderr.tolist(), strict=True):
+            print(" ".join(f"{v:.6g}±{e:.2g}" for v, e in zip(value, error, strict=True)))
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    with _client(args) as qc:
+        print(qc.cancel(args.job)["state"])
+    return 0
+
+
+def _print(obj: object) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def add_service_commands(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve", help="run the API (and, without QKAN_REDIS_URL, an embedded Redis and a worker)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--worker-concurrency", type=int, help="processes of the embedded worker")
+    s.set_defaults(handler=serve)
+
+    w = sub.add_parser("worker", help="run a Celery worker on the configured broker")
+    w.add_argument("--queues", default="local,ibm,braket", help="comma-separated: local, ibm, braket")
+    w.add_argument("--concurrency", type=int)
+    w.set_defaults(handler=worker)
+
+    k = sub.add_parser("keys", help="create or list API keys (writes to the database directly)")
+    k.add_argument("action", choices=["create", "list"])
+    k.add_argument("--name", default="default")
+    k.set_defaults(handler=keys)
+
+    def client_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", help="API base URL (default $QKAN_URL or http://127.0.0.1:8000)")
+        p.add_argument("--api-key", help="default $QKAN_API_KEY")
+
+    m = sub.add_parser("models", help="list, show, upload or delete models on the service")
+    m.add_argument("action", nargs="?", default="list", choices=["list", "show", "upload", "delete"])
+    m.add_argument("--id")
+    m.add_argument("--file")
+    m.add_argument("--spec")
+    m.add_argument("--name")
+    client_flags(m)
+    m.set_defaults(handler=models_cmd)
+
+    j = sub.add_parser("submit", help="submit an inference job; prints its id")
+    j.add_argument("--model", required=True, help="model id on the service")
+    j.add_argument("--inputs", required=True, help=".npy or .csv")
+    j.add_argument("--backend", default="exact")
+    j.add_argument("--shots", type=int)
+    j.add_argument("--pack", type=int)
+    j.add_argument("--options", help="backend options as JSON")
+    j.add_argument("--idempotency-key")
+    j.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
+    j.add_argument("--quiet", action="store_true")
+    client_flags(j)
+    j.set_defaults(handler=submit)
+
+    for name, handler, text in (("status", status, "a job's state and progress"),
+                                ("cancel", cancel, "cancel a job")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("job")
+        client_flags(p)
+        p.set_defaults(handler=handler)
+
+    r = sub.add_parser("result", help="a job's outputs (± standard errors), or write them to files")
+    r.add_argument("job")
+    r.add_argument("--out", help=".npy or .csv")
+    r.add_argument("--stderr-out")
+    client_flags(r)
+    r.set_defaults(handler=result)

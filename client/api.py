@@ -1,0 +1,178 @@
+"""``Client``: a thin, typed wrapper over the REST API (httpx underneath)."""
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from tqdm.auto import tqdm
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class ApiError(Exception):
+    """An error response: HTTP status plus the service's ``code``, ``message`` and ``field``."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+class Client:
+    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 60.0) -> None:
+        self.url = (url or os.environ.get("QKAN_URL") or "http://127.0.0.1:8000").rstrip("/")
+        key = api_key or os.environ.get("QKAN_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- models ----------------------------------------------------------------------------------
+
+    def upload_model(self, path: str | Path, spec: str | Path | None = None, name: str | None = None) -> dict:
+        path = Path(path)
+        files: dict[str, Any] = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
+        if spec is not None:
+            files["spec"] = (Path(spec).name, Path(spec).read_bytes(), "application/json")
+        return self._call("POST", "/v1/models", files=files, data={"name": name} if name else None)
+
+    def models(self, limit: int = 50, offset: int = 0) -> dict:
+        return self._call("GET", "/v1/models", params={"limit": limit, "offset": offset})
+
+    def model(self, model_id: str) -> dict:
+        return self._call("GET", f"/v1/models/{model_id}")
+
+    def delete_model(self, model_id: str) -> None:
+        self._call("DELETE", f"/v1/models/{model_id}")
+
+    def train(self, spec: dict, function: str | None = None, csv: str | Path | None = None, **params: Any) -> dict:
+        """Start a training job (``optimizer``, ``steps``, ``lr``, ``seed``, ``samples``, ``name``)."""
+        data = {"spec": json.dumps(spec), **{k: str(v) for k, v in params.items() if v is not None}}
+        if function:
+            data["function"] = function
+        files = {"csv": (Path(csv).name, Path(csv).read_bytes(), "text/csv")} if csv else None
+        return self._call("POST", "/v1/models/train", data=data, files=files)
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        model_id: str,
+        inputs: np.ndarray | list | str | Path,
+        backend: str = "exact",
+        shots: int | None = None,
+        pack: int | None = None,
+        options: dict | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict:
+        """Submit inference; ``inputs`` is an array, or the path of a .npy/.csv to upload."""
+        fields = {"model_id": model_id, "backend": backend, "shots": shots, "pack": pack,
+                  "options": options or {}, "idempotency_key": idempotency_key}
+        fields = {k: v for k, v in fields.items() if v is not None}
+        if isinstance(inputs, str | Path):
+            path = Path(inputs)
+            form = {k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in fields.items()}
+            files = {"inputs_file": (path.name, path.read_bytes(), "application/octet-stream")}
+            return self._call("POST", "/v1/jobs", data=form, files=files)
+        return self._call("POST", "/v1/jobs", json={**fields, "inputs": np.asarray(inputs, dtype=float).tolist()})
+
+    def status(self, job_id: str) -> dict:
+        return self._call("GET", f"/v1/jobs/{job_id}")
+
+    def jobs(self, **filters: Any) -> dict:
+        return self._call("GET", "/v1/jobs", params={k: v for k, v in filters.items() if v is not None})
+
+    def cancel(self, job_id: str) -> dict:
+        return self._call("DELETE", f"/v1/jobs/{job_id}")
+
+    def wait(self, job_id: str, timeout: float | None = None, progress: bool = True, interval: float = 0.2) -> dict:
+        """Poll until the job ends; a progress bar counts its rounds. Returns the final status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = None
+        try:
+            while True:
+                status = self.status(job_id)
+                if progress and bar is None and status["rounds_total"]:
+                    bar = tqdm(total=status["rounds_total"], desc=f"job {job_id[:8]} {status['backend']}",
+                               unit="round", leave=False)
+                if bar is not None:
+                    bar.update(status["rounds_done"] - bar.n)
+                    bar.set_postfix(state=status["state"])
+                if status["state"] in TERMINAL:
+                    return status
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} is still {status['state']} after {timeout} s")
+                time.sleep(interval)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def result(self, job_id: str, layers: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Outputs and their standard errors as arrays (``layers=True``: also each layer's output)."""
+        body = self.result_json(job_id, layers)
+        outputs, stderr = np.asarray(body["outputs"]), np.asarray(body["stderr"])
+        if layers:
+            return outputs, stderr, [np.asarray(layer) for layer in body["layers"]]  # type: ignore[return-value]
+        return outputs, stderr
+
+    def result_json(self, job_id: str, layers: bool = False) -> dict:
+        return self._call("GET", f"/v1/jobs/{job_id}/result", params={"layers": str(layers).lower()})
+
+    def events(self, job_id: str) -> Any:
+        """Yield (event, data) pairs from the server-sent event stream until the job ends."""
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=None) as response:
+            self._raise(response, response.read() if response.status_code >= 400 else b"")
+            event, data = "message", ""
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data = line[5:].strip()
+                elif not line and data:
+                    yield event, json.loads(data)
+                    event, data = "message", ""
+
+    # -- service ---------------------------------------------------------------------------------
+
+    def backends(self) -> list[dict]:
+        return self._call("GET", "/v1/backends")
+
+    def queues(self) -> dict:
+        return self._call("GET", "/v1/queues")
+
+    def ready(self) -> bool:
+        try:
+            return self.http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(0, "unreachable", f"cannot reach {self.url} ({exc})") from None
+        self._raise(response, response.content)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    @staticmethod
+    def _raise(response: httpx.Response, content: bytes) -> None:
+        if response.status_code < 400:
+            return
+        try:
+            error = json.load(io.BytesIO(content))["error"]
+        except (ValueError, KeyError, TypeError):
+            error = {"code": "http_error", "message": content.decode(errors="replace")[:200] or response.reason_phrase}
+        raise ApiError(response.status_code, error.get("code", "error"), error.get("message", ""), error.get("field"))

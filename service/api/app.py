@@ -1,0 +1,26 @@
+"""The FastAPI application factory."""
+
+from fastapi import FastAPI
+
+from service.api import errors
+from service.api.limits import BodyLimit
+from service.api.routes import backends, health, jobs, models, queues
+from service.settings import Settings, get_settings
+
+DESCRIPTION = """Run trained QKAN models on quantum simulators and hardware.
+
+Every route except `/healthz`, `/readyz` and `/metrics` needs an API key
+(`Authorization: Bearer <key>`, created with `qkan-orch keys create`); a key
+sees only its own models and jobs. Errors are `{"error": {"code", "message", "field"}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="QKAN Orchestrator", version="0.1.0", description=DESCRIPTION)
+    app.state.settings = settings
+    errors.install(app)
+    for router in (models.router, jobs.router, backends.router, queues.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_payload_bytes)
+    return app

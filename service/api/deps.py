@@ -1,0 +1,59 @@
+"""Request dependencies: settings, a database session, the caller's API key, the broker."""
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from service.api.errors import ApiError
+from service.settings import Settings
+from service.store.database import session_factory
+from service.store.keys import find_key
+from service.store.tables import ApiKey
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from `qkan-orch keys create`")
+
+
+def settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def session_dep(settings: Annotated[Settings, Depends(settings_dep)]) -> Iterator[Session]:
+    """One session per request; committed when the route returns without raising."""
+    session = session_factory(settings.resolved_database_url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def current_key(
+    session: Annotated[Session, Depends(session_dep)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey:
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        raise ApiError(401, "unauthorized", "send an API key: 'Authorization: Bearer <key>'", headers=challenge)
+    key = find_key(session, credentials.credentials)
+    if key is None:
+        raise ApiError(401, "unauthorized", "the API key is not valid", headers=challenge)
+    return key
+
+
+def broker_dep(request: Request) -> Celery:
+    from workers.app import celery_app
+
+    return celery_app(request.app.state.settings)
+
+
+SettingsDep = Annotated[Settings, Depends(settings_dep)]
+SessionDep = Annotated[Session, Depends(session_dep)]
+KeyDep = Annotated[ApiKey, Depends(current_key)]
+BrokerDep = Annotated[Celery, Depends(broker_dep)]

@@ -1,0 +1,123 @@
+"""/v1/models: upload, list, inspect, delete, and train (as a job)."""
+
+import json
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from sqlalchemy import func, select
+
+from models import model_from_bytes, parse_spec
+from models.errors import InputError
+from models.functions import FUNCTIONS, get_function
+from models.training import OPTIMIZERS
+from service.api.deps import BrokerDep, KeyDep, SessionDep, SettingsDep
+from service.api.errors import ERROR_RESPONSES, ApiError, not_found
+from service.api.routes.jobs import create_job, job_out
+from service.api.schemas import JobOut, ModelOut, ModelPage
+from service.api.uploads import read_table
+from service.store.jobs import ACTIVE
+from service.store.models import get_model, insert_model, list_models
+from service.store.tables import Job
+
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
+
+
+@router.post("", status_code=201, response_model=ModelOut, summary="Upload a trained model")
+async def upload_model(
+    key: KeyDep,
+    session: SessionDep,
+    file: Annotated[UploadFile, File(description="Our .safetensors (spec inside) or a qkan .pt state_dict")],
+    spec: Annotated[UploadFile | None, File(description="Spec JSON; for a .pt, the kwargs of its QKAN(...)")] = None,
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> ModelOut:
+    """Weights are read without unpickling (safetensors, or ``torch.load(weights_only=True)``)."""
+    data = await file.read()
+    parsed = None
+    if spec is not None:
+        try:
+            parsed = parse_spec(json.loads(await spec.read()))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InputError("spec", "is not valid JSON") from None
+    model = model_from_bytes(data, parsed, source=file.filename or "upload")
+    row = insert_model(session, key.id, name or file.filename or "model", model, source="upload")
+    return ModelOut.model_validate(row)
+
+
+@router.get("", response_model=ModelPage, summary="List your models")
+def list_all(
+    key: KeyDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ModelPage:
+    rows, total = list_models(session, key.id, limit, offset)
+    return ModelPage(items=[ModelOut.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{model_id}", response_model=ModelOut, summary="One model: spec, parameter count, hash")
+def get_one(model_id: str, key: KeyDep, session: SessionDep) -> ModelOut:
+    row = get_model(session, key.id, model_id)
+    if row is None:
+        raise not_found("model", model_id)
+    return ModelOut.model_validate(row)
+
+
+@router.delete("/{model_id}", status_code=204, summary="Delete a model no active job uses")
+def delete(model_id: str, key: KeyDep, session: SessionDep) -> Response:
+    row = get_model(session, key.id, model_id)
+    if row is None:
+        raise not_found("model", model_id)
+    active = session.scalar(
+        select(func.count()).select_from(Job).where(Job.model_id == model_id, Job.state.in_(ACTIVE))
+    )
+    if active:
+        raise ApiError(409, "model_in_use", f"{active} active job(s) use this model; cancel them first", "model_id")
+    session.delete(row)
+    return Response(status_code=204)
+
+
+@router.post("/train", status_code=202, response_model=JobOut, summary="Train a model (runs as a job)")
+async def train(
+    key: KeyDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    broker: BrokerDep,
+    spec: Annotated[str, Form(description='Spec JSON, e.g. {"width": [2, 3, 1], "reps": 3}')],
+    function: Annotated[str | None, Form(description=f"Built-in target: {', '.join(FUNCTIONS)}")] = None,
+    csv: Annotated[UploadFile | None, File(description="CSV: input columns then target columns")] = None,
+    samples: Annotated[int, Form(ge=1, le=100_000)] = 256,
+    optimizer: Annotated[str, Form(description="adam | lbfgs")] = "lbfgs",
+    steps: Annotated[int, Form(ge=1, le=10_000)] = 30,
+    lr: Annotated[float | None, Form(gt=0, le=10)] = None,
+    seed: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> JobOut:
+    try:
+        spec_obj = json.loads(spec)
+    except json.JSONDecodeError:
+        raise InputError("spec", "is not valid JSON") from None
+    parsed = parse_spec(spec_obj)
+    if optimizer not in OPTIMIZERS:
+        raise InputError("optimizer", f"'{optimizer}' is not one of {', '.join(OPTIMIZERS)}")
+    if (function is None) == (csv is None):
+        raise InputError("function", "give either a built-in function or a CSV upload")
+    if csv is not None:
+        data = read_table(await csv.read(), "csv", csv.filename or "data.csv")
+        if data.shape[1] != parsed.in_dim + parsed.out_dim:
+            raise InputError("csv", f"has {data.shape[1]} columns; the spec needs {parsed.in_dim} + {parsed.out_dim}")
+        x, y = data[:, : parsed.in_dim], data[:, parsed.in_dim :]
+    else:
+        target = get_function(function or "")
+        if target.in_dim != parsed.in_dim or parsed.out_dim != 1:
+            raise InputError("function", f"'{target.name}' maps {target.in_dim} input(s) to 1 output")
+        xt = target.sample(samples, seed=seed)
+        x, y = xt.numpy(), target(xt).numpy()
+    if x.shape[0] > settings.max_samples:
+        raise InputError("csv", f"has {x.shape[0]} rows; the limit is {settings.max_samples}")
+    options = {"spec": spec_obj, "optimizer": optimizer, "steps": steps, "lr": lr, "seed": seed, "name": name}
+    job = create_job(
+        session, broker, key, kind="train", model_id=None, backend="train", queue="local", shots=None, pack=None,
+        options=options, arrays={"x": np.asarray(x), "y": np.asarray(y)}, rounds_total=0, idempotency_key=None,
+    )
+    return job_out(session, job)

@@ -1,0 +1,51 @@
+"""/v1/queues: what the dashboard draws — queue depths, live workers, throughput."""
+
+from typing import Any
+
+from celery import Celery
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+
+from service.api.deps import BrokerDep, KeyDep, SessionDep
+from service.api.errors import ERROR_RESPONSES
+from service.api.schemas import QueueOut, QueuesOut, WorkerOut
+from service.store import jobs as store
+from workers.routing import QUEUES
+
+router = APIRouter(prefix="/v1/queues", tags=["queues"], responses=ERROR_RESPONSES)
+
+
+def queue_depths(broker: Celery) -> dict[str, int]:
+    """Messages waiting per queue (kombu keeps priority levels in sibling Redis lists)."""
+    with broker.connection_for_read() as connection:
+        client = connection.default_channel.client
+        depths = {}
+        for name in QUEUES:
+            keys = [name] + [f"{name}\x06\x16{p}" for p in range(1, 10)]
+            depths[name] = sum(client.llen(k) for k in keys)
+    return depths
+
+
+def live_workers(broker: Celery, timeout: float = 1.0) -> list[WorkerOut]:
+    inspect = broker.control.inspect(timeout=timeout)
+    active: dict[str, list[Any]] = inspect.active() or {}
+    reserved: dict[str, list[Any]] = inspect.reserved() or {}
+    queues: dict[str, list[dict[str, Any]]] = inspect.active_queues() or {}
+    names = sorted(set(active) | set(reserved) | set(queues))
+    return [
+        WorkerOut(name=n, queues=[q["name"] for q in queues.get(n, [])], active=len(active.get(n, [])),
+                  reserved=len(reserved.get(n, [])))
+        for n in names
+    ]
+
+
+@router.get("", response_model=QueuesOut, summary="Queue depth, live workers, jobs finished in the last minute")
+async def queues(_: KeyDep, session: SessionDep, broker: BrokerDep) -> QueuesOut:
+    depths = await run_in_threadpool(queue_depths, broker)
+    workers = await run_in_threadpool(live_workers, broker)
+    return QueuesOut(
+        queues=[QueueOut(name=n, depth=d) for n, d in depths.items()],
+        workers=workers,
+        jobs_by_state=store.counts_by_state(session),
+        finished_last_minute=store.finished_since(session, 60.0),
+    )

@@ -1,0 +1,149 @@
+"""Request and response bodies, with the examples the OpenAPI page shows."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobState = Literal["queued", "running", "waiting_on_provider", "succeeded", "failed", "cancelled"]
+
+
+class ModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True, protected_namespaces=())
+
+    id: str
+    name: str
+    spec: dict[str, Any]
+    parameter_count: int = Field(description="Trainable parameters")
+    content_hash: str = Field(description="SHA-256 of the stored safetensors bytes")
+    source: Literal["upload", "train"]
+    created_at: datetime
+
+
+class Page(BaseModel):
+    total: int
+    limit: int
+    offset: int
+
+
+class ModelPage(Page):
+    items: list[ModelOut]
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [{
+                "model_id": "6f1c2d3e-0000-4000-8000-000000000000",
+                "inputs": [[0.1, -0.5], [0.7, 0.2]],
+                "backend": "aer:fake_sherbrooke",
+                "shots": 4000,
+                "pack": 4,
+                "options": {"seed": 1},
+                "idempotency_key": "run-2026-11-27-a",
+            }]
+        },
+    )
+
+    model_id: str = Field(min_length=1, max_length=64)
+    inputs: list[list[float]] = Field(description="One sample per row; width = the model's input width")
+    backend: str = Field("exact", min_length=1, max_length=200, description="See GET /v1/backends")
+    shots: int | None = Field(None, ge=1, description="Shots per circuit (default 1000 on sampling backends)")
+    pack: int | None = Field(None, ge=1, le=1024, description="Template copies per circuit (default: backend's)")
+    options: dict[str, Any] = Field(default_factory=dict, description="Backend options, e.g. {\"seed\": 1}")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200,
+                                        description="Repeat a submission safely: same key → same job")
+
+
+class RoundOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    number: int
+    rows: int
+    executions: int
+    shots: int
+    provider_job_ids: list[str]
+    submitted_at: datetime
+    finished_at: datetime | None
+    seconds: float | None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    kind: Literal["inference", "train"]
+    model_id: str | None
+    backend: str
+    queue: str
+    state: JobState
+    rounds_done: int
+    rounds_total: int
+    samples: int
+    shots: int | None
+    pack: int | None
+    options: dict[str, Any]
+    shots_used: int = Field(description="Σ circuit executions × shots")
+    executions: int = Field(description="Circuit executions so far")
+    provider_job_ids: list[str]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queued_seconds: float | None
+    run_seconds: float | None
+    error: JobError | None
+    rounds: list[RoundOut]
+
+
+class JobPage(Page):
+    items: list[JobOut]
+
+
+class JobResultOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    job_id: str
+    outputs: list[list[float]] | None = None
+    stderr: list[list[float]] | None = Field(None, description="Standard errors (delta method from shot noise)")
+    layers: list[list[list[float]]] | None = Field(None, description="Each QKAN layer's output, if asked for")
+    model_id: str | None = Field(None, description="Training jobs: the model they produced")
+    losses: list[float] | None = None
+
+
+class BackendOut(BaseModel):
+    name: str
+    kind: str
+    qubits: int
+    noise: str
+    max_shots: int | None
+    default_pack: int
+    max_pack: int
+    options: list[str]
+    online: bool
+    queue: str
+
+
+class QueueOut(BaseModel):
+    name: str
+    depth: int = Field(description="Messages waiting in the broker")
+
+
+class WorkerOut(BaseModel):
+    name: str
+    queues: list[str]
+    active: int
+    reserved: int
+
+
+class QueuesOut(BaseModel):
+    queues: list[QueueOut]
+    workers: list[WorkerOut]
+    jobs_by_state: dict[str, int]
+    finished_last_minute: int

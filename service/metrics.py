@@ -1,0 +1,62 @@
+"""Prometheus metrics, read from the database and the broker at scrape time.
+
+The workers are separate processes, so counters kept in the API's memory
+would miss their work; the database already holds every job and round, so
+each scrape aggregates it (cheap at the scale of one service's history).
+"""
+
+from collections.abc import Iterator
+
+from celery import Celery
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from sqlalchemy import case, func, select
+
+from service.settings import Settings
+from service.store.database import session_scope
+from service.store.jobs import ACTIVE, TERMINAL
+from service.store.tables import Job, Round
+
+LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
+
+
+class ServiceCollector(Collector):
+    def __init__(self, settings: Settings, broker: Celery) -> None:
+        self.url, self.broker = settings.resolved_database_url, broker
+
+    def collect(self) -> Iterator[Metric]:
+        from service.api.routes.queues import queue_depths
+
+        with session_scope(self.url) as session:
+            by_state = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+            shots, executions = session.execute(
+                select(func.coalesce(func.sum(Job.shots_used), 0), func.coalesce(func.sum(Job.executions), 0))
+            ).one()
+            buckets = session.execute(select(*[
+                func.coalesce(func.sum(case((Round.seconds <= b, 1), else_=0)), 0) for b in LATENCY_BUCKETS
+            ], func.count(Round.seconds), func.coalesce(func.sum(Round.seconds), 0.0))).one()
+        jobs = GaugeMetricFamily("qkan_jobs", "Jobs by state", labels=["state"])
+        for state in (*ACTIVE, *TERMINAL):
+            jobs.add_metric([state], by_state.get(state, 0))
+        yield jobs
+        depth = GaugeMetricFamily("qkan_queue_depth", "Messages waiting per queue", labels=["queue"])
+        try:
+            for name, value in queue_depths(self.broker).items():
+                depth.add_metric([name], value)
+        except Exception:  # an unreachable broker shows up in /readyz; metrics still serve the rest
+            pass
+        yield depth
+        yield CounterMetricFamily("qkan_shots", "Shots executed (circuit executions × shots)", value=shots)
+        yield CounterMetricFamily("qkan_circuit_executions", "Circuit executions", value=executions)
+        *cumulative, count, total = buckets
+        yield HistogramMetricFamily(
+            "qkan_round_latency_seconds", "Submit-to-absorb time of a quantum round",
+            buckets=[(str(b), c) for b, c in zip(LATENCY_BUCKETS, cumulative, strict=True)] + [("+Inf", count)],
+            sum_value=total,
+        )
+
+
+def registry_for(settings: Settings, broker: Celery) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceCollector(settings, broker))
+    return registry

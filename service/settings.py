@@ -1,0 +1,42 @@
+"""All service settings in one place: environment variables with the ``QKAN_`` prefix.
+
+Every field is documented in the README's settings table; defaults make
+``qkan-orch serve`` work on a bare machine (SQLite, embedded Redis).
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QKAN_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(Path("qkan-data"), description="Folder for the SQLite file and the embedded Redis")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/qkan.db")
+    redis_url: str | None = Field(None, description="Broker URL; unset → serve starts an embedded Redis")
+    api_host: str = Field("127.0.0.1", description="Address the API listens on")
+    api_port: int = Field(8000, description="Port the API listens on")
+    max_payload_bytes: int = Field(16 * 2**20, description="Largest request body accepted (413 above)")
+    max_samples: int = Field(100_000, description="Most input rows one job may carry")
+    max_shots: int = Field(1_000_000, description="Most shots per circuit a job may ask for")
+    poll_interval: float = Field(2.0, description="Seconds between polls of a provider job")
+    lease_seconds: float = Field(30.0, description="A worker's claim on a job; renewed while it works")
+    task_slice_seconds: float = Field(2.0, description="Local rounds one task runs before yielding the worker")
+    task_max_retries: int = Field(5, description="Retries of a transient error before the job fails")
+    retry_backoff_seconds: float = Field(2.0, description="First retry delay; doubles each retry")
+    broker_visibility_timeout: int = Field(300, description="Seconds before a dead worker's task is redelivered")
+    worker_concurrency: int | None = Field(None, description="Worker processes (default: CPU count)")
+    backend_plugins: str = Field("", description="Comma-separated modules that register extra backends")
+    log_level: str = Field("INFO", description="Logging level of API and workers")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'qkan.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

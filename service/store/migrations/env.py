@@ -1,0 +1,12 @@
+"""Alembic environment: runs on the connection ``database.upgrade`` hands over."""
+
+from alembic import context
+
+from service.store.tables import Base
+
+connection = context.config.attributes.get("connection")
+if connection is None:  # pragma: no cover - we always pass a connection
+    raise RuntimeError("run migrations through service.store.database.upgrade()")
+context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+with context.begin_transaction():
+    context.run_migrations()

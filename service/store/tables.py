@@ -1,0 +1,128 @@
+"""The database schema. The database is the truth about models, jobs and results.
+
+Binary columns hold safetensors bytes (models, inputs, plan states, results):
+no pickle anywhere. ``rounds`` has one row per (job, round) and a unique key on
+it, which is what makes a round's submission happen at most once.
+"""
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict: JSON, list: JSON}  # noqa: RUF012
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StoredModel(Base):
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict]
+    parameter_count: Mapped[int]
+    content_hash: Mapped[str] = mapped_column(String(64))
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+    source: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("owner_id", "idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # inference | train
+    model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    backend: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(20))
+    shots: Mapped[int | None]
+    pack: Mapped[int | None]
+    options: Mapped[dict] = mapped_column(default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(30), index=True)
+    rounds_done: Mapped[int] = mapped_column(default=0)
+    rounds_total: Mapped[int] = mapped_column(default=0)
+    samples: Mapped[int] = mapped_column(default=0)
+    inputs: Mapped[bytes] = mapped_column(LargeBinary)
+    plan_state: Mapped[bytes | None] = mapped_column(LargeBinary)
+    in_flight: Mapped[dict | None]  # the submitted, not yet absorbed round: backend handle
+    shots_used: Mapped[int] = mapped_column(default=0)
+    executions: Mapped[int] = mapped_column(default=0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    error_code: Mapped[str | None] = mapped_column(String(50))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[float | None] = mapped_column(Float)  # epoch seconds: portable comparisons
+    task_id: Mapped[str | None] = mapped_column(String(64))  # the latest Celery message for the job
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Round(Base):
+    """One quantum round of a job: claimed once, submitted once, absorbed once."""
+
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("job_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int]
+    rows: Mapped[int] = mapped_column(default=0)
+    executions: Mapped[int] = mapped_column(default=0)
+    shots: Mapped[int] = mapped_column(default=0)
+    provider_job_ids: Mapped[list] = mapped_column(default=list)
+    submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    seconds: Mapped[float | None] = mapped_column(Float)
+
+
+class JobEvent(Base):
+    """Progress of a job, in order: what the events stream sends."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(30))
+    data: Mapped[dict] = mapped_column(default=dict)
+
+
+class JobResult(Base):
+    __tablename__ = "results"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    arrays: Mapped[bytes] = mapped_column(LargeBinary)  # safetensors: outputs, stderr, layer.<k>
+    summary: Mapped[dict] = mapped_column(default=dict)

@@ -1,0 +1,97 @@
+"""Test backends, registered through the QKAN_BACKEND_PLUGINS mechanism.
+
+``test:counting`` is the exact simulator that first waits ``delay`` seconds,
+then appends one line per batch it executes to the file ``log`` — so a test
+can count, across worker processes and restarts, how often each round ran.
+``test:pending`` accepts a batch like a provider would and stays pending for
+``pending_polls`` polls (counted in a file next to ``log``), never blocking.
+"""
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backends.base import Capabilities, Handle, TransientBackendError
+from backends.exact import ExactBackend, exact_p0
+from circuits.batch import ActivationBatch, BatchResult, Segment, Template
+
+
+class CountingBackend(ExactBackend):
+    name = "test:counting"
+
+    def capabilities(self) -> Capabilities:
+        caps = super().capabilities()
+        return Capabilities(**{**caps.__dict__, "name": self.name, "options": ("delay", "log")})
+
+    def submit(self, batch: ActivationBatch, shots: int | None = None, pack: int | None = None,
+               options: dict[str, Any] | None = None) -> Handle:
+        options = options or {}
+        time.sleep(float(options.get("delay", 0)))
+        with open(options["log"], "a", encoding="utf-8") as fh:
+            fh.write(hashlib.sha256(batch.params.tobytes()).hexdigest() + "\n")
+        return super().submit(batch, shots, pack, {})
+
+
+class PendingBackend(ExactBackend):
+    """A provider whose jobs wait in a queue: submit returns ids, poll says pending N times."""
+
+    name = "test:pending"
+
+    def capabilities(self) -> Capabilities:
+        caps = super().capabilities()
+        return Capabilities(**{**caps.__dict__, "name": self.name, "options": ("pending_polls", "log")})
+
+    def submit(self, batch: ActivationBatch, shots: int | None = None, pack: int | None = None,
+               options: dict[str, Any] | None = None) -> Handle:
+        options = options or {}
+        job_id = hashlib.sha256(batch.params.tobytes()).hexdigest()[:16]
+        data = {"params": batch.params.tolist(), "ansatz": batch.template.ansatz, "reps": batch.template.reps,
+                "pending_polls": int(options.get("pending_polls", 1)), "log": options["log"]}
+        return Handle(self.name, provider_job_ids=[f"pending-{job_id}"], data=data)
+
+    def poll(self, handle: Handle) -> BatchResult | None:
+        polls = Path(handle.data["log"] + ".polls")
+        with open(polls, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"job": handle.provider_job_ids[0], "at": time.time()}) + "\n")
+        seen = sum(handle.provider_job_ids[0] in line for line in polls.read_text().splitlines())
+        if seen <= handle.data["pending_polls"]:
+            return None
+        params = np.asarray(handle.data["params"], dtype=np.float64)
+        batch = ActivationBatch(Template(handle.data["ansatz"], handle.data["reps"]), params,
+                                (Segment("x", np.zeros((0, 0, 0), dtype=np.int64)),), "z")
+        p0 = exact_p0(batch)
+        return BatchResult(p0=p0, p0_stderr=np.zeros_like(p0), provider_job_ids=handle.provider_job_ids)
+
+    def cancel(self, handle: Handle) -> None:
+        with open(handle.data["log"] + ".cancelled", "a", encoding="utf-8") as fh:
+            fh.write(handle.provider_job_ids[0] + "\n")
+
+
+class FlakyBackend(ExactBackend):
+    """Raises a transient provider error on its first ``failures`` submissions (counted in ``log``)."""
+
+    name = "test:flaky"
+
+    def capabilities(self) -> Capabilities:
+        caps = super().capabilities()
+        return Capabilities(**{**caps.__dict__, "name": self.name, "options": ("failures", "log")})
+
+    def submit(self, batch: ActivationBatch, shots: int | None = None, pack: int | None = None,
+               options: dict[str, Any] | None = None) -> Handle:
+        options = options or {}
+        log = Path(options["log"])
+        attempts = len(log.read_text().splitlines()) if log.exists() else 0
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write("attempt\n")
+        if attempts < int(options.get("failures", 1)):
+            raise TransientBackendError(f"provider busy (attempt {attempts + 1})")
+        return super().submit(batch, shots, pack, {})
+
+
+def get_backend(name: str) -> Any:
+    factory = {"test:counting": CountingBackend, "test:pending": PendingBackend, "test:flaky": FlakyBackend}
+    return factory[name]() if name in factory else None

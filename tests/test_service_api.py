@@ -1,0 +1,301 @@
+"""The REST service end to end: real HTTP, real Redis, real Celery worker processes, real SQL.
+
+Runs once per stack: system Redis + PostgreSQL, system Redis + SQLite, and
+the embedded Redis + SQLite a fresh machine uses.
+"""
+
+import json
+import os
+import pickle
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import qkan
+import torch
+from conftest import make_inputs, make_model
+from service_env import FAST, STACKS, stack_env
+from sqlalchemy import func, select
+
+from client import ApiError, Client
+from models import save_model
+from service.local import LocalService
+from service.store.database import session_scope
+from service.store.tables import Job, JobEvent, StoredModel
+
+os.environ.setdefault("QKAN_BACKEND_PLUGINS", FAST["QKAN_BACKEND_PLUGINS"])
+
+
+@pytest.fixture(scope="module", params=list(STACKS))
+def svc(request, tmp_path_factory) -> LocalService:  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp(request.param)
+    with stack_env(request.param, tmp) as env:
+        service = LocalService(tmp, env, concurrency=2)
+        service.start()
+        try:
+            yield service
+        finally:
+            service.stop()
+
+
+@pytest.fixture(scope="module")
+def qc(svc: LocalService) -> Client:
+    with Client(svc.url, svc.create_key("main")) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
+    model = make_model(width=[2, 3, 2, 1], reps=2, preact_trainable=True).float()
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
+    save_model(model, str(path))
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def model_id(qc: Client, model_file) -> str:  # type: ignore[no-untyped-def]
+    return qc.upload_model(model_file[0], name="three-layer")["id"]
+
+
+def counts(svc: LocalService) -> tuple[int, int, int]:
+    with session_scope(svc.settings.resolved_database_url) as session:
+        return tuple(session.scalar(select(func.count()).select_from(t)) for t in (StoredModel, Job, JobEvent))
+
+
+def run(qc: Client, model: str, inputs, **kwargs) -> dict:  # type: ignore[no-untyped-def]
+    job = qc.submit(model, inputs, **kwargs)
+    return qc.wait(job["id"], timeout=120, progress=False)
+
+
+def test_inference_through_the_service_matches_the_model(qc: Client, model_id: str, model_file) -> None:
+    _, model = model_file
+    x = make_inputs(16, 2)
+    status = run(qc, model_id, x)
+    assert status["state"] == "succeeded", status["error"]
+    assert status["rounds_done"] == status["rounds_total"] == 3
+    assert [r["number"] for r in status["rounds"]] == [0, 1, 2]
+    assert status["started_at"] and status["finished_at"] and status["run_seconds"] >= 0
+    outputs, stderr, layers = qc.result(status["id"], layers=True)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x).float()).numpy()
+    assert np.max(np.abs(outputs - want)) < 1e-5 and not stderr.any()
+    assert [layer.shape for layer in layers] == [(16, 3), (16, 2), (16, 1)]
+
+
+def test_sampling_backend_reports_shots_and_errors(qc: Client, model_id: str) -> None:
+    status = run(qc, model_id, make_inputs(8, 2), backend="aer", shots=2000, pack=4, options={"seed": 5})
+    assert status["state"] == "succeeded", status["error"]
+    rows = sum(r["rows"] for r in status["rounds"])
+    assert status["executions"] == sum(-(-r["rows"] // 4) for r in status["rounds"]) and rows > 0
+    assert status["shots_used"] == 2000 * status["executions"]
+    _, stderr = qc.result(status["id"])
+    assert (stderr > 0).all()
+
+
+def test_inputs_upload_as_npy_and_csv(qc: Client, model_id: str, tmp_path: Path) -> None:
+    x = make_inputs(5, 2)
+    np.save(tmp_path / "x.npy", x)
+    np.savetxt(tmp_path / "x.csv", x, delimiter=",", header="a,b", comments="")
+    results = []
+    for path in (tmp_path / "x.npy", tmp_path / "x.csv"):
+        status = run(qc, model_id, path)
+        assert status["state"] == "succeeded" and status["samples"] == 5
+        results.append(qc.result(status["id"])[0])
+    assert np.allclose(results[0], results[1], atol=1e-12)
+
+
+def test_qkan_state_dict_upload(qc: Client, tmp_path: Path) -> None:
+    kwargs = {"width": [2, 4, 1], "reps": 2, "seed": 3, "preact_trainable": True}
+    ref = qkan.QKAN(**kwargs)
+    torch.save(ref.state_dict(), tmp_path / "m.pt")
+    (tmp_path / "kwargs.json").write_text(json.dumps(kwargs))
+    stored = qc.upload_model(tmp_path / "m.pt", tmp_path / "kwargs.json")
+    assert stored["parameter_count"] == ref.param_size and len(stored["content_hash"]) == 64
+    x = make_inputs(6, 2)
+    status = run(qc, stored["id"], x)
+    with torch.no_grad():
+        ref.eval()
+        want = ref(torch.from_numpy(x).float()).numpy()
+    assert np.max(np.abs(qc.result(status["id"])[0] - want)) <= 1e-5
+
+
+def test_idempotency_key_returns_the_same_job(svc: LocalService, qc: Client, model_id: str) -> None:
+    x = make_inputs(3, 2)
+    first = qc.submit(model_id, x, idempotency_key="once")
+    before = counts(svc)
+    again = qc.http.post("/v1/jobs", json={"model_id": model_id, "inputs": x.tolist(), "idempotency_key": "once"})
+    assert again.status_code == 200 and again.json()["id"] == first["id"]
+    other = qc.http.post("/v1/jobs", json={"model_id": model_id, "inputs": (x + 1).tolist(),
+                                           "idempotency_key": "once"})
+    assert other.status_code == 409 and other.json()["error"]["field"] == "idempotency_key"
+    assert counts(svc)[:2] == before[:2]
+
+
+def test_events_stream_progress_until_the_end(qc: Client, model_id: str) -> None:
+    job = qc.submit(model_id, make_inputs(4, 2), backend="test:counting",
+                    options={"delay": 0.2, "log": os.devnull})
+    events = list(qc.events(job["id"]))
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "state" and events[0][1]["state"] == "queued"
+    assert [data["round"] for kind, data in events if kind == "round"] == [1, 2, 3]
+    assert events[-1] == ("state", {**events[-1][1], "state": "succeeded"})
+
+
+def test_cancel_reaches_the_provider(qc: Client, model_id: str, tmp_path: Path) -> None:
+    log = tmp_path / "pending.log"
+    job = qc.submit(model_id, make_inputs(4, 2), backend="test:pending",
+                    options={"pending_polls": 10_000, "log": str(log)})
+    deadline = time.monotonic() + 60
+    while qc.status(job["id"])["state"] != "waiting_on_provider":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert qc.status(job["id"])["provider_job_ids"][0].startswith("pending-")
+    qc.cancel(job["id"])
+    final = qc.wait(job["id"], timeout=60, progress=False)
+    assert final["state"] == "cancelled"
+    assert Path(str(log) + ".cancelled").read_text().split() == final["provider_job_ids"]
+    with pytest.raises(ApiError) as err:
+        qc.result(job["id"])
+    assert err.value.status == 409
+    done = run(qc, model_id, make_inputs(2, 2))
+    with pytest.raises(ApiError) as err:
+        qc.cancel(done["id"])
+    assert err.value.status == 409 and err.value.code == "already_finished"
+
+
+def test_transient_errors_retry_then_succeed_or_fail_with_the_reason(qc: Client, model_id: str, tmp_path: Path):
+    ok = run(qc, model_id, make_inputs(2, 2), backend="test:flaky",
+             options={"failures": 2, "log": str(tmp_path / "a.log")})
+    assert ok["state"] == "succeeded"
+    assert len((tmp_path / "a.log").read_text().splitlines()) == 2 + 3  # two refusals, then three rounds
+    bad = run(qc, model_id, make_inputs(2, 2), backend="test:flaky",
+              options={"failures": 100, "log": str(tmp_path / "b.log")})
+    assert bad["state"] == "failed" and bad["error"]["code"] == "provider_error"
+    assert "provider busy" in bad["error"]["message"]
+
+
+def test_training_runs_as_a_job_and_yields_a_usable_model(qc: Client) -> None:
+    job = qc.train({"width": [1, 2, 1], "reps": 2}, function="sin", steps=5, optimizer="lbfgs", name="sine")
+    status = qc.wait(job["id"], timeout=120, progress=False)
+    assert status["state"] == "succeeded", status["error"]
+    body = qc.result_json(job["id"])
+    assert body["model_id"] and len(body["losses"]) == 5 and body["losses"][-1] < body["losses"][0]
+    assert qc.model(body["model_id"])["name"] == "sine"
+    assert run(qc, body["model_id"], [[0.5]])["state"] == "succeeded"
+
+
+def test_listing_filters_and_pages(qc: Client, model_id: str) -> None:
+    page = qc.jobs(model_id=model_id, state="succeeded", limit=2)
+    assert page["total"] >= 3 and len(page["items"]) == 2
+    assert all(j["state"] == "succeeded" and j["model_id"] == model_id for j in page["items"])
+    second = qc.jobs(model_id=model_id, state="succeeded", limit=2, offset=2)
+    assert {j["id"] for j in page["items"]}.isdisjoint(j["id"] for j in second["items"])
+    assert qc.models()["total"] >= 1
+
+
+def test_backends_queues_health_and_metrics(svc: LocalService, qc: Client) -> None:
+    names = {b["name"]: b for b in qc.backends()}
+    assert {"exact", "aer", "aer:fake_sherbrooke", "braket:local", "pennylane:default.qubit"} <= set(names)
+    assert names["aer:fake_sherbrooke"]["queue"] == "local" and names["aer"]["online"]
+    queues = qc.queues()
+    assert {q["name"] for q in queues["queues"]} == {"local", "ibm", "braket"}
+    assert len(queues["workers"]) == 1 and queues["workers"][0]["queues"] == ["local", "ibm", "braket"]
+    assert queues["jobs_by_state"]["succeeded"] >= 1 and queues["finished_last_minute"] >= 1
+    assert httpx.get(f"{svc.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{svc.url}/readyz").json() == {"database": "ok", "broker": "ok"}
+    metrics = httpx.get(f"{svc.url}/metrics").text
+    assert 'qkan_jobs{state="succeeded"}' in metrics and "qkan_round_latency_seconds_bucket" in metrics
+    assert 'qkan_queue_depth{queue="local"}' in metrics and "qkan_shots_total" in metrics
+
+
+def test_keys_see_only_their_own_models_and_jobs(svc: LocalService, qc: Client, model_id: str) -> None:
+    job = run(qc, model_id, make_inputs(2, 2))
+    url = svc.url
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    wrong = httpx.get(f"{url}/v1/jobs", headers={"Authorization": "Bearer qk_not-a-real-key"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
+    with Client(url, svc.create_key("other")) as other:
+        for call in (lambda: other.model(model_id), lambda: other.status(job["id"]),
+                     lambda: other.result(job["id"]), lambda: other.cancel(job["id"]),
+                     lambda: other.submit(model_id, [[0.1, 0.2]])):
+            with pytest.raises(ApiError) as err:
+                call()
+            assert err.value.status == 404
+        assert other.jobs()["total"] == 0 and other.models()["total"] == 0
+
+
+class _Evil:
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').write('x')",))
+
+
+BAD_JOBS = [
+    ("malformed JSON", b'{"model_id": "x", "inputs": [[1, 2]', "application/json", 400, None),
+    ("not an object", b"[1, 2, 3]", "application/json", 422, "body"),
+    ("wrong width", {"inputs": [[0.1, 0.2, 0.3]]}, None, 422, "inputs"),
+    ("ragged rows", {"inputs": [[0.1, 0.2], [0.3]]}, None, 422, "inputs"),
+    ("empty batch", {"inputs": []}, None, 422, "inputs"),
+    ("NaN", b'{"model_id": "MODEL", "inputs": [[NaN, 0.1]]}', "application/json", 422, "inputs"),
+    ("infinity", b'{"model_id": "MODEL", "inputs": [[Infinity, 0.1]]}', "application/json", 422, "inputs"),
+    ("strings", {"inputs": [["a", "b"]]}, None, 422, "inputs.0.0"),
+    ("unknown backend", {"backend": "qpu:nowhere"}, None, 422, "backend"),
+    ("unknown model", {"model_id": "no-such-model"}, None, 404, "model_id"),
+    ("zero shots", {"backend": "aer", "shots": 0}, None, 422, "shots"),
+    ("too many shots", {"backend": "aer", "shots": 10**8}, None, 422, "shots"),
+    ("bad pack", {"backend": "aer", "shots": 10, "pack": 99}, None, 422, "pack"),
+    ("unknown option", {"backend": "aer", "shots": 10, "options": {"warp": 9}}, None, 422, "options.warp"),
+    ("extra field", {"colour": "blue"}, None, 422, "colour"),
+    ("wrong content type", b"model_id=x", "text/plain", 415, None),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "content_type", "status", "field"), BAD_JOBS, ids=[c[0] for c in BAD_JOBS])
+def test_bad_job_requests_are_refused_and_store_nothing(svc, qc, model_id, case, change, content_type, status, field):
+    before = counts(svc)
+    if isinstance(change, bytes):
+        response = qc.http.post("/v1/jobs", content=change.replace(b"MODEL", model_id.encode()),
+                                headers={"Content-Type": content_type})
+    else:
+        body = {"model_id": model_id, "inputs": [[0.1, 0.2]], **change}
+        response = qc.http.post("/v1/jobs", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] and error["message"] and error["field"] == field
+    assert counts(svc) == before
+
+
+def test_payload_over_the_limit_is_413_and_stores_nothing(svc: LocalService, qc: Client, model_id: str) -> None:
+    before = counts(svc)
+    big = {"model_id": model_id, "inputs": [[0.1, 0.2]] * 300_000}  # 3 MB > the 2 MiB limit
+    response = qc.http.post("/v1/jobs", json=big)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+    streamed = qc.http.post("/v1/jobs", content=iter([b"x" * 2**20] * 3), headers={"Content-Type": "application/json"})
+    assert streamed.status_code == 413
+    assert counts(svc) == before
+
+
+def test_bad_model_uploads_are_refused_and_store_nothing(svc, qc: Client, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    before = counts(svc)
+    evil_zip = tmp_path / "evil_zip.pt"
+    torch.save({"layers.0.theta": _Evil()}, evil_zip)
+    (tmp_path / "kwargs.json").write_text(json.dumps({"width": [2, 1]}))
+    cases = [
+        ({"file": ("m.safetensors", b"definitely not safetensors")}, "model"),
+        ({"file": ("raw.pt", pickle.dumps({"x": _Evil()}))}, "model"),
+        ({"file": ("zip.pt", evil_zip.read_bytes())}, "model"),
+        ({"file": ("m.pt", evil_zip.read_bytes()), "spec": ("s.json", b"{broken")}, "spec"),
+        ({"file": ("m.safetensors", b"x" * 100), "spec": ("s.json", json.dumps({"width": [2, 1], "group": 2}))},
+         "spec.group"),
+    ]
+    for files, field in cases:
+        if "spec" not in files and field == "model":
+            files = {**files, "spec": ("kwargs.json", (tmp_path / "kwargs.json").read_bytes())}
+        response = qc.http.post("/v1/models", files=files)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["field"] == field
+    assert qc.http.post("/v1/models", data={"name": "no file"}).status_code == 422
+    assert counts(svc) == before
+    assert not (tmp_path / "PWNED").exists()

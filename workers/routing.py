@@ -1,0 +1,11 @@
+"""Which queue serves a backend: one per provider family, so a slow QPU never starves simulators."""
+
+QUEUES = ("local", "ibm", "braket")
+
+
+def queue_for(backend: str) -> str:
+    if backend.startswith("ibm:"):
+        return "ibm"
+    if backend.startswith("braket:") and backend not in ("braket:local", "braket:local_dm"):
+        return "braket"
+    return "local"

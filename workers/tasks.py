@@ -1,0 +1,56 @@
+"""Celery tasks: thin wrappers that run one step and schedule the next.
+
+The next message is published before this one is acknowledged (acks_late),
+so a worker dying anywhere in between leaves at least one message for the
+job; extra messages are harmless because a step only does what the job's
+state in the database says is left to do.
+"""
+
+import logging
+
+from celery import Task
+from celery.signals import worker_ready
+
+from service.settings import get_settings
+from service.store import jobs as store
+from service.store.database import session_scope, upgrade
+from workers.app import celery_app
+from workers.execution import advance_job
+
+app = celery_app()
+log = logging.getLogger("qkan.worker")
+
+
+@app.task(name="qkan.advance", bind=True)
+def advance(self: Task, job_id: str) -> None:
+    step = advance_job(job_id, get_settings())
+    if step.again_in is not None:
+        queue = self.request.delivery_info.get("routing_key") or "local"
+        enqueue(job_id, queue, countdown=step.again_in)
+
+
+@app.task(name="qkan.noop")
+def noop() -> None:
+    """A bare round trip, the baseline bench/service_load.py compares jobs against."""
+
+
+def enqueue(job_id: str, queue: str, countdown: float = 0.0) -> str:
+    """Publish the next step of ``job_id`` and remember its message id on the job."""
+    message = advance.apply_async((job_id,), queue=queue, countdown=countdown or None)
+    with session_scope(get_settings().resolved_database_url) as session:
+        store.remember_task(session, job_id, message.id)
+    return message.id
+
+
+@worker_ready.connect
+def _recover(**_: object) -> None:
+    """At start-up, re-enqueue active jobs that nobody holds and nobody touched for a while."""
+    settings = get_settings()
+    url = settings.resolved_database_url
+    upgrade(url)
+    idle = max(60.0, 3 * settings.poll_interval)
+    with session_scope(url) as session:
+        stale = store.stale_jobs(session, idle)
+    for job_id, queue in stale:
+        log.info("re-enqueueing stale job %s", job_id)
+        enqueue(job_id, queue)
