@@ -9,11 +9,11 @@ import math
 
 import numpy as np
 import pytest
-from conftest import make_inputs, make_model
 
 from backends import get_backend
 from backends.exact import exact_p0
 from circuits import ActivationBatch, Segment, Template, compile_layer
+from conftest import make_inputs, make_model
 from models import InputError
 
 SHOTS = 10_000

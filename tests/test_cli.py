@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import qkan
 import torch
-from conftest import make_inputs, make_model
 
+from conftest import make_inputs, make_model
 from models import save_model
 
 CLI = str(Path(sys.executable).parent / "qkan-orch")

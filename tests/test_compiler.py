@@ -5,11 +5,11 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import make_inputs, make_model
 
 from backends import get_backend, run_plan
 from backends.exact import exact_p0
 from circuits import ActivationBatch, BatchResult, FeedForwardPlan, PlanState, compile_layer
+from conftest import make_inputs, make_model
 from models import InputError
 from models.ansatz import build_ansatz
 

@@ -5,7 +5,6 @@ import pennylane as qml
 import pytest
 from braket.circuits import Circuit
 from braket.devices import LocalSimulator
-from conftest import make_inputs, make_model
 from qiskit.quantum_info import Statevector
 
 from backends.exact import exact_p0
@@ -15,6 +14,7 @@ from circuits.lower_braket import braket_inputs, braket_template
 from circuits.lower_pennylane import pennylane_qnode
 from circuits.lower_qiskit import qiskit_template
 from circuits.packing import pack_params, unpack_counts
+from conftest import make_inputs, make_model
 
 ANSATZE = ["pz_encoding", "rpz_encoding", "real"]
 

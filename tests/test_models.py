@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import qkan
 import torch
-from conftest import make_inputs, make_model
 
+from conftest import make_inputs, make_model
 from models import HQKAN, InputError, build_model, extend_reps, fit, load_model, parse_spec, save_model
 from models.functions import FUNCTIONS, get_function
 

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import qkan
 import torch
-from conftest import make_inputs, make_model
-from service_env import FAST, STACKS, stack_env
 from sqlalchemy import func, select
 
 from client import ApiError, Client
+from conftest import make_inputs, make_model
 from models import save_model
 from service.local import LocalService
 from service.store.database import session_scope
 from service.store.tables import Job, JobEvent, StoredModel
+from service_env import FAST, STACKS, stack_env
 
 os.environ.setdefault("QKAN_BACKEND_PLUGINS", FAST["QKAN_BACKEND_PLUGINS"])
 

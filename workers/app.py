@@ -34,7 +34,12 @@ def celery_app(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout,
+            # look for a dead worker's messages every tenth of the timeout (kombu's default: 100 s)
+            "unacked_restore_interval": max(1, settings.broker_visibility_timeout // 10),
+            "unacked_restore_throttle": 1,
+        },
         worker_send_task_events=True,
         task_send_sent_event=True,
     )

@@ -1,0 +1,49 @@
+"""500 jobs submitted at once all finish, each exactly once, with their own outputs."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from client import Client
+from conftest import make_inputs, make_model
+from models import save_model
+from service.local import LocalService
+from service.store.database import session_scope
+from service.store.tables import Job, Round
+from service_env import stack_env
+
+JOBS = 500
+
+
+@pytest.mark.parametrize("stack", ["system-redis+postgresql", "embedded-redis+sqlite"])
+def test_500_concurrent_jobs_finish_once_each(stack: str, tmp_path: Path) -> None:
+    model = make_model(width=[2, 2, 1], reps=1).float()
+    save_model(model, str(tmp_path / "m.safetensors"))
+    inputs = [make_inputs(2, 2, seed=k) for k in range(JOBS)]
+    with stack_env(stack, tmp_path) as env, LocalService(tmp_path, env, concurrency=2) as service, \
+            Client(service.url, service.create_key()) as qc:
+        model_id = qc.upload_model(tmp_path / "m.safetensors")["id"]
+        with ThreadPoolExecutor(16) as pool:
+            ids = list(pool.map(lambda x: qc.submit(model_id, x)["id"], inputs))
+        assert len(set(ids)) == JOBS
+
+        deadline = time.monotonic() + 300
+        while qc.jobs(state="succeeded", limit=1)["total"] < JOBS:
+            assert qc.jobs(state="failed", limit=1)["total"] == 0
+            assert time.monotonic() < deadline, f"{qc.jobs(state='succeeded', limit=1)['total']} of {JOBS} done"
+            time.sleep(0.5)
+
+        with ThreadPoolExecutor(8) as pool:
+            outputs = list(pool.map(lambda job_id: qc.result(job_id)[0], ids))
+        with torch.no_grad():
+            want = [model(torch.from_numpy(x).float()).numpy() for x in inputs]
+        assert all(np.allclose(got, exp, atol=1e-6) for got, exp in zip(outputs, want, strict=True))
+        with session_scope(service.settings.resolved_database_url) as session:
+            assert session.scalar(select(func.count()).select_from(Job)) == JOBS
+            per_job = session.execute(select(Round.job_id, func.count()).group_by(Round.job_id)).all()
+        assert len(per_job) == JOBS and all(count == 2 for _, count in per_job)
