@@ -1,9 +1,12 @@
-"""``qkan-orch demo``: train a small QKAN and run it on every local backend.
+"""``qkan-orch demo``: train a small QKAN and run it on every local backend through the service.
 
-Shows, in one table, what the compiler saves (rows after deduplication vs
-activations requested, circuit executions after packing) and how far each
-backend lands from the exact simulator — shot noise alone on ideal
-simulators, visibly more on noisy ones.
+Every backend runs as a job on the real service path — client → REST API →
+Redis broker → Celery worker → SQL store — started here with the embedded
+defaults (or an existing service given by ``--url``). One table shows what
+the compiler saves (rows after deduplication vs activations requested,
+circuit executions after packing) and how far each backend lands from the
+exact simulator: shot noise alone on ideal simulators, visibly more on
+noisy ones.
 """
 
 import argparse
@@ -11,11 +14,12 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 
-from backends import get_backend, run_plan
-from circuits import FeedForwardPlan
+from client import Client
 from models import build_model, fit, parse_spec, save_model
 from models.functions import get_function
 
@@ -28,7 +32,8 @@ DEMO_FUNCTION = "sin_cos"
 
 
 def demo(args: argparse.Namespace) -> int:
-    os.makedirs(args.out, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     progress = not args.quiet
     function = get_function(DEMO_FUNCTION)
     train_x = function.sample(256, seed=0)
@@ -37,25 +42,52 @@ def demo(args: argparse.Namespace) -> int:
     trained = fit(
         model, train_x.float(), function(train_x).float(), optimizer="lbfgs", steps=30, progress=progress
     )
-    print(
-        f"trained QKAN {DEMO_SPEC['width']} reps {DEMO_SPEC['reps']} on {function.formula}: "
-        f"MSE {trained.final_loss:.2e} in {time.perf_counter() - start:.1f} s",
-        file=sys.stderr,
-    )
-    save_model(model, os.path.join(args.out, "model.safetensors"))
+    _say(f"trained QKAN {DEMO_SPEC['width']} reps {DEMO_SPEC['reps']} on {function.formula}: "
+         f"MSE {trained.final_loss:.2e} in {time.perf_counter() - start:.1f} s")
+    save_model(model, str(out / "model.safetensors"))
+    inputs = function.grid(args.grid).numpy()
+    target = function(function.grid(args.grid)).numpy()[:, 0]
 
-    inputs = function.grid(args.grid)
-    target = function(inputs).numpy()[:, 0]
-    entries, outputs = [], {}
-    for name in args.backends.split(","):
-        backend = get_backend(name)
-        shots = args.shots if backend.capabilities().shot_based else None
-        report = run_plan(FeedForwardPlan(model, inputs), backend, shots=shots, progress=progress)
-        outputs[name] = (report.outputs[:, 0], report.stderr[:, 0])
-        entries.append({
-            "backend": name, "shots": shots or 0, "rows": report.rows, "requested": report.requested,
-            "executions": report.executions, "seconds": round(report.seconds, 3),
-        })
+    with ExitStack() as stack:
+        qc = stack.enter_context(_service(args, out, stack))
+        model_id = qc.upload_model(out / "model.safetensors", name="demo")["id"]
+        entries, outputs = [], {}
+        for name in args.backends.split(","):
+            job = qc.submit(model_id, inputs, backend=name, shots=args.shots)
+            status = qc.wait(job["id"], progress=progress)
+            if status["state"] != "succeeded":
+                error = status["error"] or {}
+                raise RuntimeError(f"{name}: job {status['state']}: {error.get('message', '')}")
+            values, errors = qc.result(job["id"])
+            outputs[name] = (values[:, 0], errors[:, 0])
+            rounds = status["rounds"]
+            entries.append({
+                "backend": name, "job_id": job["id"], "shots": status["shots"] or 0,
+                "rows": sum(r["rows"] for r in rounds), "requested": sum(r["requested"] for r in rounds),
+                "executions": status["executions"], "seconds": round(status["run_seconds"] or 0.0, 3),
+            })
+    _score(entries, outputs, target)
+    _print_table(entries)
+    summary = {"model": DEMO_SPEC, "function": function.formula, "samples": len(target), "backends": entries}
+    (out / "report.json").write_text(json.dumps(summary, indent=2))
+    _plot(target, outputs, str(out / "predictions.png"), function.formula)
+    _say(f"wrote {out / 'report.json'}, {out / 'predictions.png'} and {out / 'model.safetensors'}")
+    return 0
+
+
+def _service(args: argparse.Namespace, out: Path, stack: ExitStack) -> Client:
+    """A client of ``--url``, or of a service started here with the embedded defaults."""
+    if args.url:
+        return Client(args.url, args.api_key)
+    from service.local import LocalService
+
+    _say(f"starting the service (embedded Redis, SQLite, one worker) in {out / 'service'} …")
+    service = stack.enter_context(LocalService(out / "service", {"QKAN_LOG_LEVEL": "WARNING"}))
+    _say(f"service up at {service.url}")
+    return Client(service.url, service.create_key("demo"))
+
+
+def _score(entries: list[dict], outputs: dict, target: np.ndarray) -> None:
     exact = outputs["exact"][0] if "exact" in outputs else None
     for entry in entries:
         pred, stderr = outputs[entry["backend"]]
@@ -64,15 +96,10 @@ def demo(args: argparse.Namespace) -> int:
         if exact is not None:
             entry["rmse_vs_exact"] = float(np.sqrt(np.mean((pred - exact) ** 2)))
             entry["max_error_vs_exact"] = float(np.max(np.abs(pred - exact)))
-    _print_table(entries)
-    report_path = os.path.join(args.out, "report.json")
-    with open(report_path, "w", encoding="utf-8") as fh:
-        summary = {"model": DEMO_SPEC, "function": function.formula, "samples": len(target), "backends": entries}
-        json.dump(summary, fh, indent=2)
-    plot_path = os.path.join(args.out, "predictions.png")
-    _plot(target, outputs, plot_path, function.formula)
-    print(f"wrote {report_path}, {plot_path} and model.safetensors", file=sys.stderr)
-    return 0
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)
 
 
 def _print_table(entries: list[dict]) -> None:
@@ -125,6 +152,8 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--shots", type=int, default=4000, help="shots per circuit on sampling backends (default 4000)")
     d.add_argument("--grid", type=int, default=8, help="inputs: a grid of N×N points on [-1, 1]² (default 8)")
     d.add_argument("--backends", default=",".join(DEMO_BACKENDS), help="comma-separated backend names")
+    d.add_argument("--url", help="use a running service instead of starting one (with --api-key)")
+    d.add_argument("--api-key", default=os.environ.get("QKAN_API_KEY"))
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(handler=demo)
 

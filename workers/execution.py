@@ -179,7 +179,7 @@ class _Runner:
                 in_flight={"round": state.rounds_done, "submitted": submitted, "handle": handle.to_json()},
             )
             store.record_round(
-                session, self.job_id, state.rounds_done, rows=batch.num_rows,
+                session, self.job_id, state.rounds_done, rows=batch.num_rows, requested=batch.num_requested,
                 provider_job_ids=handle.provider_job_ids,
             )
             store.add_event(
@@ -206,7 +206,8 @@ class _Runner:
                 executions=Job.executions + result.executions,
             )
             store.record_round(
-                session, self.job_id, number, rows=batch.num_rows, executions=result.executions,
+                session, self.job_id, number, rows=batch.num_rows, requested=batch.num_requested,
+                executions=result.executions,
                 shots=result.shots, provider_job_ids=list(result.provider_job_ids),
                 finished_at=datetime.now(UTC), seconds=seconds,
             )

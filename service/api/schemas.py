@@ -61,7 +61,8 @@ class RoundOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     number: int
-    rows: int
+    rows: int = Field(description="Circuits after deduplication")
+    requested: int = Field(description="Activations (sample × edge) those circuits serve")
     executions: int
     shots: int
     provider_job_ids: list[str]

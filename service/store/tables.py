@@ -99,7 +99,8 @@ class Round(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     number: Mapped[int]
-    rows: Mapped[int] = mapped_column(default=0)
+    rows: Mapped[int] = mapped_column(default=0)  # circuits after deduplication
+    requested: Mapped[int] = mapped_column(default=0)  # activations they serve
     executions: Mapped[int] = mapped_column(default=0)
     shots: Mapped[int] = mapped_column(default=0)
     provider_job_ids: Mapped[list] = mapped_column(default=list)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-27 12:22:04.180953
+Create Date: 2026-11-27 12:39:00.484166
 """
 
 import sqlalchemy as sa
@@ -121,6 +121,7 @@ def upgrade() -> None:
         sa.Column("job_id", sa.String(length=36), nullable=False),
         sa.Column("number", sa.Integer(), nullable=False),
         sa.Column("rows", sa.Integer(), nullable=False),
+        sa.Column("requested", sa.Integer(), nullable=False),
         sa.Column("executions", sa.Integer(), nullable=False),
         sa.Column("shots", sa.Integer(), nullable=False),
         sa.Column("provider_job_ids", sa.JSON(), nullable=False),
