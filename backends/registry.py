@@ -57,7 +57,13 @@ def get_backend(name: str) -> Backend:
 def _plugins() -> list[Callable[[str], Backend | None]]:
     """``get_backend(name) -> Backend | None`` of each module named in QKAN_BACKEND_PLUGINS."""
     names = [n.strip() for n in os.environ.get("QKAN_BACKEND_PLUGINS", "").split(",") if n.strip()]
-    return [importlib.import_module(n).get_backend for n in names]
+    plugins = []
+    for name in names:
+        try:
+            plugins.append(importlib.import_module(name).get_backend)
+        except (ImportError, AttributeError) as exc:
+            raise InputError("QKAN_BACKEND_PLUGINS", f"cannot load backend plugin '{name}' ({exc})") from None
+    return plugins
 
 
 def list_backends() -> list[Capabilities]:

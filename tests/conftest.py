@@ -1,5 +1,8 @@
 """Shared helpers: small models and inputs, float64 where exactness is checked."""
 
+import os
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -29,3 +32,19 @@ def make_inputs(rows: int, cols: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def plugin_backends() -> Iterator[None]:
+    """Let this process (the API under test) resolve the test backends of support/; undone afterwards."""
+    from service_env import FAST
+
+    old = os.environ.get("QKAN_BACKEND_PLUGINS")
+    os.environ["QKAN_BACKEND_PLUGINS"] = FAST["QKAN_BACKEND_PLUGINS"]
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("QKAN_BACKEND_PLUGINS", None)
+        else:
+            os.environ["QKAN_BACKEND_PLUGINS"] = old

@@ -5,7 +5,6 @@ path ids, multipart uploads — sent with a valid API key to a real service
 (real Redis, a real worker process, SQLite).
 """
 
-import os
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,9 @@ from schemathesis.checks import not_a_server_error
 from service.api.app import create_app
 from service.local import LocalService
 from service.settings import Settings
-from service_env import FAST, stack_env
+from service_env import stack_env
 
-os.environ.setdefault("QKAN_BACKEND_PLUGINS", FAST["QKAN_BACKEND_PLUGINS"])
+pytestmark = pytest.mark.usefixtures("plugin_backends")
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ from models import save_model
 from service.local import LocalService
 from service.store.database import session_scope
 from service.store.tables import Job, JobEvent, StoredModel
-from service_env import FAST, STACKS, stack_env
+from service_env import STACKS, stack_env
 
-os.environ.setdefault("QKAN_BACKEND_PLUGINS", FAST["QKAN_BACKEND_PLUGINS"])
+pytestmark = pytest.mark.usefixtures("plugin_backends")
 
 
 @pytest.fixture(scope="module", params=list(STACKS))

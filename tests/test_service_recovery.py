@@ -1,6 +1,5 @@
 """Workers die and providers keep jobs waiting: the service must neither lose nor repeat work."""
 
-import os
 import time
 from pathlib import Path
 
@@ -11,9 +10,9 @@ from client import Client
 from conftest import make_inputs, make_model
 from models import save_model
 from service.local import LocalService
-from service_env import FAST, stack_env
+from service_env import stack_env
 
-os.environ.setdefault("QKAN_BACKEND_PLUGINS", FAST["QKAN_BACKEND_PLUGINS"])
+pytestmark = pytest.mark.usefixtures("plugin_backends")
 
 
 @pytest.fixture(params=["system-redis+postgresql", "embedded-redis+sqlite"])

@@ -4,8 +4,13 @@ A step never waits for a provider: if a submitted round is still pending it
 returns "again in poll_interval seconds" and frees the worker. Local rounds
 finish inside ``submit`` and are absorbed at once; a step keeps running
 rounds until its time slice is used, then yields so other jobs get a turn.
-After every round the plan state is written before anything else happens,
-so a redelivered task resumes from the last finished round.
+
+A finished round is written — plan state, round log row, event, in one
+transaction — before anything else happens, so a redelivered task resumes
+from the last finished round. The one exception is a local round cheaper
+than ``PERSIST_AFTER`` seconds: redoing it costs less than the transaction,
+so such rounds are written together with the step's last change. A step uses
+one database session and ends by releasing the lease in that same UPDATE.
 """
 
 import logging
@@ -20,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from backends import Handle, get_backend
 from backends.base import TransientBackendError
@@ -30,35 +36,39 @@ from models.errors import InputError
 from service.settings import Settings
 from service.store import jobs as store
 from service.store.arrays import pack_arrays, unpack_arrays
-from service.store.database import session_scope
+from service.store.database import session_factory, session_scope
 from service.store.models import insert_model
 from service.store.tables import Job, StoredModel
 
 log = logging.getLogger("qkan.worker")
 TRANSIENT = (TransientBackendError, ConnectionError, TimeoutError)
+PERSIST_AFTER = 0.05  # seconds: a local round that took longer is written at once
 
 
 @dataclass(frozen=True)
 class Step:
-    """``again_in``: seconds until this job needs a worker again; None when it needs none."""
+    """``again_in``: seconds until the job needs a worker again (None: never); ``task_id`` of that message."""
 
     again_in: float | None
+    task_id: str | None = None
 
 
 class _ModelCache:
-    """Deserialised models by (id, content hash): jobs on one model skip the parsing."""
+    """Deserialised models by id: stored models never change (only get deleted, and not under active jobs)."""
 
     def __init__(self, size: int = 32) -> None:
-        self.size, self.items = size, OrderedDict[tuple[str, str], Model]()
+        self.size, self.items = size, OrderedDict[str, Model]()
 
-    def get(self, row: StoredModel) -> Model:
-        key = (row.id, row.content_hash)
-        if key not in self.items:
-            self.items[key] = model_from_bytes(row.blob, source=f"model {row.id}")
+    def get(self, session: Session, model_id: str) -> Model | None:
+        if model_id not in self.items:
+            blob = session.scalar(select(StoredModel.blob).where(StoredModel.id == model_id))
+            if blob is None:
+                return None
+            self.items[model_id] = model_from_bytes(blob, source=f"model {model_id}")
             if len(self.items) > self.size:
                 self.items.popitem(last=False)
-        self.items.move_to_end(key)
-        return self.items[key]
+        self.items.move_to_end(model_id)
+        return self.items[model_id]
 
 
 MODELS = _ModelCache()
@@ -87,54 +97,61 @@ def advance_job(job_id: str, settings: Settings) -> Step:
     """Run one step of ``job_id`` if nobody else is; safe to call any number of times."""
     url = settings.resolved_database_url
     token = uuid.uuid4().hex
-    with session_scope(url) as session:
-        if not store.claim(session, job_id, token, settings.lease_seconds):
-            job = session.get(Job, job_id)
-            if job is None or job.state in store.TERMINAL:
+    with session_factory(url)() as session:
+        job = store.claim(session, job_id, token, settings.lease_seconds)
+        session.commit()
+        if job is None:
+            state, lease_until = store.lease_state(session, job_id)
+            if state is None or state in store.TERMINAL:
                 return Step(None)
-            return Step(max(0.5, (job.lease_until or 0) - time.time() + 0.5))
-    keeper = _LeaseKeeper(url, job_id, token, settings.lease_seconds)
-    keeper.start()
-    try:
-        return _Runner(job_id, token, settings).run()
-    except store.LeaseLost:
-        log.warning("job %s: lease lost, another worker continues it", job_id)
-        return Step(None)
-    finally:
-        keeper.stop()
-        with session_scope(url) as session:
-            store.release(session, job_id, token)
+            return Step(max(0.5, (lease_until or 0) - time.time() + 0.5), uuid.uuid4().hex)
+        keeper = _LeaseKeeper(url, job_id, token, settings.lease_seconds)
+        keeper.start()
+        try:
+            return _Runner(session, job, token, settings).run()
+        except store.LeaseLost:
+            session.rollback()
+            log.warning("job %s: lease lost, another worker continues it", job_id)
+            return Step(None)
+        finally:
+            keeper.stop()
 
 
 class _Runner:
-    def __init__(self, job_id: str, token: str, settings: Settings) -> None:
-        self.job_id, self.token, self.settings = job_id, token, settings
-        self.url = settings.resolved_database_url
+    def __init__(self, session: Session, job: Job, token: str, settings: Settings) -> None:
+        self.session, self.job, self.token, self.settings = session, job, token, settings
+        self.job_id = job.id
+        self.unsaved: dict[str, Any] = {}  # job columns of absorbed rounds not yet written
+        self.unsaved_rounds: list[dict[str, Any]] = []
+        self.unsaved_events: list[dict[str, Any]] = []
+        if job.plan_state is None and job.in_flight is None:  # the job's first step
+            self.event("state", state="running")
+
+    def event(self, kind: str, **data: Any) -> None:
+        """An event written with the step's next change."""
+        self.unsaved_events.append({"job_id": self.job_id, "kind": kind, "at": datetime.now(UTC), "data": data})
 
     def run(self) -> Step:
-        with session_scope(self.url) as session:
-            job = session.get(Job, self.job_id)
-            assert job is not None
-            self.job = job
+        job = self.job
+        try:
             if job.cancel_requested:
                 return self._cancel()
-            if job.state == "queued":
-                store.change(session, job.id, self.token, state="running", started_at=datetime.now(UTC))
-                store.add_event(session, job.id, "state", state="running")
-            model_row = session.get(StoredModel, job.model_id) if job.model_id else None
-        try:
             if job.kind == "train":
                 return self._train()
-            if model_row is None:
+            model = MODELS.get(self.session, job.model_id) if job.model_id else None
+            if model is None:
                 return self._fail("model_deleted", "the job's model was deleted")
-            return self._infer(MODELS.get(model_row))
+            return self._infer(model)
         except InputError as exc:
+            self.session.rollback()
             return self._fail("invalid_input", str(exc))
         except TRANSIENT as exc:
+            self.session.rollback()
             return self._retry(exc)
         except store.LeaseLost:
             raise
         except Exception as exc:  # a bug or an SDK failure we do not know: fail loudly, keep the worker
+            self.session.rollback()
             log.exception("job %s failed", self.job_id)
             return self._fail("internal", f"{type(exc).__name__}: {exc}")
 
@@ -151,11 +168,10 @@ class _Runner:
             if in_flight:
                 result = backend.poll(Handle.from_json(in_flight["handle"]))
                 if result is None:
-                    self._waiting()
-                    return Step(self.settings.poll_interval)
+                    return self._again(self.settings.poll_interval, state="waiting_on_provider")
                 batch = plan.next_batch(state)
                 assert batch is not None
-                state = self._absorb(plan, state, batch, result, in_flight["submitted"])
+                state, cancelled = self._absorb(plan, state, batch, result, in_flight["submitted"], logged=True)
                 in_flight = None
             else:
                 batch = plan.next_batch(state)
@@ -165,58 +181,56 @@ class _Runner:
                 handle = backend.submit(batch, shots=job.shots, pack=job.pack, options=job.options)
                 if handle.result is None:  # a provider job: its ids are stored before any wait
                     self._submitted(state, batch, handle, submitted)
-                    return Step(self.settings.poll_interval)
-                state = self._absorb(plan, state, batch, handle.result, submitted)
-            if self._cancel_requested():
+                    return self._again(self.settings.poll_interval)
+                state, cancelled = self._absorb(plan, state, batch, handle.result, submitted, logged=False)
+            if cancelled:
                 return self._cancel()
             if time.monotonic() > deadline:
-                return Step(0.0)
+                return self._again(0.0)
 
     def _submitted(self, state: PlanState, batch: ActivationBatch, handle: Handle, submitted: float) -> None:
-        with session_scope(self.url) as session:
-            store.change(
-                session, self.job_id, self.token, state="waiting_on_provider",
-                in_flight={"round": state.rounds_done, "submitted": submitted, "handle": handle.to_json()},
-            )
-            store.record_round(
-                session, self.job_id, state.rounds_done, rows=batch.num_rows, requested=batch.num_requested,
-                provider_job_ids=handle.provider_job_ids,
-            )
-            store.add_event(
-                session, self.job_id, "submitted", round=state.rounds_done + 1,
-                provider_job_ids=handle.provider_job_ids,
-            )
+        number = state.rounds_done
+        in_flight = {"round": number, "submitted": submitted, "handle": handle.to_json()}
+        self.event("submitted", round=number + 1, provider_job_ids=handle.provider_job_ids)
+        store.change(self.session, self.job_id, self.token,
+                     **{**self._take_unsaved(), "state": "waiting_on_provider", "in_flight": in_flight})
+        store.add_round(self.session, self.job_id, number, rows=batch.num_rows, requested=batch.num_requested,
+                        provider_job_ids=handle.provider_job_ids)
+        self.session.commit()
 
-    def _waiting(self) -> None:
-        if self.job.state != "waiting_on_provider":
-            with session_scope(self.url) as session:
-                store.change(session, self.job_id, self.token, state="waiting_on_provider")
-
-    def _absorb(
-        self, plan: FeedForwardPlan, state: PlanState, batch: ActivationBatch, result: BatchResult, submitted: float
-    ) -> PlanState:
+    def _absorb(self, plan: FeedForwardPlan, state: PlanState, batch: ActivationBatch, result: BatchResult,
+                submitted: float, logged: bool) -> tuple[PlanState, bool]:
+        """Absorb a finished round; write it now unless it is a cheap local one. Returns the cancel flag."""
         number = state.rounds_done
         state = plan.absorb(state, result)
         seconds = time.time() - submitted
-        with session_scope(self.url) as session:
-            store.change(
-                session, self.job_id, self.token, state="running", plan_state=state.to_bytes(),
-                rounds_done=state.rounds_done, in_flight=None,
-                shots_used=Job.shots_used + result.shots * result.executions,
-                executions=Job.executions + result.executions,
-            )
-            store.record_round(
-                session, self.job_id, number, rows=batch.num_rows, requested=batch.num_requested,
-                executions=result.executions,
-                shots=result.shots, provider_job_ids=list(result.provider_job_ids),
-                finished_at=datetime.now(UTC), seconds=seconds,
-            )
-            store.add_event(
-                session, self.job_id, "round", round=state.rounds_done, of=plan.total_rounds,
-                rows=batch.num_rows, executions=result.executions, seconds=round(seconds, 4),
-            )
-        self.job.state = "running"
-        return state
+        now = datetime.now(UTC)
+        self.unsaved.update(
+            state="running", plan_state=state.to_bytes(), rounds_done=state.rounds_done, in_flight=None,
+            shots_used=self.unsaved.get("shots_used", Job.shots_used) + result.shots * result.executions,
+            executions=self.unsaved.get("executions", Job.executions) + result.executions,
+        )
+        values = {"rows": batch.num_rows, "requested": batch.num_requested, "executions": result.executions,
+                  "shots": result.shots, "provider_job_ids": list(result.provider_job_ids),
+                  "finished_at": now, "seconds": seconds}
+        if logged:
+            store.complete_round(self.session, self.job_id, number, **values)
+        else:
+            self.unsaved_rounds.append({"job_id": self.job_id, "number": number, "submitted_at": now, **values})
+        self.event("round", round=state.rounds_done, of=plan.total_rounds, rows=batch.num_rows,
+                   executions=result.executions, seconds=round(seconds, 4))
+        if logged or seconds >= PERSIST_AFTER:
+            cancelled = store.change(self.session, self.job_id, self.token, **self._take_unsaved())
+            self.session.commit()
+            return state, cancelled
+        return state, False
+
+    def _take_unsaved(self) -> dict[str, Any]:
+        """Queue the unsaved rounds' rows and events; return their job columns for the caller's UPDATE."""
+        store.add_rounds(self.session, self.unsaved_rounds)
+        store.add_events(self.session, self.unsaved_events)
+        values, self.unsaved, self.unsaved_rounds, self.unsaved_events = self.unsaved, {}, [], []
+        return values
 
     def _finish(self, plan: FeedForwardPlan, state: PlanState) -> Step:
         outputs, stderr = plan.outputs(state)
@@ -231,75 +245,65 @@ class _Runner:
         job = self.job
         data = unpack_arrays(job.inputs)
         options = job.options
-        spec = parse_spec(options["spec"])
-        model = build_model(spec, seed=options.get("seed"))
+        model = build_model(parse_spec(options["spec"]), seed=options.get("seed"))
         steps = int(options["steps"])
         every = max(1, steps // 10)
 
         def progress(step: int, loss: float) -> None:
             if step % every == 0 or step == steps:
-                with session_scope(self.url) as session:
-                    store.add_event(session, self.job_id, "train", step=step, of=steps, loss=loss)
+                self.event("train", step=step, of=steps, loss=loss)
+                self._take_unsaved()
+                self.session.commit()
 
         trained = fit(
             model, torch.from_numpy(data["x"]).float(), torch.from_numpy(data["y"]).float(),
             optimizer=options["optimizer"], steps=steps, lr=options.get("lr"), seed=options.get("seed"),
             progress=False, callback=progress,
         )
-        with session_scope(self.url) as session:
-            name = options.get("name") or f"trained-{job.id[:8]}"
-            row = insert_model(session, job.owner_id, name, model, source="train")
-            model_id = row.id
-            store.change(session, job.id, self.token, model_id=model_id)
+        name = options.get("name") or f"trained-{job.id[:8]}"
+        row = insert_model(self.session, job.owner_id, name, model, source="train")
+        store.change(self.session, job.id, self.token, model_id=row.id)
         losses = np.asarray(trained.losses, dtype=np.float64)
-        return self._succeed(pack_arrays({"losses": losses}), {"model_id": model_id, "final_loss": trained.final_loss})
+        return self._succeed(pack_arrays({"losses": losses}), {"model_id": row.id, "final_loss": trained.final_loss})
 
-    # -- terminal states -------------------------------------------------------------------------
+    # -- how a step ends: each writes its last change and releases the lease in one commit -------
+
+    def _again(self, delay: float, **values: Any) -> Step:
+        task_id = uuid.uuid4().hex
+        store.release(self.session, self.job_id, self.token, task_id=task_id, **{**self._take_unsaved(), **values})
+        self.session.commit()
+        return Step(delay, task_id)
+
+    def _end(self, state: str, event: dict[str, Any], **values: Any) -> Step:
+        now = datetime.now(UTC)
+        self.event("state", state=state, **event)
+        unsaved = self._take_unsaved()
+        store.release(self.session, self.job_id, self.token,
+                      **{**unsaved, "state": state, "finished_at": now, "in_flight": None, **values})
+        self.session.commit()
+        return Step(None)
 
     def _succeed(self, arrays: bytes, summary: dict[str, Any]) -> Step:
-        with session_scope(self.url) as session:
-            store.store_result(session, self.job_id, arrays, summary)
-            store.change(session, self.job_id, self.token, state="succeeded", finished_at=datetime.now(UTC))
-            store.add_event(session, self.job_id, "state", state="succeeded", **summary)
-        return Step(None)
+        store.store_result(self.session, self.job_id, arrays, summary)
+        return self._end("succeeded", summary)
 
     def _fail(self, code: str, message: str) -> Step:
-        with session_scope(self.url) as session:
-            store.change(
-                session, self.job_id, self.token, state="failed", error_code=code, error_message=message,
-                finished_at=datetime.now(UTC), in_flight=None,
-            )
-            store.add_event(session, self.job_id, "state", state="failed", code=code, message=message)
-        return Step(None)
+        return self._end("failed", {"code": code, "message": message}, error_code=code, error_message=message)
 
     def _retry(self, exc: Exception) -> Step:
         attempts = self.job.attempts + 1
         if attempts > self.settings.task_max_retries:
             return self._fail("provider_error", f"gave up after {attempts - 1} retries: {exc}")
         delay = self.settings.retry_backoff_seconds * 2 ** (attempts - 1)
-        with session_scope(self.url) as session:
-            store.change(session, self.job_id, self.token, attempts=attempts,
-                         error_message=f"retrying: {exc}")
-            store.add_event(session, self.job_id, "retry", attempt=attempts, delay=delay, message=str(exc))
-        return Step(delay)
-
-    def _cancel_requested(self) -> bool:
-        with session_scope(self.url) as session:
-            return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
+        self.event("retry", attempt=attempts, delay=delay, message=str(exc))
+        return self._again(delay, attempts=attempts, error_message=f"retrying: {exc}")
 
     def _cancel(self) -> Step:
-        with session_scope(self.url) as session:
-            job = session.get(Job, self.job_id)
-            in_flight = job.in_flight if job else None
+        in_flight = self.session.scalar(select(Job.in_flight).where(Job.id == self.job_id))
         if in_flight:
             handle = Handle.from_json(in_flight["handle"])
             try:
                 get_backend(handle.backend).cancel(handle)
             except Exception:  # the job ends cancelled either way; the provider may have finished it
                 log.exception("job %s: provider cancel failed", self.job_id)
-        with session_scope(self.url) as session:
-            store.change(session, self.job_id, self.token, state="cancelled", finished_at=datetime.now(UTC),
-                         in_flight=None)
-            store.add_event(session, self.job_id, "state", state="cancelled")
-        return Step(None)
-
+        return self._end("cancelled", {})

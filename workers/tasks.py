@@ -24,22 +24,14 @@ log = logging.getLogger("qkan.worker")
 @app.task(name="qkan.advance", bind=True)
 def advance(self: Task, job_id: str) -> None:
     step = advance_job(job_id, get_settings())
-    if step.again_in is not None:
+    if step.again_in is not None:  # the job row already names this message (task_id), for revoking
         queue = self.request.delivery_info.get("routing_key") or "local"
-        enqueue(job_id, queue, countdown=step.again_in)
+        advance.apply_async((job_id,), queue=queue, countdown=step.again_in or None, task_id=step.task_id)
 
 
 @app.task(name="qkan.noop")
 def noop() -> None:
     """A bare round trip, the baseline bench/service_load.py compares jobs against."""
-
-
-def enqueue(job_id: str, queue: str, countdown: float = 0.0) -> str:
-    """Publish the next step of ``job_id`` and remember its message id on the job."""
-    message = advance.apply_async((job_id,), queue=queue, countdown=countdown or None)
-    with session_scope(get_settings().resolved_database_url) as session:
-        store.remember_task(session, job_id, message.id)
-    return message.id
 
 
 @worker_ready.connect
@@ -53,4 +45,4 @@ def _recover(**_: object) -> None:
         stale = store.stale_jobs(session, idle)
     for job_id, queue in stale:
         log.info("re-enqueueing stale job %s", job_id)
-        enqueue(job_id, queue)
+        advance.apply_async((job_id,), queue=queue)

@@ -1,5 +1,6 @@
 """Request dependencies: settings, a database session, the caller's API key, the broker."""
 
+import time
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -34,6 +35,10 @@ def session_dep(settings: Annotated[Settings, Depends(settings_dep)]) -> Iterato
         session.close()
 
 
+_KEY_TTL = 30.0  # seconds a verified key is trusted without a database lookup
+_known_keys: dict[str, tuple[ApiKey, float]] = {}
+
+
 def current_key(
     session: Annotated[Session, Depends(session_dep)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -41,9 +46,15 @@ def current_key(
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None:
         raise ApiError(401, "unauthorized", "send an API key: 'Authorization: Bearer <key>'", headers=challenge)
-    key = find_key(session, credentials.credentials)
+    token = credentials.credentials
+    cached = _known_keys.get(token)
+    if cached is not None and cached[1] > time.monotonic():
+        return cached[0]
+    key = find_key(session, token)
     if key is None:
         raise ApiError(401, "unauthorized", "the API key is not valid", headers=challenge)
+    session.expunge(key)
+    _known_keys[token] = (key, time.monotonic() + _KEY_TTL)
     return key
 
 

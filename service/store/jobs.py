@@ -3,14 +3,16 @@
 A worker may only change a running job while it holds the job's lease
 (``lease_owner`` = its token, ``lease_until`` in the future). Claims and every
 state change are single conditional UPDATEs, so they are atomic on SQLite and
-PostgreSQL alike and no transaction stays open while a backend works.
+PostgreSQL alike and no transaction stays open while a backend works. The
+functions take the caller's session and leave committing to it, so one step
+of a worker writes each round in a single transaction.
 """
 
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.store.tables import Job, JobEvent, JobResult, Round
@@ -27,46 +29,79 @@ def add_event(session: Session, job_id: str, kind: str, **data: Any) -> None:
     session.add(JobEvent(job_id=job_id, kind=kind, data=data))
 
 
-def claim(session: Session, job_id: str, token: str, lease_seconds: float) -> bool:
-    """Take the job's lease if it is active and nobody holds a live lease on it."""
+def add_events(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Several events (``job_id``, ``kind``, ``data``, ``at``) in one statement."""
+    if rows:
+        session.execute(insert(JobEvent), rows)
+
+
+def claim(session: Session, job_id: str, token: str, lease_seconds: float) -> Job | None:
+    """Take the job's lease if it is active and nobody holds a live lease; a queued job starts running.
+
+    Returns the job as it is now, or None if it could not be claimed.
+    """
     now = time.time()
-    result = session.execute(
+    job = session.scalars(
         update(Job)
-        .where(
-            Job.id == job_id,
-            Job.state.in_(ACTIVE),
-            or_(Job.lease_owner.is_(None), Job.lease_until < now),
+        .where(Job.id == job_id, Job.state.in_(ACTIVE), or_(Job.lease_owner.is_(None), Job.lease_until < now))
+        .values(
+            lease_owner=token, lease_until=now + lease_seconds,
+            state=case((Job.state == "queued", "running"), else_=Job.state),
+            started_at=func.coalesce(Job.started_at, datetime.now(UTC)),
         )
-        .values(lease_owner=token, lease_until=now + lease_seconds)
-    )
-    return result.rowcount == 1
+        .returning(Job),
+        execution_options={"populate_existing": True},
+    ).one_or_none()
+    return job
+
+
+def lease_state(session: Session, job_id: str) -> tuple[str | None, float | None]:
+    """(state, lease_until) of a job someone else holds, to decide when to come back."""
+    row = session.execute(select(Job.state, Job.lease_until).where(Job.id == job_id)).first()
+    return (row[0], row[1]) if row else (None, None)
 
 
 def renew(session: Session, job_id: str, token: str, lease_seconds: float) -> bool:
     result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.lease_owner == token)
-        .values(lease_until=time.time() + lease_seconds)
+        update(Job).where(Job.id == job_id, Job.lease_owner == token).values(lease_until=time.time() + lease_seconds)
     )
     return result.rowcount == 1
 
 
-def release(session: Session, job_id: str, token: str) -> None:
-    session.execute(
-        update(Job).where(Job.id == job_id, Job.lease_owner == token).values(lease_owner=None, lease_until=None)
-    )
-
-
-def change(session: Session, job_id: str, token: str, **values: Any) -> None:
-    """Update the job only while ``token`` holds its lease; else raise LeaseLost."""
-    result = session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == token).values(**values))
-    if result.rowcount != 1:
+def change(session: Session, job_id: str, token: str, **values: Any) -> bool:
+    """Update the job while ``token`` holds its lease; returns its cancel flag. LeaseLost otherwise."""
+    row = session.execute(
+        update(Job).where(Job.id == job_id, Job.lease_owner == token).values(**values).returning(Job.cancel_requested)
+    ).first()
+    if row is None:
         raise LeaseLost(job_id)
+    return bool(row[0])
 
 
-def remember_task(session: Session, job_id: str, task_id: str) -> None:
-    """The latest message id of a job, so cancelling can revoke it."""
-    session.execute(update(Job).where(Job.id == job_id).values(task_id=task_id))
+def release(session: Session, job_id: str, token: str, **values: Any) -> None:
+    """Give the lease up, together with any last ``values`` (state, next task id, …)."""
+    change(session, job_id, token, lease_owner=None, lease_until=None, **values)
+
+
+def add_round(session: Session, job_id: str, number: int, **values: Any) -> None:
+    session.add(Round(job_id=job_id, number=number, **values))
+
+
+def add_rounds(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Several finished rounds (with ``job_id`` and ``number``) in one statement."""
+    if rows:
+        session.execute(insert(Round), rows)
+
+
+def complete_round(session: Session, job_id: str, number: int, **values: Any) -> None:
+    """Fill in a round that was logged when it went to a provider."""
+    result = session.execute(update(Round).where(Round.job_id == job_id, Round.number == number).values(**values))
+    if result.rowcount == 0:
+        add_round(session, job_id, number, **values)
+
+
+def store_result(session: Session, job_id: str, arrays: bytes, summary: dict[str, Any]) -> None:
+    session.add(JobResult(job_id=job_id, arrays=arrays, summary=summary))
 
 
 def cancel_if_idle(session: Session, job_id: str) -> bool:
@@ -80,20 +115,6 @@ def cancel_if_idle(session: Session, job_id: str) -> bool:
         .values(state="cancelled", cancel_requested=True, finished_at=datetime.now(UTC))
     )
     return result.rowcount == 1
-
-
-def record_round(session: Session, job_id: str, number: int, **values: Any) -> None:
-    """Create or complete the log row of one round (unique per job and number)."""
-    row = session.scalar(select(Round).where(Round.job_id == job_id, Round.number == number))
-    if row is None:
-        session.add(Round(job_id=job_id, number=number, **values))
-    else:
-        for key, value in values.items():
-            setattr(row, key, value)
-
-
-def store_result(session: Session, job_id: str, arrays: bytes, summary: dict[str, Any]) -> None:
-    session.merge(JobResult(job_id=job_id, arrays=arrays, summary=summary))
 
 
 def finished_since(session: Session, seconds: float) -> int:

@@ -48,7 +48,7 @@ class StoredModel(Base):
     spec: Mapped[dict]
     parameter_count: Mapped[int]
     content_hash: Mapped[str] = mapped_column(String(64))
-    blob: Mapped[bytes] = mapped_column(LargeBinary)
+    blob: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # loaded only when read
     source: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

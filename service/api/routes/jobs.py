@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 from sse_starlette.sse import EventSourceResponse
 
 from backends import get_backend
@@ -69,15 +69,16 @@ async def submit(request: Request, response: Response, key: KeyDep, session: Ses
     if replayed:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job_out(session, job)
+    return job
 
 
 def _submit(session: Session, broker: Celery, settings: Settings, key: ApiKey, body: JobRequest,
-            inputs: np.ndarray) -> tuple[Job, bool]:
-    request_hash = hashlib.sha256(
-        json.dumps([body.model_dump(exclude={"inputs"}), inputs.tolist()], sort_keys=True).encode()
-    ).hexdigest()
-    if body.idempotency_key:
+            inputs: np.ndarray) -> tuple[JobOut, bool]:
+    request_hash = ""
+    if body.idempotency_key:  # a replay must be the same request: remember a digest of it
+        request_hash = hashlib.sha256(
+            json.dumps(body.model_dump(exclude={"inputs"}), sort_keys=True).encode() + inputs.tobytes()
+        ).hexdigest()
         existing = session.scalar(
             select(Job).where(Job.owner_id == key.id, Job.idempotency_key == body.idempotency_key)
         )
@@ -85,7 +86,7 @@ def _submit(session: Session, broker: Celery, settings: Settings, key: ApiKey, b
             if existing.request_hash != request_hash:
                 raise ApiError(409, "idempotency_conflict", "this idempotency_key was used for a different request",
                                "idempotency_key")
-            return existing, True
+            return job_out(session, existing), True
     model_row = get_model(session, key.id, body.model_id)
     if model_row is None:
         raise not_found("model", body.model_id)
@@ -110,7 +111,7 @@ def _submit(session: Session, broker: Celery, settings: Settings, key: ApiKey, b
         arrays={"inputs": inputs}, rounds_total=rounds, idempotency_key=body.idempotency_key,
         request_hash=request_hash,
     )
-    return job, False
+    return job_out(session, job), False
 
 
 async def _read_submission(request: Request) -> tuple[JobRequest, np.ndarray]:
@@ -159,15 +160,18 @@ def create_job(session: Session, broker: Celery, key: ApiKey, *, kind: str, mode
                queue: str, shots: int | None, pack: int | None, options: dict[str, Any],
                arrays: dict[str, np.ndarray], rounds_total: int, idempotency_key: str | None,
                request_hash: str = "") -> Job:
-    """Insert the job, commit, then publish its first step; undo the insert if the broker refuses."""
+    """Insert the job, commit, then publish its first step; undo the insert if the broker refuses.
+
+    The message id is chosen here and stored with the row, so one commit records both.
+    """
     first = next(iter(arrays.values()))
     job = Job(
         id=str(uuid.uuid4()), owner_id=key.id, kind=kind, model_id=model_id, backend=backend, queue=queue,
         shots=shots, pack=pack, options=options, idempotency_key=idempotency_key, request_hash=request_hash,
         state="queued", rounds_total=rounds_total, samples=int(first.shape[0]), inputs=pack_arrays(arrays),
+        task_id=uuid.uuid4().hex,
     )
-    session.add(job)
-    store.add_event(session, job.id, "state", state="queued")
+    session.add(job)  # its "queued" event is the row itself: the events stream starts with it
     try:
         session.commit()
     except IntegrityError:  # a concurrent submission with the same idempotency key won the race
@@ -175,18 +179,18 @@ def create_job(session: Session, broker: Celery, key: ApiKey, *, kind: str, mode
         raise ApiError(409, "idempotency_conflict", "a job with this idempotency_key is being created",
                        "idempotency_key") from None
     try:
-        message = broker.send_task("qkan.advance", args=[job.id], queue=queue)
+        broker.send_task("qkan.advance", args=[job.id], queue=queue, task_id=job.task_id)
     except Exception as exc:
         session.delete(job)
         session.commit()
         raise ApiError(503, "broker_unavailable", f"the job queue is unreachable ({type(exc).__name__})") from None
-    job.task_id = message.id
-    session.commit()
     return job
 
 
 def job_out(session: Session, job: Job) -> JobOut:
-    rounds = list(session.scalars(select(Round).where(Round.job_id == job.id).order_by(Round.number)))
+    rounds = [] if job.state == "queued" else list(
+        session.scalars(select(Round).where(Round.job_id == job.id).order_by(Round.number))
+    )
     provider_ids = [pid for r in rounds for pid in r.provider_job_ids]
     if job.in_flight:
         provider_ids += [p for p in job.in_flight["handle"]["provider_job_ids"] if p not in provider_ids]
@@ -207,7 +211,7 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def _own_job(session: Session, key: ApiKey, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id, options=[defer(Job.inputs)])
     if job is None or job.owner_id != key.id:
         raise not_found("job", job_id)
     return job
@@ -221,9 +225,9 @@ def list_jobs(
     backend: Annotated[str | None, Query(max_length=200)] = None,
     model_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> JobPage:
-    query = select(Job).where(Job.owner_id == key.id)
+    query = select(Job).options(defer(Job.inputs)).where(Job.owner_id == key.id)
     if state:
         query = query.where(Job.state == state)
     if backend:
@@ -285,13 +289,17 @@ def cancel(job_id: str, key: KeyDep, session: SessionDep, broker: BrokerDep) -> 
             responses={200: {"content": {"text/event-stream": {}}, "description": "An event stream"}})
 async def events(job_id: str, request: Request, key: KeyDep, session: SessionDep,
                  settings: SettingsDep) -> EventSourceResponse:
-    _own_job(session, key, job_id)
+    job = _own_job(session, key, job_id)
     last_id = request.headers.get("last-event-id", "")
-    start = int(last_id) if last_id.isdigit() else 0
+    start = int(last_id) if last_id.isdigit() else -1
     url = settings.resolved_database_url
 
     async def stream() -> AsyncIterator[dict[str, str]]:
         last = start
+        if last < 0:  # event 0: the job was created (queued)
+            created = {"at": job.created_at.isoformat(), "state": "queued"}
+            yield {"id": "0", "event": "state", "data": json.dumps(created)}
+            last = 0
         while True:
             rows, state = await run_in_threadpool(_events_after, url, job_id, last)
             for row in rows:
