@@ -186,6 +186,21 @@ def test_training_runs_as_a_job_and_yields_a_usable_model(qc: Client) -> None:
     assert run(qc, body["model_id"], [[0.5]])["state"] == "succeeded"
 
 
+def test_training_from_an_uploaded_csv(qc: Client, tmp_path: Path) -> None:
+    x = make_inputs(64, 2, seed=9)
+    np.savetxt(tmp_path / "d.csv", np.hstack([x, 0.5 * x[:, :1] * x[:, 1:]]), delimiter=",")
+    job = qc.train({"width": [2, 2, 1], "reps": 2}, csv=tmp_path / "d.csv", steps=3, name="from-csv")
+    assert qc.wait(job["id"], timeout=120, progress=False)["state"] == "succeeded"
+    assert qc.model(qc.result_json(job["id"])["model_id"])["spec"]["width"] == [2, 2, 1]
+    with pytest.raises(ApiError) as err:  # four columns cannot be 2 inputs + 1 target
+        np.savetxt(tmp_path / "bad.csv", np.hstack([x, x]), delimiter=",")
+        qc.train({"width": [2, 2, 1]}, csv=tmp_path / "bad.csv")
+    assert err.value.status == 422 and err.value.field == "csv"
+    with pytest.raises(ApiError) as err:
+        qc.train({"width": [2, 2, 1]}, function="sin_cos", csv=tmp_path / "d.csv")
+    assert err.value.field == "function"
+
+
 def test_listing_filters_and_pages(qc: Client, model_id: str) -> None:
     page = qc.jobs(model_id=model_id, state="succeeded", limit=2)
     assert page["total"] >= 3 and len(page["items"]) == 2
