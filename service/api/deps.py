@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from service.api.errors import ApiError
 from service.settings import Settings
-from service.store.database import session_factory
+from service.store.database import session_scope
 from service.store.keys import find_key
 from service.store.tables import ApiKey
 
@@ -24,15 +24,8 @@ def settings_dep(request: Request) -> Settings:
 
 def session_dep(settings: Annotated[Settings, Depends(settings_dep)]) -> Iterator[Session]:
     """One session per request; committed when the route returns without raising."""
-    session = session_factory(settings.resolved_database_url)()
-    try:
+    with session_scope(settings.resolved_database_url) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 _KEY_TTL = 30.0  # seconds a verified key is trusted without a database lookup

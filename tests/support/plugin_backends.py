@@ -20,12 +20,19 @@ from backends.exact import ExactBackend, exact_p0
 from circuits.batch import ActivationBatch, BatchResult, Segment, Template
 
 
-class CountingBackend(ExactBackend):
-    name = "test:counting"
+class _TestBackend(ExactBackend):
+    """The exact simulator under another name, accepting the options its test needs."""
+
+    options: tuple[str, ...] = ()
 
     def capabilities(self) -> Capabilities:
         caps = super().capabilities()
-        return Capabilities(**{**caps.__dict__, "name": self.name, "options": ("delay", "log")})
+        return Capabilities(**{**caps.__dict__, "name": self.name, "options": self.options})
+
+
+class CountingBackend(_TestBackend):
+    name = "test:counting"
+    options = ("delay", "log")
 
     def submit(self, batch: ActivationBatch, shots: int | None = None, pack: int | None = None,
                options: dict[str, Any] | None = None) -> Handle:
@@ -36,14 +43,11 @@ class CountingBackend(ExactBackend):
         return super().submit(batch, shots, pack, {})
 
 
-class PendingBackend(ExactBackend):
+class PendingBackend(_TestBackend):
     """A provider whose jobs wait in a queue: submit returns ids, poll says pending N times."""
 
     name = "test:pending"
-
-    def capabilities(self) -> Capabilities:
-        caps = super().capabilities()
-        return Capabilities(**{**caps.__dict__, "name": self.name, "options": ("pending_polls", "log")})
+    options = ("pending_polls", "log")
 
     def submit(self, batch: ActivationBatch, shots: int | None = None, pack: int | None = None,
                options: dict[str, Any] | None = None) -> Handle:
@@ -71,14 +75,11 @@ class PendingBackend(ExactBackend):
             fh.write(handle.provider_job_ids[0] + "\n")
 
 
-class FlakyBackend(ExactBackend):
+class FlakyBackend(_TestBackend):
     """Raises a transient provider error on its first ``failures`` submissions (counted in ``log``)."""
 
     name = "test:flaky"
-
-    def capabilities(self) -> Capabilities:
-        caps = super().capabilities()
-        return Capabilities(**{**caps.__dict__, "name": self.name, "options": ("failures", "log")})
+    options = ("failures", "log")
 
     def submit(self, batch: ActivationBatch, shots: int | None = None, pack: int | None = None,
                options: dict[str, Any] | None = None) -> Handle:
