@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from cli.arrays import read_array, write_array
+from cli.arrays import write_array
 from models.errors import InputError
 
 
@@ -104,9 +104,9 @@ def submit(args: argparse.Namespace) -> int:
     from cli.commands import parse_options
 
     options = parse_options(args.options) or None
-    inputs = Path(args.inputs) if args.inputs.lower().endswith(".csv") else read_array(args.inputs)
-    with _client(args) as qc:
-        job = qc.submit(args.model, inputs, args.backend, args.shots, args.pack, options, args.idempotency_key)
+    with _client(args) as qc:  # the file is uploaded as is; the service parses and checks it
+        job = qc.submit(args.model, Path(args.inputs), args.backend, args.shots, args.pack, options,
+                        args.idempotency_key)
         print(job["id"])
         if args.wait:
             status = qc.wait(job["id"], progress=not args.quiet)

@@ -80,9 +80,13 @@ def start_worker(env: dict[str, str], queues: str = "local,ibm,braket", concurre
     argv = [sys.executable, "-m", "cli.main", "worker", "--queues", queues]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
-    return subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # the child keeps its own copy
+    try:
+        return subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    finally:
+        if log_file:
+            out.close()
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
