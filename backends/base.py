@@ -6,12 +6,39 @@ while the work is pending, then a BatchResult. Local simulators may finish
 inside ``submit``; real providers must not block while a job is queued.
 """
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from circuits.batch import ActivationBatch, BatchResult
 from models.errors import InputError
+
+Pack = int | Literal["auto"] | None
+
+
+@dataclass(frozen=True)
+class Price:
+    """Public list prices in USD, from the dated table in ``backends.pricing``."""
+
+    per_task: float = 0.0
+    per_shot: float = 0.0
+    per_second: float = 0.0  # QPU time (IBM Quantum pay-as-you-go)
+    source: str = "free (local simulator)"
+
+    def cost(self, tasks: int, shots: int, seconds: float = 0.0) -> float:
+        return tasks * self.per_task + shots * self.per_shot + seconds * self.per_second
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a job will use before it is submitted: the basis of budgets and the user's quote."""
+
+    tasks: int  # provider jobs / quantum tasks
+    executions: int  # circuit executions (packed circuits × rounds)
+    shots: int  # executions × shots per circuit
+    qpu_seconds: float
+    cost: float
 
 
 @dataclass(frozen=True)
@@ -26,6 +53,7 @@ class Capabilities:
     default_pack: int = 1
     max_pack: int = 1
     options: tuple[str, ...] = ()
+    price: Price = field(default_factory=Price)
 
     @property
     def shot_based(self) -> bool:
@@ -36,7 +64,7 @@ class Capabilities:
 class Status:
     online: bool
     queue_length: int = 0
-    calibration_time: str | None = None
+    calibration_time: str | None = None  # ISO 8601, UTC
     message: str = ""
 
 
@@ -67,6 +95,14 @@ class TransientBackendError(RuntimeError):
     """A provider hiccup (network, throttling, maintenance): retry with backoff, then fail."""
 
 
+class ProviderJobLost(TransientBackendError):
+    """The provider no longer knows the job (a local-testing job whose process died): run the round again."""
+
+
+class ProviderJobFailed(RuntimeError):
+    """The provider ran the job and reports an error or a cancellation: the job fails with its message."""
+
+
 class Backend(ABC):
     name: str
 
@@ -81,7 +117,7 @@ class Backend(ABC):
         self,
         batch: ActivationBatch,
         shots: int | None = None,
-        pack: int | None = None,
+        pack: Pack = None,
         options: dict[str, Any] | None = None,
     ) -> Handle: ...
 
@@ -91,8 +127,32 @@ class Backend(ABC):
     def cancel(self, handle: Handle) -> None:  # noqa: B027 - a no-op is the right default
         """Local executions finish inside submit: there is nothing left to cancel."""
 
+    def auto_pack(self, options: dict[str, Any]) -> int:
+        """The width ``pack="auto"`` means here; calibrated backends choose from their qubits."""
+        return self.capabilities().default_pack
+
+    def tasks_for(self, executions: int) -> int:
+        """Provider jobs (tasks) one round of ``executions`` circuits needs."""
+        return 1 if executions else 0
+
+    def seconds_for(self, executions: int, shots: int) -> float:
+        """Estimated QPU seconds of one round; only time-billed backends care."""
+        return 0.0
+
+    def estimate(self, rows: list[int], shots: int | None, pack: Pack = None,
+                 options: dict[str, Any] | None = None) -> Estimate:
+        """Upper bound on tasks, executions, shots and cost for rounds of at most ``rows[k]`` rows."""
+        shots, width, options = self.validate(shots, pack, options)
+        caps = self.capabilities()
+        per_circuit = shots or 0
+        executions = [math.ceil(r / width) if caps.shot_based else 0 for r in rows]
+        tasks = sum(self.tasks_for(e) for e in executions)
+        seconds = sum(self.seconds_for(e, per_circuit) for e in executions)
+        total_shots = sum(executions) * per_circuit
+        return Estimate(tasks, sum(executions), total_shots, seconds, caps.price.cost(tasks, total_shots, seconds))
+
     def validate(
-        self, shots: int | None, pack: int | None, options: dict[str, Any] | None
+        self, shots: int | None, pack: Pack, options: dict[str, Any] | None
     ) -> tuple[int | None, int, dict[str, Any]]:
         """Check shots, packing and options against the capabilities; return them resolved."""
         caps = self.capabilities()
@@ -102,12 +162,14 @@ class Backend(ABC):
             raise InputError("shots", f"backend '{self.name}' samples: give a shot count")
         if caps.max_shots is not None and shots is not None and shots > caps.max_shots:
             raise InputError("shots", f"{shots} exceeds the maximum of {caps.max_shots} on '{self.name}'")
-        width = caps.default_pack if pack is None else pack
-        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= caps.max_pack:
-            raise InputError("pack", f"must be an integer in 1..{caps.max_pack} on '{self.name}', got {pack!r}")
         options = dict(options or {})
         unknown = sorted(set(options) - set(caps.options))
         if unknown:
             allowed = ", ".join(caps.options) or "none"
             raise InputError(f"options.{unknown[0]}", f"not an option of '{self.name}' (allowed: {allowed})")
+        width = caps.default_pack if pack is None else self.auto_pack(options) if pack == "auto" else pack
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= caps.max_pack:
+            raise InputError(
+                "pack", f"must be \"auto\" or an integer in 1..{caps.max_pack} on '{self.name}' "
+                f"({caps.qubits} qubits), got {pack!r}")
         return shots, width, options

@@ -9,6 +9,7 @@ errors as the full device model, at a fraction of the build and run time.
 
 import json
 import os
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -18,6 +19,7 @@ from qiskit.transpiler import Target
 from qiskit_aer.noise import NoiseModel
 from qiskit_aer.noise.device.models import basic_device_gate_errors, basic_device_readout_errors
 
+from backends.accounts import accounts
 from circuits.batch import Template
 from circuits.lower_qiskit import qiskit_template
 from models.errors import InputError
@@ -72,6 +74,70 @@ def best_qubits(target: Target, count: int) -> tuple[int, ...]:
     return tuple(ranked[:count])
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """Which qubits ``pack="auto"`` may use; defaults from QKAN_PACK_* settings, per job from options."""
+
+    max_readout_error: float
+    max_sx_error: float
+    min_t2_us: float
+    max_width: int
+
+    @classmethod
+    def from_options(cls, options: dict) -> "Thresholds":
+        acc = accounts()
+        values = {
+            "max_readout_error": options.get("max_readout_error", acc.pack_max_readout_error),
+            "max_sx_error": options.get("max_sx_error", acc.pack_max_sx_error),
+            "min_t2_us": options.get("min_t2_us", acc.pack_min_t2_us),
+        }
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise InputError(f"options.{key}", f"must be a non-negative number, got {value!r}")
+        return cls(**{k: float(v) for k, v in values.items()}, max_width=acc.pack_max_width)
+
+
+def qubit_calibration(backend: BackendV2) -> list[dict]:
+    """Per physical qubit: read-out and √X error, T2 (µs), and whether the provider calls it operational."""
+    target = backend.target
+    props = backend.properties() if hasattr(backend, "properties") else None
+
+    def error(name: str, qubit: int) -> float | None:
+        entry = target[name].get((qubit,)) if name in target else None
+        return entry.error if entry is not None else None
+
+    table = []
+    for q in range(target.num_qubits):
+        qp = target.qubit_properties[q] if target.qubit_properties else None
+        t2 = getattr(qp, "t2", None)
+        operational = props.is_qubit_operational(q) if props is not None else True
+        table.append({"qubit": q, "readout_error": error("measure", q), "sx_error": error("sx", q),
+                      "t2_us": t2 * 1e6 if t2 else None, "operational": bool(operational)})
+    return table
+
+
+def usable_qubits(calibration: list[dict], limits: Thresholds) -> list[dict]:
+    """Operational, fully calibrated qubits within the thresholds, best read-out first."""
+    good = [
+        c for c in calibration
+        if c["operational"] and None not in (c["readout_error"], c["sx_error"], c["t2_us"])
+        and c["readout_error"] <= limits.max_readout_error and c["sx_error"] <= limits.max_sx_error
+        and c["t2_us"] >= limits.min_t2_us
+    ]
+    return sorted(good, key=lambda c: (c["readout_error"], c["sx_error"], c["qubit"]))
+
+
+def choose_qubits(calibration: list[dict], width: int, limits: Thresholds) -> list[dict]:
+    """The ``width`` best usable qubits; an InputError that says how many pass if too few do."""
+    good = usable_qubits(calibration, limits)
+    if width > len(good):
+        raise InputError(
+            "pack", f"{width} copies need {width} qubits; {len(good)} of {len(calibration)} pass the calibration "
+            f"thresholds (read-out ≤ {limits.max_readout_error}, √X ≤ {limits.max_sx_error}, "
+            f"T2 ≥ {limits.min_t2_us} µs)")
+    return good[:width]
+
+
 def compact_target(target: Target, qubits: tuple[int, ...]) -> Target:
     """A W-qubit target with the single-qubit instructions and properties of ``qubits``."""
     props = target.qubit_properties
@@ -102,13 +168,15 @@ def noise_model(target: Target) -> NoiseModel:
 _isa_cache: dict[tuple, QuantumCircuit] = {}
 
 
-def isa_template(template: Template, width: int, target: Target | None, key: tuple = ()) -> QuantumCircuit:
-    """The packed template transpiled for ``target`` — once per (key, template, W)."""
-    cache_key = (key, template, width)
+def isa_template(template: Template, width: int, target: Target | None, key: tuple = (),
+                 layout: tuple[int, ...] | None = None) -> QuantumCircuit:
+    """The packed template transpiled for ``target`` (on ``layout``'s qubits) — once per (key, template, W)."""
+    cache_key = (key, template, width, layout)
     if cache_key not in _isa_cache:
         circuit = qiskit_template(template, width)
         if target is not None:
-            circuit = transpile(circuit, target=target, optimization_level=1, seed_transpiler=0)
+            circuit = transpile(circuit, target=target, initial_layout=list(layout) if layout else None,
+                                optimization_level=1, seed_transpiler=0)
             if circuit.num_parameters != width * template.num_params:
                 raise RuntimeError("transpilation dropped template parameters")
         _isa_cache[cache_key] = circuit

@@ -5,12 +5,15 @@ backend's module is imported only when its name is asked for.
 """
 
 import importlib
+import logging
 import os
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from backends.base import Backend, Capabilities
 from models.errors import InputError
+
+log = logging.getLogger("qkan.backends")
 
 
 def installed_pennylane_devices() -> list[str]:
@@ -29,10 +32,18 @@ def get_backend(name: str) -> Backend:
         from backends.aer import AerBackend
 
         return AerBackend(name.removeprefix("aer").removeprefix(":") or None)
+    if name.startswith("ibm:"):
+        from backends.ibm import IBMBackend
+
+        return IBMBackend(name.removeprefix("ibm:"))
     if name in ("braket:local", "braket:local_dm"):
         from backends.braket_local import BraketLocalBackend
 
         return BraketLocalBackend(density_matrix=name.endswith("_dm"))
+    if name.startswith("braket:arn:"):
+        from backends.braket_aws import BraketDeviceBackend
+
+        return BraketDeviceBackend(name.removeprefix("braket:"))
     if name.startswith("pennylane:"):
         device = name.removeprefix("pennylane:")
         if device not in installed_pennylane_devices():
@@ -49,8 +60,9 @@ def get_backend(name: str) -> Backend:
             return backend
     raise InputError(
         "backend",
-        f"unknown backend '{name}' (local: exact, aer, aer:fake_<device>, braket:local, "
-        "braket:local_dm, pennylane:<device>; `qkan-orch backends` lists them all)",
+        f"unknown backend '{name}' (local: exact, aer, aer:fake_<device>, braket:local, braket:local_dm, "
+        "pennylane:<device>, ibm:fake_<device>; hardware: ibm:<backend>, braket:<device ARN>; "
+        "`qkan-orch backends` lists them all)",
     )
 
 
@@ -66,12 +78,41 @@ def _plugins() -> list[Callable[[str], Backend | None]]:
     return plugins
 
 
-def list_backends() -> list[Capabilities]:
-    """Every backend this installation can run, one entry per concrete name."""
+def backend_names() -> list[str]:
+    """Every backend this installation can run offline, then the hardware its accounts reach."""
     from backends.qiskit_common import fake_backend_classes
 
-    names = ["exact", "aer"]
-    names += [f"aer:{fake}" for fake in sorted(fake_backend_classes())]
-    names += ["braket:local", "braket:local_dm"]
+    fakes = sorted(fake_backend_classes())
+    names = ["exact", "aer", *(f"aer:{fake}" for fake in fakes), "braket:local", "braket:local_dm"]
     names += [f"pennylane:{device}" for device in installed_pennylane_devices() if device.endswith(".qubit")]
-    return [get_backend(n).capabilities() for n in names]
+    names += [f"ibm:{fake}" for fake in fakes]
+    return names + hardware_names()
+
+
+def hardware_names() -> list[str]:
+    """IBM devices of the configured account and Braket QPUs with a price, when their accounts are set up."""
+    from backends.accounts import accounts
+    from backends.pricing import BRAKET_PER_SHOT, BRAKET_REGIONS
+
+    names = []
+    if accounts().ibm_token is not None:
+        from backends.ibm import runtime_service
+
+        try:
+            names += [f"ibm:{b.name}" for b in runtime_service().backends(operational=None)]
+        except Exception as exc:  # an unreachable account lists nothing; submissions say why
+            log.warning("IBM Quantum devices not listed: %s", type(exc).__name__)
+    if accounts().braket_s3_bucket:
+        names += [f"braket:arn:aws:braket:{BRAKET_REGIONS[path]}::device/qpu/{path}" for path in BRAKET_PER_SHOT]
+    return names
+
+
+def list_backends() -> list[Capabilities]:
+    """Capabilities of every backend ``backend_names`` lists that answers."""
+    found = []
+    for name in backend_names():
+        try:
+            found.append(get_backend(name).capabilities())
+        except Exception as exc:  # hardware that cannot be reached now is left out of the list
+            log.warning("backend %s not listed: %s", name, type(exc).__name__)
+    return found

@@ -1,5 +1,6 @@
 """Reading inputs and writing outputs as .npy or .csv files; writes are atomic."""
 
+import argparse
 import os
 import tempfile
 
@@ -44,3 +45,16 @@ def write_array(path: str, array: np.ndarray, field: str = "out") -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def pack_arg(value: str) -> int | str:
+    """``--pack``: a positive integer or ``auto`` (width and qubits from the device's calibration)."""
+    if value == "auto":
+        return value
+    try:
+        width = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {value!r}") from None
+    if width < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {value!r}")
+    return width

@@ -10,7 +10,7 @@ import torch
 
 from backends import get_backend, list_backends, run_plan
 from circuits import FeedForwardPlan
-from cli.arrays import read_array, write_array
+from cli.arrays import pack_arg, read_array, write_array
 from models import build_model, fit, load_model, parse_spec, save_model
 from models.errors import InputError
 from models.functions import FUNCTIONS, get_function
@@ -127,7 +127,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inputs", required=True, help=".npy or .csv, one sample per row")
     p.add_argument("--backend", default="exact", help="see `qkan-orch backends` (default: exact)")
     p.add_argument("--shots", type=int, help=f"shots per circuit (default {DEFAULT_SHOTS} on sampling backends)")
-    p.add_argument("--pack", type=int, help="template copies per circuit (default: the backend's)")
+    p.add_argument("--pack", type=pack_arg, help="template copies per circuit, or auto (from calibration)")
     p.add_argument("--options", help='backend options as JSON, e.g. \'{"seed": 1}\'')
     p.add_argument("--out", required=True, help="outputs, .npy or .csv")
     p.add_argument("--stderr-out", help="standard errors of the outputs, .npy or .csv")

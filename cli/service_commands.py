@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from cli.arrays import write_array
+from cli.arrays import pack_arg, write_array
 from models.errors import InputError
 
 
@@ -69,12 +69,17 @@ def keys(args: argparse.Namespace) -> int:
     upgrade(url)
     with session_scope(url) as session:
         if args.action == "create":
-            key, token = create_key(session, args.name)
+            for flag, value in (("--max-shots", args.max_shots), ("--max-cost", args.max_cost)):
+                if value is not None and value < 0:
+                    raise InputError(flag, f"must not be negative, got {value}")
+            key, token = create_key(session, args.name, max_shots=args.max_shots, max_cost=args.max_cost)
             print(token)
             print(f"key {key.id} ('{key.name}') created; the token above is shown only once", file=sys.stderr)
         else:
             for key in list_keys(session):
-                print(f"{key.id}\t{key.prefix}…\t{key.name}\t{key.created_at:%Y-%m-%d %H:%M}")
+                budget = f"shots≤{key.max_shots}" if key.max_shots is not None else "shots unlimited"
+                budget += f", cost≤${key.max_cost:g}" if key.max_cost is not None else ", cost unlimited"
+                print(f"{key.id}\t{key.prefix}…\t{key.name}\t{key.created_at:%Y-%m-%d %H:%M}\t{budget}")
     return 0
 
 
@@ -159,6 +164,8 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     k = sub.add_parser("keys", help="create or list API keys (writes to the database directly)")
     k.add_argument("action", choices=["create", "list"])
     k.add_argument("--name", default="default")
+    k.add_argument("--max-shots", type=int, help="budget: shots over all of the key's jobs")
+    k.add_argument("--max-cost", type=float, help="budget: estimated USD over all of the key's jobs")
     k.set_defaults(handler=keys)
 
     def client_flags(p: argparse.ArgumentParser) -> None:
@@ -179,7 +186,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--inputs", required=True, help=".npy or .csv")
     j.add_argument("--backend", default="exact")
     j.add_argument("--shots", type=int)
-    j.add_argument("--pack", type=int)
+    j.add_argument("--pack", type=pack_arg, help="template copies per circuit, or auto (from calibration)")
     j.add_argument("--options", help="backend options as JSON")
     j.add_argument("--idempotency-key")
     j.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")

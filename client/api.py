@@ -72,7 +72,7 @@ class Client:
         inputs: np.ndarray | list | str | Path,
         backend: str = "exact",
         shots: int | None = None,
-        pack: int | None = None,
+        pack: int | str | None = None,
         options: dict | None = None,
         idempotency_key: str | None = None,
     ) -> dict:

@@ -70,9 +70,9 @@ class LocalService:
         os.killpg(process.pid, 9)
         process.wait()
 
-    def create_key(self, name: str = "test") -> str:
+    def create_key(self, name: str = "test", max_shots: int | None = None, max_cost: float | None = None) -> str:
         with session_scope(self.settings.resolved_database_url) as session:
-            return create_key(session, name)[1]
+            return create_key(session, name, max_shots=max_shots, max_cost=max_cost)[1]
 
     def stop(self) -> None:
         if self.server is not None:

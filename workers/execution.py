@@ -28,7 +28,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backends import Handle, get_backend
-from backends.base import TransientBackendError
+from backends.accounts import redact
+from backends.base import ProviderJobFailed, ProviderJobLost, TransientBackendError
 from circuits import FeedForwardPlan, PlanState
 from circuits.batch import ActivationBatch, BatchResult
 from models import Model, build_model, fit, model_from_bytes, parse_spec
@@ -145,6 +146,9 @@ class _Runner:
         except InputError as exc:
             self.session.rollback()
             return self._fail("invalid_input", str(exc))
+        except ProviderJobFailed as exc:
+            self.session.rollback()
+            return self._fail("provider_failed", redact(str(exc)))
         except TRANSIENT as exc:
             self.session.rollback()
             return self._retry(exc)
@@ -153,7 +157,7 @@ class _Runner:
         except Exception as exc:  # a bug or an SDK failure we do not know: fail loudly, keep the worker
             self.session.rollback()
             log.exception("job %s failed", self.job_id)
-            return self._fail("internal", f"{type(exc).__name__}: {exc}")
+            return self._fail("internal", redact(f"{type(exc).__name__}: {exc}"))
 
     # -- inference -------------------------------------------------------------------------------
 
@@ -166,7 +170,13 @@ class _Runner:
         in_flight = job.in_flight
         while True:
             if in_flight:
-                result = backend.poll(Handle.from_json(in_flight["handle"]))
+                try:
+                    result = backend.poll(Handle.from_json(in_flight["handle"]))
+                except ProviderJobLost as exc:  # nothing was billed: run the round again
+                    log.warning("job %s: %s; resubmitting the round", self.job_id, exc)
+                    self.event("resubmit", round=state.rounds_done + 1, message=str(exc))
+                    in_flight = None
+                    continue
                 if result is None:
                     return self._again(self.settings.poll_interval, state="waiting_on_provider")
                 batch = plan.next_batch(state)
@@ -178,7 +188,8 @@ class _Runner:
                 if batch is None:
                     return self._finish(plan, state)
                 submitted = time.time()
-                handle = backend.submit(batch, shots=job.shots, pack=job.pack, options=job.options)
+                pack = "auto" if job.pack_auto else job.pack
+                handle = backend.submit(batch, shots=job.shots, pack=pack, options=job.options)
                 if handle.result is None:  # a provider job: its ids are stored before any wait
                     self._submitted(state, batch, handle, submitted)
                     return self._again(self.settings.poll_interval)
@@ -210,6 +221,10 @@ class _Runner:
             shots_used=self.unsaved.get("shots_used", Job.shots_used) + result.shots * result.executions,
             executions=self.unsaved.get("executions", Job.executions) + result.executions,
         )
+        if result.qpu_seconds or result.cost:
+            self.unsaved.update(qpu_seconds=Job.qpu_seconds + result.qpu_seconds, cost=Job.cost + result.cost)
+        if "placement" in result.metadata:
+            self.unsaved["placement"] = {"pack": result.metadata.get("pack"), **result.metadata["placement"]}
         values = {"rows": batch.num_rows, "requested": batch.num_requested, "executions": result.executions,
                   "shots": result.shots, "provider_job_ids": list(result.provider_job_ids),
                   "finished_at": now, "seconds": seconds}
@@ -218,7 +233,7 @@ class _Runner:
         else:
             self.unsaved_rounds.append({"job_id": self.job_id, "number": number, "submitted_at": now, **values})
         self.event("round", round=state.rounds_done, of=plan.total_rounds, rows=batch.num_rows,
-                   executions=result.executions, seconds=round(seconds, 4))
+                   executions=result.executions, seconds=round(seconds, 4), **_placement_summary(result))
         if logged or seconds >= PERSIST_AFTER:
             cancelled = store.change(self.session, self.job_id, self.token, **self._take_unsaved())
             self.session.commit()
@@ -293,10 +308,11 @@ class _Runner:
     def _retry(self, exc: Exception) -> Step:
         attempts = self.job.attempts + 1
         if attempts > self.settings.task_max_retries:
-            return self._fail("provider_error", f"gave up after {attempts - 1} retries: {exc}")
+            return self._fail("provider_error", redact(f"gave up after {attempts - 1} retries: {exc}"))
         delay = self.settings.retry_backoff_seconds * 2 ** (attempts - 1)
-        self.event("retry", attempt=attempts, delay=delay, message=str(exc))
-        return self._again(delay, attempts=attempts, error_message=f"retrying: {exc}")
+        message = redact(str(exc))
+        self.event("retry", attempt=attempts, delay=delay, message=message)
+        return self._again(delay, attempts=attempts, error_message=f"retrying: {message}")
 
     def _cancel(self) -> Step:
         in_flight = self.session.scalar(select(Job.in_flight).where(Job.id == self.job_id))
@@ -307,3 +323,9 @@ class _Runner:
             except Exception:  # the job ends cancelled either way; the provider may have finished it
                 log.exception("job %s: provider cancel failed", self.job_id)
         return self._end("cancelled", {})
+
+
+def _placement_summary(result: BatchResult) -> dict[str, Any]:
+    """The qubits a round ran on, for its progress event (the full calibration is on the job)."""
+    placement = result.metadata.get("placement")
+    return {"qubits": placement["qubits"]} if placement else {}

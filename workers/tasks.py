@@ -9,8 +9,9 @@ state in the database says is left to do.
 import logging
 
 from celery import Task
-from celery.signals import worker_ready
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready
 
+from backends.accounts import redact_logs
 from service.settings import get_settings
 from service.store import jobs as store
 from service.store.database import session_scope, upgrade
@@ -32,6 +33,13 @@ def advance(self: Task, job_id: str) -> None:
 @app.task(name="qkan.noop")
 def noop() -> None:
     """A bare round trip, the baseline bench/service_load.py compares jobs against."""
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redact(logger: logging.Logger, **_: object) -> None:
+    """No provider secret reaches the worker's log, whatever an SDK puts in an error."""
+    redact_logs(logger)
 
 
 @worker_ready.connect

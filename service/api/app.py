@@ -1,7 +1,12 @@
 """The FastAPI application factory."""
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
+from backends.accounts import redact_logs
 from service.api import errors
 from service.api.limits import BodyLimit
 from service.api.routes import backends, health, jobs, models, queues
@@ -15,9 +20,16 @@ sees only its own models and jobs. Errors are `{"error": {"code", "message", "fi
 """
 
 
+@asynccontextmanager
+async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    """Once the server has set up logging: no provider secret reaches its log, whatever an SDK says."""
+    redact_logs(*map(logging.getLogger, ("", "uvicorn", "uvicorn.error", "uvicorn.access")))
+    yield
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="QKAN Orchestrator", version="0.1.0", description=DESCRIPTION)
+    app = FastAPI(title="QKAN Orchestrator", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
     app.state.settings = settings
     errors.install(app)
     for router in (models.router, jobs.router, backends.router, queues.router, health.router):

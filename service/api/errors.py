@@ -8,6 +8,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from backends.accounts import redact
+from backends.base import TransientBackendError
 from models.errors import InputError
 
 
@@ -46,6 +48,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": code.replace("_", " ")}
     for status, code in {401: "unauthorized", 404: "not_found", 422: "invalid_input"}.items()
 }
+ERROR_RESPONSES_SUBMIT: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    402: {"model": ErrorResponse, "description": "budget exceeded (the estimate is in the message)"},
+    503: {"model": ErrorResponse, "description": "provider or queue unavailable"},
+}
 
 
 def install(app: FastAPI) -> None:
@@ -56,6 +63,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def _input(_: Request, exc: InputError) -> JSONResponse:
         return error_response(422, "invalid_input", exc.message, exc.field)
+
+    @app.exception_handler(TransientBackendError)
+    async def _provider(_: Request, exc: TransientBackendError) -> JSONResponse:
+        return error_response(503, "provider_unavailable", redact(str(exc)), "backend", {"Retry-After": "30"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

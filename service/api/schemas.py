@@ -1,7 +1,7 @@
 """Request and response bodies, with the examples the OpenAPI page shows."""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,7 +51,8 @@ class JobRequest(BaseModel):
     inputs: list[list[float]] = Field(description="One sample per row; width = the model's input width")
     backend: str = Field("exact", min_length=1, max_length=200, description="See GET /v1/backends")
     shots: int | None = Field(None, ge=1, description="Shots per circuit (default 1000 on sampling backends)")
-    pack: int | None = Field(None, ge=1, le=1024, description="Template copies per circuit (default: backend's)")
+    pack: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] | None = Field(
+        None, description='Template copies per circuit; "auto" picks them from calibration (default: backend\'s)')
     options: dict[str, Any] = Field(default_factory=dict, description="Backend options, e.g. {\"seed\": 1}")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200,
                                         description="Repeat a submission safely: same key → same job")
@@ -76,6 +77,14 @@ class JobError(BaseModel):
     message: str
 
 
+class EstimateOut(BaseModel):
+    tasks: int = Field(description="Provider jobs / quantum tasks, at most")
+    executions: int = Field(description="Circuit executions, at most")
+    shots: int
+    qpu_seconds: float
+    cost: float = Field(description="USD at the list price in backends/pricing.py")
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -89,8 +98,12 @@ class JobOut(BaseModel):
     rounds_total: int
     samples: int
     shots: int | None
-    pack: int | None
+    pack: int | Literal["auto"] | None
     options: dict[str, Any]
+    estimate: EstimateOut | None = Field(None, description="Upper bound computed before submission")
+    placement: dict[str, Any] | None = Field(None, description="Qubits of the latest round and their calibration")
+    qpu_seconds: float = 0.0
+    cost: float = Field(0.0, description="USD at list price of what ran")
     shots_used: int = Field(description="Σ circuit executions × shots")
     executions: int = Field(description="Circuit executions so far")
     provider_job_ids: list[str]
@@ -129,6 +142,12 @@ class BackendOut(BaseModel):
     options: list[str]
     online: bool
     queue: str
+    status_message: str = ""
+    pending_jobs: int = Field(0, description="This service's jobs waiting on the provider")
+    provider_queue: int = Field(0, description="Jobs in the provider's own queue")
+    calibration_time: str | None = None
+    calibration_age_hours: float | None = None
+    price: dict[str, Any] = Field(default_factory=dict, description="USD per task, shot and QPU second; source")
 
 
 class QueueOut(BaseModel):

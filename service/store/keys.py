@@ -19,10 +19,11 @@ def hash_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_key(session: Session, name: str) -> tuple[ApiKey, str]:
-    """A new key and its token; the token is returned once and never stored."""
+def create_key(session: Session, name: str, max_shots: int | None = None,
+               max_cost: float | None = None) -> tuple[ApiKey, str]:
+    """A new key (with optional budgets) and its token; the token is returned once and never stored."""
     token = PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(name=name, prefix=token[:10], key_hash=hash_key(token))
+    key = ApiKey(name=name, prefix=token[:10], key_hash=hash_key(token), max_shots=max_shots, max_cost=max_cost)
     session.add(key)
     session.flush()
     return key, token

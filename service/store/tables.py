@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -37,6 +38,8 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    max_shots: Mapped[int | None] = mapped_column(BigInteger)  # budget: shots over all the key's jobs
+    max_cost: Mapped[float | None] = mapped_column(Float)  # budget: estimated USD over all its jobs
 
 
 class StoredModel(Base):
@@ -65,6 +68,7 @@ class Job(Base):
     queue: Mapped[str] = mapped_column(String(20))
     shots: Mapped[int | None]
     pack: Mapped[int | None]
+    pack_auto: Mapped[bool] = mapped_column(Boolean, default=False)  # width chosen from calibration per round
     options: Mapped[dict] = mapped_column(default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str] = mapped_column(String(64))
@@ -77,6 +81,10 @@ class Job(Base):
     in_flight: Mapped[dict | None]  # the submitted, not yet absorbed round: backend handle
     shots_used: Mapped[int] = mapped_column(default=0)
     executions: Mapped[int] = mapped_column(default=0)
+    estimate: Mapped[dict | None]  # upper bound at submission: tasks, executions, shots, qpu_seconds, cost
+    placement: Mapped[dict | None]  # qubits of the latest round, their calibration and its time
+    qpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    cost: Mapped[float] = mapped_column(Float, default=0.0)  # USD at list price of what ran
     attempts: Mapped[int] = mapped_column(default=0)
     error_code: Mapped[str | None] = mapped_column(String(50))
     error_message: Mapped[str | None] = mapped_column(Text)

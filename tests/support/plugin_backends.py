@@ -9,13 +9,14 @@ can count, across worker processes and restarts, how often each round ran.
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from backends.base import Capabilities, Handle, TransientBackendError
+from backends.base import Capabilities, Handle, Price, TransientBackendError
 from backends.exact import ExactBackend, exact_p0
 from circuits.batch import ActivationBatch, BatchResult, Segment, Template
 
@@ -93,6 +94,41 @@ class FlakyBackend(_TestBackend):
         return super().submit(batch, shots, pack, {})
 
 
+class LeakyBackend(_TestBackend):
+    """An SDK that puts the account's secret in its error: the service must scrub it everywhere."""
+
+    name = "test:leaky"
+    options = ("transient",)
+
+    def submit(self, batch: ActivationBatch, shots: int | None = None, pack: int | None = None,
+               options: dict[str, Any] | None = None) -> Handle:
+        secret = os.environ.get("QKAN_IBM_TOKEN", "")
+        if (options or {}).get("transient"):
+            raise TransientBackendError(f"401 for token={secret}")
+        raise RuntimeError(f"authentication failed: token={secret} rejected")
+
+
+class PricedBackend(_TestBackend):
+    """Exact results billed like a QPU (USD 0.30 per task, 0.001 per shot): budgets are checked against it."""
+
+    name = "test:priced"
+
+    def capabilities(self) -> Capabilities:
+        caps = super().capabilities()
+        return Capabilities(**{**caps.__dict__, "kind": "qpu", "max_pack": 4, "max_shots": 100_000,
+                               "price": Price(per_task=0.30, per_shot=0.001, source="test")})
+
+    def submit(self, batch: ActivationBatch, shots: int | None = None, pack: int | None = None,
+               options: dict[str, Any] | None = None) -> Handle:
+        shots, width, _ = self.validate(shots, pack, options)
+        p0 = exact_p0(batch)
+        executions = -(-batch.num_rows // width)
+        cost = self.capabilities().price.cost(1, executions * (shots or 0))
+        result = BatchResult(p0=p0, p0_stderr=np.zeros_like(p0), shots=shots or 0, executions=executions, cost=cost)
+        return Handle(self.name, result=result)
+
+
 def get_backend(name: str) -> Any:
-    factory = {"test:counting": CountingBackend, "test:pending": PendingBackend, "test:flaky": FlakyBackend}
+    factory = {"test:counting": CountingBackend, "test:pending": PendingBackend, "test:flaky": FlakyBackend,
+               "test:leaky": LeakyBackend, "test:priced": PricedBackend}
     return factory[name]() if name in factory else None

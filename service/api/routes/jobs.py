@@ -5,6 +5,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -21,8 +22,9 @@ from sse_starlette.sse import EventSourceResponse
 from backends import get_backend
 from circuits import validate_inputs
 from models.errors import InputError
+from service.api.budgets import check_budget
 from service.api.deps import BrokerDep, KeyDep, SessionDep, SettingsDep
-from service.api.errors import ERROR_RESPONSES, ApiError, not_found
+from service.api.errors import ERROR_RESPONSES, ERROR_RESPONSES_SUBMIT, ApiError, not_found
 from service.api.schemas import JobOut, JobPage, JobRequest, JobResultOut, JobState, RoundOut
 from service.api.uploads import read_table
 from service.settings import Settings
@@ -55,7 +57,8 @@ _MULTIPART_BODY = {
     status_code=202,
     response_model=JobOut,
     summary="Submit an inference job",
-    responses={200: {"model": JobOut, "description": "Replay of an earlier submission with this idempotency_key"}},
+    responses={**ERROR_RESPONSES_SUBMIT,
+               200: {"model": JobOut, "description": "Replay of an earlier submission with this idempotency_key"}},
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}},
         "multipart/form-data": {"schema": _MULTIPART_BODY},
@@ -102,14 +105,17 @@ def _submit(session: Session, broker: Celery, settings: Settings, key: ApiKey, b
         shots = 1000
     if shots is not None and shots > settings.max_shots:
         raise InputError("shots", f"{shots} exceeds this service's limit of {settings.max_shots}")
-    backend.validate(shots, body.pack, body.options)
     qkan = spec["qkan"] if spec.get("kind") == "hqkan" else spec
-    rounds = len(qkan["width"]) - (2 if qkan.get("is_map") else 1)
+    widths = qkan["width"]
+    rounds = len(widths) - (2 if qkan.get("is_map") else 1)
+    rows = [inputs.shape[0] * widths[k] * widths[k + 1] for k in range(rounds)]  # before deduplication
+    estimate = backend.estimate(rows, shots, body.pack, body.options)  # validates shots, pack, options too
+    check_budget(session, key, estimate)
     job = create_job(
         session, broker, key, kind="inference", model_id=model_row.id, backend=body.backend,
-        queue=queue_for(body.backend), shots=shots, pack=body.pack, options=body.options,
-        arrays={"inputs": inputs}, rounds_total=rounds, idempotency_key=body.idempotency_key,
-        request_hash=request_hash,
+        queue=queue_for(body.backend), shots=shots, pack=None if body.pack == "auto" else body.pack,
+        options=body.options, arrays={"inputs": inputs}, rounds_total=rounds, idempotency_key=body.idempotency_key,
+        request_hash=request_hash, pack_auto=body.pack == "auto", estimate=asdict(estimate),
     )
     return job_out(session, job), False
 
@@ -159,7 +165,7 @@ def _validate(obj: Any) -> JobRequest:
 def create_job(session: Session, broker: Celery, key: ApiKey, *, kind: str, model_id: str | None, backend: str,
                queue: str, shots: int | None, pack: int | None, options: dict[str, Any],
                arrays: dict[str, np.ndarray], rounds_total: int, idempotency_key: str | None,
-               request_hash: str = "") -> Job:
+               request_hash: str = "", pack_auto: bool = False, estimate: dict[str, Any] | None = None) -> Job:
     """Insert the job, commit, then publish its first step; undo the insert if the broker refuses.
 
     The message id is chosen here and stored with the row, so one commit records both.
@@ -169,7 +175,7 @@ def create_job(session: Session, broker: Celery, key: ApiKey, *, kind: str, mode
         id=str(uuid.uuid4()), owner_id=key.id, kind=kind, model_id=model_id, backend=backend, queue=queue,
         shots=shots, pack=pack, options=options, idempotency_key=idempotency_key, request_hash=request_hash,
         state="queued", rounds_total=rounds_total, samples=int(first.shape[0]), inputs=pack_arrays(arrays),
-        task_id=uuid.uuid4().hex,
+        task_id=uuid.uuid4().hex, pack_auto=pack_auto, estimate=estimate,
     )
     session.add(job)  # its "queued" event is the row itself: the events stream starts with it
     try:
@@ -197,7 +203,9 @@ def job_out(session: Session, job: Job) -> JobOut:
     return JobOut(
         id=job.id, kind=job.kind, model_id=job.model_id, backend=job.backend, queue=job.queue,  # type: ignore[arg-type]
         state=job.state, rounds_done=job.rounds_done, rounds_total=job.rounds_total,  # type: ignore[arg-type]
-        samples=job.samples, shots=job.shots, pack=job.pack, options=job.options, shots_used=job.shots_used,
+        samples=job.samples, shots=job.shots, pack="auto" if job.pack_auto else job.pack, options=job.options,
+        estimate=job.estimate, placement=job.placement, qpu_seconds=job.qpu_seconds, cost=job.cost,  # type: ignore[arg-type]
+        shots_used=job.shots_used,
         executions=job.executions, provider_job_ids=provider_ids, created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at,
         queued_seconds=_seconds(job.created_at, job.started_at), run_seconds=_seconds(job.started_at, job.finished_at),

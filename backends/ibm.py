@@ -1,0 +1,324 @@
+"""``ibm:<backend>``: IBM Quantum through Qiskit Runtime's SamplerV2 in Batch mode.
+
+A batch becomes one PUB — the packed template transpiled once per (device,
+width, layout) and its (M, W·P) parameter array — split into several jobs only
+where IBM's per-job limits demand. ``submit`` returns job ids at once;
+``poll`` asks their status and never waits; ``cancel`` cancels them.
+
+``ibm:fake_<name>`` runs this very code in Qiskit Runtime's local testing
+mode: the fake device's own noise model on Aer, offline. Such a job runs in a
+thread of the process that submitted it; its counts land in a spool folder so
+that any worker process can poll it, and a job whose process died is reported
+lost (the round is run again — nothing was billed). Local testing only picks
+Aer's method (density matrix up to 8 copies, matrix product state above, since
+packed copies never entangle): the noise is the device's.
+"""
+
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qiskit.providers import BackendV2
+from qiskit_ibm_runtime import Batch, QiskitRuntimeService, SamplerV2
+
+from backends.accounts import accounts, redact
+from backends.base import (
+    Backend,
+    Capabilities,
+    Handle,
+    Pack,
+    Price,
+    ProviderJobFailed,
+    ProviderJobLost,
+    Status,
+    TransientBackendError,
+)
+from backends.pricing import ibm_price
+from backends.qiskit_common import (
+    Thresholds,
+    check_fake_name,
+    choose_qubits,
+    fake_backend_classes,
+    fake_qubits,
+    isa_template,
+    ones_per_clbit,
+    qubit_calibration,
+    usable_qubits,
+)
+from circuits.batch import ActivationBatch, BatchResult
+from circuits.packing import binomial_p0, pack_params, unpack_counts
+from models.errors import InputError
+
+log = logging.getLogger("qkan.ibm")
+EXECUTIONS_PER_JOB = 10_000_000  # IBM: parameter sets × shots in one job
+ROWS_PER_JOB = 10_000  # keeps one job's payload to a few MB
+JOB_OVERHEAD_SECONDS = 2.0  # per-job QPU time beyond the shots, for estimates
+PENDING = {"INITIALIZING", "QUEUED", "VALIDATING", "RUNNING"}
+OPTIONS = ("seed", "twirling", "dynamical_decoupling", "max_readout_error", "max_sx_error", "min_t2_us")
+NO_ACCOUNT = (
+    "needs an IBM Quantum account: set QKAN_IBM_TOKEN (and QKAN_IBM_INSTANCE), or save one with "
+    "QiskitRuntimeService.save_account(); ibm:fake_<device> runs offline"
+)
+SPOOL = Path(tempfile.gettempdir()) / f"qkan-local-runtime-{os.getuid()}"
+SPOOL_KEEP_SECONDS = 86_400
+
+
+@lru_cache
+def runtime_service() -> QiskitRuntimeService:
+    """The account's Runtime service, once per process (its construction is a network round trip)."""
+    acc = accounts()
+    try:
+        if acc.ibm_token is not None:
+            return QiskitRuntimeService(channel=acc.ibm_channel, token=acc.ibm_token.get_secret_value(),
+                                        instance=acc.ibm_instance)
+        return QiskitRuntimeService()
+    except Exception as exc:
+        if type(exc).__name__ in ("AccountNotFoundError", "InvalidAccountError"):
+            raise InputError("backend", f"ibm:<backend> {NO_ACCOUNT}") from None
+        raise TransientBackendError(redact(f"IBM Quantum unreachable: {type(exc).__name__}: {exc}")) from None
+
+
+@cache
+def _fake_device(device: str, method: str) -> BackendV2:
+    """A fake device per Aer method, so concurrent local jobs never share mutable options."""
+    backend = fake_backend_classes()[device]()
+    backend.set_options(method=method, max_parallel_experiments=0)
+    return backend
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The qubits a batch runs on, with the calibration they were chosen by."""
+
+    qubits: tuple[int, ...]
+    calibration: tuple[dict, ...]
+    calibration_time: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"qubits": list(self.qubits), "calibration": list(self.calibration),
+                "calibration_time": self.calibration_time}
+
+
+class IBMBackend(Backend):
+    def __init__(self, device: str) -> None:
+        if not device:
+            raise InputError("backend", "name an IBM device: ibm:<backend> or ibm:fake_<device>")
+        self.device = device
+        self.name = f"ibm:{device}"
+        self.local = device.startswith("fake_")
+        if self.local:
+            check_fake_name(device)
+
+    # -- the device --------------------------------------------------------------------------------
+
+    def _backend(self, width: int = 1) -> BackendV2:
+        if self.local:
+            return _fake_device(self.device, "density_matrix" if width <= 8 else "matrix_product_state")
+        try:
+            return runtime_service().backend(self.device)
+        except (InputError, TransientBackendError):
+            raise
+        except Exception as exc:
+            if type(exc).__name__ == "QiskitBackendNotFoundError":
+                raise InputError("backend", f"IBM Quantum has no backend '{self.device}' for this account") from None
+            raise TransientBackendError(redact(f"IBM Quantum: {type(exc).__name__}: {exc}")) from None
+
+    def capabilities(self) -> Capabilities:
+        if self.local:
+            qubits, native, max_shots = fake_qubits(self.device), ("rz", "sx", "x", "ecr"), 100_000
+            price = Price(source="free (local testing mode)")
+        else:
+            backend = self._backend()
+            qubits, native = backend.num_qubits, tuple(sorted(backend.target.operation_names))
+            max_shots = getattr(backend, "max_shots", None) or 100_000
+            price = ibm_price()
+        return Capabilities(
+            name=self.name, kind="noisy simulator" if self.local else "qpu", qubits=qubits,
+            noise=f"{self.device} calibration through Qiskit Runtime local testing mode" if self.local
+            else "the device's", max_shots=max_shots, native_gates=native, default_pack=1,
+            max_pack=min(qubits, 127), options=OPTIONS, price=price,
+        )
+
+    def status(self) -> Status:
+        backend = self._backend()
+        props = backend.properties()
+        calibrated = props.last_update_date.isoformat() if props is not None else None
+        if self.local:
+            return Status(online=True, calibration_time=calibrated, message="local testing mode")
+        state = backend.status()
+        return Status(online=bool(state.operational), queue_length=int(state.pending_jobs),
+                      calibration_time=calibrated, message=state.status_msg)
+
+    def auto_pack(self, options: dict[str, Any]) -> int:
+        limits = Thresholds.from_options(options)
+        good = usable_qubits(qubit_calibration(self._backend()), limits)
+        if not good:
+            raise InputError("pack", f"no qubit of {self.device} passes the calibration thresholds {limits}")
+        return min(len(good), limits.max_width)
+
+    def validate(self, shots: int | None, pack: Pack, options: dict[str, Any] | None
+                 ) -> tuple[int | None, int, dict[str, Any]]:
+        shots, width, options = super().validate(shots, pack, options)
+        Thresholds.from_options(options)
+        if not self.local and not self.status().online:
+            raise InputError("backend", f"{self.name} is offline: {self.status().message}")
+        return shots, width, options
+
+    def tasks_for(self, executions: int) -> int:
+        return math.ceil(executions / ROWS_PER_JOB) if executions else 0
+
+    def seconds_for(self, executions: int, shots: int) -> float:
+        per_shot = 250e-6  # IBM's default repetition delay dominates a short circuit
+        return self.tasks_for(executions) * JOB_OVERHEAD_SECONDS + executions * shots * per_shot
+
+    def placement(self, width: int, options: dict[str, Any]) -> Placement:
+        backend = self._backend(width)
+        chosen = choose_qubits(qubit_calibration(backend), width, Thresholds.from_options(options))
+        props = backend.properties()
+        return Placement(tuple(c["qubit"] for c in chosen), tuple(chosen),
+                         props.last_update_date.isoformat() if props is not None else None)
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def submit(self, batch: ActivationBatch, shots: int | None = None, pack: Pack = None,
+               options: dict[str, Any] | None = None) -> Handle:
+        shots, width, options = self.validate(shots, pack, options)
+        assert shots is not None
+        backend = self._backend(width)
+        place = self.placement(width, options)
+        circuit = isa_template(batch.template, width, backend.target, key=(self.name,), layout=place.qubits)
+        packed = pack_params(batch.params, width)
+        per_job = max(1, min(ROWS_PER_JOB, EXECUTIONS_PER_JOB // shots))
+        chunks = [packed[k:k + per_job] for k in range(0, packed.shape[0], per_job)]
+        try:
+            with Batch(backend=backend) as session:
+                sampler = SamplerV2(mode=session)
+                _set_native_options(sampler, options)
+                jobs = [sampler.run([(circuit, chunk)], shots=shots) for chunk in chunks]
+        except (InputError, TransientBackendError):
+            raise
+        except Exception as exc:
+            raise TransientBackendError(redact(f"IBM Quantum refused the job: {type(exc).__name__}: {exc}")) from None
+        ids = [job.job_id() for job in jobs]
+        if self.local:
+            for job in jobs:
+                _spool_when_done(job, width)
+        data = {"rows": batch.num_rows, "width": width, "shots": shots, "chunks": [len(c) for c in chunks],
+                "placement": place.to_json(), "local_pid": os.getpid() if self.local else None}
+        return Handle(self.name, provider_job_ids=ids, data=data)
+
+    def poll(self, handle: Handle) -> BatchResult | None:
+        data = handle.data
+        width, shots = data["width"], data["shots"]
+        ones, seconds = [], 0.0
+        for job_id in handle.provider_job_ids:
+            found = _spooled(job_id, data["local_pid"]) if self.local else self._remote_counts(job_id, width)
+            if found is None:
+                return None
+            ones.append(found[0])
+            seconds += found[1]
+        zeros = shots - np.concatenate(ones, axis=0)
+        p0, se = binomial_p0(unpack_counts(zeros, data["rows"]), shots)
+        price = self.capabilities().price
+        return BatchResult(
+            p0=p0, p0_stderr=se, shots=shots, executions=int(zeros.shape[0]),
+            provider_job_ids=list(handle.provider_job_ids), qpu_seconds=seconds,
+            cost=price.cost(0, 0, seconds), metadata={"pack": width, "placement": data["placement"]},
+        )
+
+    def _remote_counts(self, job_id: str, width: int) -> tuple[np.ndarray, float] | None:
+        try:
+            job = runtime_service().job(job_id)
+            status = str(job.status())
+        except InputError:
+            raise
+        except Exception as exc:
+            raise TransientBackendError(redact(f"IBM Quantum: {type(exc).__name__}: {exc}")) from None
+        if status in PENDING:
+            return None
+        if status != "DONE":
+            raise ProviderJobFailed(redact(f"IBM job {job_id} ended {status}: {job.error_message() or ''}"))
+        bits = job.result()[0].data.meas
+        usage = (job.metrics().get("usage") or {}).get("quantum_seconds") or 0.0
+        return ones_per_clbit(bits.array, width), float(usage)
+
+    def cancel(self, handle: Handle) -> None:
+        for job_id in handle.provider_job_ids:
+            if self.local:
+                if (job := _LOCAL_JOBS.get(job_id)) is not None:
+                    job.cancel()  # only a job that has not started yet can stop
+                continue
+            try:
+                runtime_service().job(job_id).cancel()
+            except Exception as exc:  # a job that already finished cannot be cancelled; say so and go on
+                log.warning("IBM job %s: cancel failed: %s", job_id, redact(str(exc)))
+
+
+def _set_native_options(sampler: SamplerV2, options: dict[str, Any]) -> None:
+    """Runtime-native error suppression, passed through (local testing mode ignores it, with a warning)."""
+    if "seed" in options:
+        sampler.options.simulator.seed_simulator = options["seed"]
+    if options.get("twirling"):
+        sampler.options.twirling.enable_gates = False
+        sampler.options.twirling.enable_measure = True
+    if options.get("dynamical_decoupling"):
+        sampler.options.dynamical_decoupling.enable = True
+        sampler.options.dynamical_decoupling.sequence_type = str(options["dynamical_decoupling"]) \
+            if isinstance(options["dynamical_decoupling"], str) else "XY4"
+
+
+# -- local testing mode: jobs held by this process, counts spooled for every process ---------------
+
+_LOCAL_JOBS: dict[str, Any] = {}
+
+
+def _spool_when_done(job: Any, width: int) -> None:
+    SPOOL.mkdir(parents=True, exist_ok=True)
+    stale = time.time() - SPOOL_KEEP_SECONDS
+    for old in SPOOL.iterdir():  # results of local jobs long since polled
+        if old.stat().st_mtime < stale:
+            old.unlink(missing_ok=True)
+    job_id = job.job_id()
+    _LOCAL_JOBS[job_id] = job
+
+    def wait() -> None:
+        try:
+            ones = ones_per_clbit(job.result()[0].data.meas.array, width)
+            tmp = SPOOL / f"{job_id}.tmp.npy"
+            np.save(tmp, ones)
+            os.replace(tmp, SPOOL / f"{job_id}.npy")
+        except Exception as exc:
+            (SPOOL / f"{job_id}.err").write_text(f"{type(exc).__name__}: {exc}", encoding="utf-8")
+        finally:
+            _LOCAL_JOBS.pop(job_id, None)
+
+    threading.Thread(target=wait, name=f"local-runtime-{job_id[:8]}", daemon=True).start()
+
+
+def _spooled(job_id: str, pid: int) -> tuple[np.ndarray, float] | None:
+    done, failed = SPOOL / f"{job_id}.npy", SPOOL / f"{job_id}.err"
+    if done.exists():
+        return np.load(done), 0.0
+    if failed.exists():
+        raise ProviderJobFailed(f"local testing job {job_id} failed: {failed.read_text(encoding='utf-8')}")
+    if job_id in _LOCAL_JOBS or _alive(pid):
+        return None
+    raise ProviderJobLost(f"local testing job {job_id} was lost with its process {pid}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,51 @@
+"""Budgets per API key: caps on shots and on estimated cost, over all of the key's jobs.
+
+A job counts with its estimate (an upper bound computed before submission);
+a job that ended without running a circuit gives its share back. The key's
+row is locked while a submission checks it, so two concurrent submissions
+cannot both spend the last of a budget.
+"""
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from backends.base import Estimate
+from service.api.errors import ApiError
+from service.store.tables import ApiKey, Job
+
+ENDED_UNUSED = ("failed", "cancelled")
+
+
+def committed(session: Session, key_id: int) -> tuple[int, float]:
+    """Shots and USD the key's jobs may use: estimates, less those of jobs that ended unused."""
+    rows = session.execute(
+        select(Job.estimate).where(
+            Job.owner_id == key_id, Job.estimate.is_not(None),
+            or_(Job.state.not_in(ENDED_UNUSED), Job.executions > 0),
+        )
+    ).scalars()
+    shots, cost = 0, 0.0
+    for estimate in rows:
+        shots += int(estimate["shots"])
+        cost += float(estimate["cost"])
+    return shots, cost
+
+
+def check_budget(session: Session, key: ApiKey, estimate: Estimate) -> None:
+    """Refuse, with the estimate in the message, a job that would take the key over a cap."""
+    if key.max_shots is None and key.max_cost is None:
+        return
+    session.execute(select(ApiKey.id).where(ApiKey.id == key.id).with_for_update())
+    shots, cost = committed(session, key.id)
+    if key.max_shots is not None and shots + estimate.shots > key.max_shots:
+        raise ApiError(
+            402, "budget_exceeded",
+            f"this job needs up to {estimate.shots:,} shots ({estimate.executions:,} circuit executions); "
+            f"the key has {max(0, key.max_shots - shots):,} of its {key.max_shots:,} left", "shots")
+    if key.max_cost is not None and cost + estimate.cost > key.max_cost:
+        raise ApiError(
+            402, "budget_exceeded",
+            f"this job is estimated at up to ${estimate.cost:,.2f} ({estimate.tasks} tasks, {estimate.shots:,} shots); "
+            f"the key has ${max(0.0, key.max_cost - cost):,.2f} of its ${key.max_cost:,.2f} left", "budget")
+
+

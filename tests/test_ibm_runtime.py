@@ -1,0 +1,146 @@
+"""ibm:<device> through Qiskit Runtime: local testing mode end to end, calibrated packing, refusals.
+
+Noise bound used below (a single-layer model with ⟨Z⟩ read-out, so it stays
+linear): a row run on qubit q reads p0 off by at most
+ε_q = 2·e_ro(q) + 2·n_g·e_sx(q) — the read-out assignment error (an average of
+the two flip probabilities, hence ×2) plus, per physical gate, twice the
+reported gate error (half the diamond distance of a depolarizing + relaxation
+channel is ≤ 1.5× its average infidelity). Output o moves by at most
+Σ_i |w_oi|·2·ε, and shot noise adds 5σ of the job's own standard error.
+"""
+
+import math
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backends import get_backend, run_plan
+from backends.qiskit_common import isa_template
+from circuits import FeedForwardPlan
+from circuits.batch import ActivationBatch, Segment, Template
+from client import ApiError, Client
+from conftest import make_inputs, make_model
+from models import save_model
+from models.errors import InputError
+from models.network import qkan_layers
+from service.local import LocalService
+from service_env import stack_env
+
+SHOTS = 4000
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("ibm")
+    with stack_env("system-redis+postgresql", tmp) as env:
+        local = LocalService(tmp, env, concurrency=2)
+        local.start(workers=1)
+        try:
+            with Client(local.url, local.create_key()) as qc:
+                model = make_model(width=[3, 2], reps=2, fast_measure=False)
+                save_model(model.float(), str(tmp / "m.safetensors"))
+                yield qc, qc.upload_model(tmp / "m.safetensors")["id"], model
+        finally:
+            local.stop()
+
+
+def noise_bound(model, placement: dict, template_gates: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Σ_i |w_oi|·2·ε over the worst qubit of the placement (see the module docstring)."""
+    eps = max(2 * q["readout_error"] + 2 * template_gates * q["sx_error"] for q in placement["calibration"])
+    weights = qkan_layers(model)[0].edge_weights().detach().abs().sum(dim=1).numpy()
+    return weights * 2 * eps
+
+
+@pytest.mark.parametrize("device", ["fake_sherbrooke", "fake_torino"])
+def test_fake_devices_run_through_api_worker_and_runtime(service, device: str) -> None:  # type: ignore[no-untyped-def]
+    qc, model_id, model = service
+    x = make_inputs(6, 3, seed=1)
+    exact = run_plan(FeedForwardPlan(model, x), get_backend("exact")).outputs
+    job = qc.submit(model_id, x, backend=f"ibm:{device}", shots=SHOTS, pack=1, options={"seed": 7})
+    assert job["queue"] == "ibm" and job["estimate"]["executions"] == 6 * 3 * 2
+    final = qc.wait(job["id"], timeout=300, progress=False)
+    assert final["state"] == "succeeded", final["error"]
+    assert len(final["provider_job_ids"]) == 1  # one Runtime job, one PUB for the round
+    outputs, stderr = qc.result(job["id"])
+    placement = final["placement"]
+    assert placement["pack"] == 1 and len(placement["qubits"]) == 1 and placement["calibration_time"]
+    backend = get_backend(f"ibm:{device}")
+    isa = isa_template(FeedForwardPlan(model, x).next_batch(FeedForwardPlan(model, x).initial_state()).template,
+                       1, backend._backend(1).target, key=(backend.name,), layout=tuple(placement["qubits"]))
+    gates = sum(n for g, n in isa.count_ops().items() if g in ("sx", "x"))
+    bound = 5 * stderr + noise_bound(model, placement, gates)
+    assert np.all(np.abs(outputs - exact) <= bound), (np.abs(outputs - exact), bound)
+
+
+def test_auto_packing_uses_calibrated_qubits_and_records_them(service) -> None:  # type: ignore[no-untyped-def]
+    qc, model_id, model = service
+    x = make_inputs(8, 3, seed=2)
+    job = qc.submit(model_id, x, backend="ibm:fake_sherbrooke", shots=1000, pack="auto", options={"seed": 3})
+    assert job["pack"] == "auto"
+    final = qc.wait(job["id"], timeout=300, progress=False)
+    assert final["state"] == "succeeded", final["error"]
+    placement = final["placement"]
+    qubits = placement["qubits"]
+    assert placement["pack"] == len(qubits) >= 20 and len(set(qubits)) == len(qubits)
+    for q in placement["calibration"]:  # every chosen qubit passes the default thresholds
+        assert q["operational"] and q["readout_error"] <= 0.03 and q["sx_error"] <= 1e-3 and q["t2_us"] >= 50
+    assert final["executions"] == -(-48 // len(qubits))  # 48 rows on ⌈48/W⌉ circuits
+    exact = run_plan(FeedForwardPlan(model, x), get_backend("exact")).outputs
+    outputs, stderr = qc.result(job["id"])
+    assert np.all(np.abs(outputs - exact) <= 5 * stderr + noise_bound(model, placement, 8))
+
+
+def test_refusals_happen_before_any_submission(service) -> None:  # type: ignore[no-untyped-def]
+    qc, model_id, _ = service
+    x = make_inputs(2, 3)
+    cases = [
+        (dict(backend="ibm:fake_nowhere"), "backend"),
+        (dict(backend="ibm:fake_sherbrooke", shots=100_001), "shots"),
+        (dict(backend="ibm:fake_sherbrooke", shots=100, pack=128), "pack"),
+        (dict(backend="ibm:fake_sherbrooke", shots=100, options={"max_readout_error": -1}),
+         "options.max_readout_error"),
+        (dict(backend="ibm:fake_sherbrooke", shots=100, pack="auto", options={"max_readout_error": 0.0}), "pack"),
+        (dict(backend="ibm:fake_sherbrooke", shots=100, options={"shots_per_qubit": 3}), "options.shots_per_qubit"),
+    ]
+    before = qc.jobs()["total"]
+    for kwargs, field in cases:
+        with pytest.raises(ApiError) as err:
+            qc.submit(model_id, x, **kwargs)
+        assert err.value.status == 422 and err.value.field == field, (kwargs, err.value)
+    assert qc.jobs()["total"] == before
+
+
+def test_real_ibm_device_without_an_account_is_refused_with_how_to(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    from backends.accounts import accounts
+    from backends.ibm import runtime_service
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no saved Qiskit account
+    monkeypatch.delenv("QKAN_IBM_TOKEN", raising=False)
+    monkeypatch.delenv("QISKIT_IBM_TOKEN", raising=False)
+    accounts.cache_clear()
+    runtime_service.cache_clear()
+    with pytest.raises(InputError) as err:
+        get_backend("ibm:ibm_brisbane").capabilities()
+    assert err.value.field == "backend" and "QKAN_IBM_TOKEN" in err.value.message
+
+
+def test_packed_runtime_rows_keep_their_order() -> None:
+    """Deterministic rows (p0 ∈ {0, 1}) packed 5 wide on the noisy device: a row on the wrong qubit would
+    read the opposite bit, while the device errors on the chosen qubits stay below a few percent."""
+    pattern = [1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 1]
+    params = np.array([[-math.pi / 2, 0.3 * k, math.pi * bit] for k, bit in enumerate(pattern)])
+    batch = ActivationBatch(Template("rpz_encoding", 1), params, (Segment("bits", np.arange(11).reshape(-1, 1, 1)),),
+                            "z")
+    backend = get_backend("ibm:fake_sherbrooke")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        handle = backend.submit(batch, shots=200, pack=5, options={"seed": 1})
+        assert handle.result is None and len(handle.provider_job_ids) == 1  # submit returned at once
+        while (result := backend.poll(handle)) is None:
+            time.sleep(0.05)
+    assert result.executions == 3
+    assert np.round(result.p0).tolist() == [1.0 - bit for bit in pattern]
