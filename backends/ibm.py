@@ -81,9 +81,11 @@ def runtime_service() -> QiskitRuntimeService:
                                         instance=acc.ibm_instance)
         return QiskitRuntimeService()
     except Exception as exc:
-        if type(exc).__name__ in ("AccountNotFoundError", "InvalidAccountError"):
+        if type(exc).__name__ == "AccountNotFoundError":
             raise InputError("backend", f"ibm:<backend> {NO_ACCOUNT}") from None
-        raise TransientBackendError(redact(f"IBM Quantum unreachable: {type(exc).__name__}: {exc}")) from None
+        raise TransientBackendError(redact(
+            f"IBM Quantum did not accept the configured account or cannot be reached ({type(exc).__name__}: {exc})"
+        )) from None
 
 
 @cache

@@ -45,6 +45,14 @@ class LocalService:
         self.stop()
 
     def start(self, workers: int = 1) -> None:
+        """Broker, workers, API; if any part fails to start, whatever did start is stopped again."""
+        try:
+            self._start(workers)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, workers: int) -> None:
         if "QKAN_REDIS_URL" not in self.env:
             self.redis = EmbeddedRedis(self.data_dir / "redis")
             self.env["QKAN_REDIS_URL"] = self.redis.start()

@@ -1,0 +1,386 @@
+"""``braket:<device ARN>``: Amazon Braket devices (QPUs and on-demand simulators).
+
+``submit`` creates quantum tasks and returns their ARNs at once; ``poll`` asks
+their state and never waits; ``cancel`` cancels them. Where the device accepts
+program sets (action ``braket.ir.openqasm.program_set``) one task carries every
+packed circuit of a round as one CircuitBinding of the FreeParameter template,
+so the round pays one per-task fee; it is split into several tasks only where
+the device's ``maximumExecutables`` / ``maximumTotalShots`` demand it. Other
+devices get one task per packed circuit, created with ``device.run`` in a loop:
+``run_batch`` is avoided because ``AwsQuantumTaskBatch`` copies the session and
+blocks until earlier tasks *finish* when a round has more circuits than
+``max_parallel``.
+
+Programs are sent non-verbatim, with qubit rewiring allowed: Braket compiles
+h/x/z/rz/ry to the device's natives and places the W packed copies itself.
+Verbatim boxes are not implemented (they would need the template rewritten in
+each device's native gates); ``submit`` refuses a device whose OpenQASM action
+lacks a gate the template uses.
+
+A ``braket.devices.LocalSimulator`` passed as ``device`` runs this very code
+offline; its tasks finish inside ``submit``, so the handle carries the result.
+"""
+
+import math
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+import numpy as np
+from botocore.exceptions import BotoCoreError, ClientError
+from braket.aws import AwsDevice, AwsQuantumTask, AwsSession
+from braket.devices import Device, LocalSimulator
+from braket.program_sets import CircuitBinding, ProgramSet
+from braket.schema_common import BraketSchemaBase
+from braket.task_result import GateModelTaskResult, ProgramSetExecutableResult, ProgramSetTaskResult
+from braket.tasks.local_quantum_task import LocalQuantumTask
+from braket.tasks.program_set_quantum_task_result import ProgramSetQuantumTaskResult
+
+from backends.accounts import accounts, redact
+from backends.base import (
+    Backend,
+    Capabilities,
+    Estimate,
+    Handle,
+    Pack,
+    Price,
+    ProviderJobFailed,
+    ProviderJobLost,
+    Status,
+    TransientBackendError,
+)
+from backends.pricing import braket_price
+from circuits.batch import ActivationBatch, BatchResult, Template
+from circuits.lower_braket import braket_inputs, braket_template
+from circuits.packing import binomial_p0, pack_params, unpack_counts
+from models.errors import InputError
+
+ARN = re.compile(
+    r"arn:aws:braket:(?P<region>[a-z0-9-]*)::device/(?P<kind>qpu|quantum-simulator)/"
+    r"(?P<provider>[A-Za-z0-9_.-]+)/(?P<device>[A-Za-z0-9_.-]+)"
+)
+OPENQASM = "braket.ir.openqasm.program"
+PROGRAM_SET = "braket.ir.openqasm.program_set"
+OPTIONS = ("program_set",)
+ENDED = {"FAILED", "CANCELLING", "CANCELLED"}
+# Codes that mean the request itself is wrong (unknown device, program the device refuses): user errors.
+USER_ERROR_CODES = {"ResourceNotFoundException", "ValidationException", "DeviceOfflineException",
+                    "DeviceRetiredException"}
+METADATA_TTL = 60.0  # seconds a GetDevice answer is trusted for the offline check
+SIMULATOR_MIN_SECONDS = 3.0  # on-demand simulators bill at least 3 s per task
+
+
+class BraketDeviceBackend(Backend):
+    def __init__(self, arn: str, device: Device | None = None) -> None:
+        match = ARN.fullmatch(arn) if isinstance(arn, str) else None
+        if match is None:
+            raise InputError("backend", f"{str(arn)[:200]!r} is not an Amazon Braket device ARN "
+                             "(arn:aws:braket:<region>::device/qpu/<provider>/<device>)")
+        self.arn = arn
+        self.name = f"braket:{arn}"
+        self.region = match["region"]
+        self.simulator = match["kind"] == "quantum-simulator"
+        self.device_path = f"{match['provider']}/{match['device']}"
+        self._device = device
+        self._fetched = time.monotonic()
+
+    # -- the device ------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> Device:
+        """The AwsDevice, created on first use (one GetDevice call) unless one was injected."""
+        if self._device is None:
+            with self._aws("GetDevice"):
+                try:
+                    session = AwsSession(boto3.Session(region_name=self.region or None))
+                    self._device = AwsDevice(self.arn, aws_session=session)
+                except ValueError as exc:  # AwsDevice's "not found"
+                    raise InputError("backend", f"{self.name}: {exc}") from None
+            self._fetched = time.monotonic()
+        return self._device
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.device, LocalSimulator)
+
+    def _refresh(self, max_age: float) -> None:
+        device = self.device
+        if isinstance(device, AwsDevice) and time.monotonic() - self._fetched > max_age:
+            with self._aws("GetDevice"):
+                device.refresh_metadata()
+            self._fetched = time.monotonic()
+
+    def _scrub(self, message: str) -> str:
+        """``redact`` plus the secrets of the session in use, which need not come from the environment."""
+        message = redact(message)
+        device = self._device
+        if isinstance(device, AwsDevice):
+            creds = device.aws_session.boto_session.get_credentials()
+            for secret in (getattr(creds, "secret_key", None), getattr(creds, "token", None)):
+                if secret and len(secret) >= 6:
+                    message = message.replace(secret, "***")
+        return message
+
+    @contextmanager
+    def _aws(self, operation: str) -> Iterator[None]:
+        """AWS refusals of the request become InputError, everything else from AWS is transient."""
+        try:
+            yield
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            message = self._scrub(f"{self.name}: {operation}: {exc}")
+            if code in USER_ERROR_CODES:
+                raise InputError("backend", message) from None
+            raise TransientBackendError(message) from None
+        except BotoCoreError as exc:  # no credentials, no network, timeouts
+            raise TransientBackendError(self._scrub(f"{self.name}: {operation}: {type(exc).__name__}: {exc}")
+                                        ) from None
+
+    # -- what the device offers ------------------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        props = self.device.properties
+        qubits = int(props.paradigm.qubitCount)
+        price = (Price(source="free (local simulator)") if self.local
+                 else braket_price(self.device_path) or Price(source="unlisted"))
+        return Capabilities(
+            name=self.name, kind="simulator" if self.simulator else "qpu", qubits=qubits,
+            noise="the simulator's (none unless it models noise)" if self.simulator else "the device's",
+            max_shots=int(props.service.shotsRange[1]),
+            native_gates=tuple(getattr(props.paradigm, "nativeGateSet", None) or ()),
+            default_pack=1, max_pack=qubits, options=OPTIONS, price=price,
+        )
+
+    def status(self) -> Status:
+        self._refresh(0.0)
+        device = self.device
+        state = str(device.status)
+        queue = 0
+        try:
+            depth = device.queue_depth().quantum_tasks  # type: ignore[attr-defined]
+            queue = sum(int(str(v).lstrip(">")) for v in depth.values())
+        except (AttributeError, ClientError, BotoCoreError, KeyError, TypeError, ValueError):
+            pass  # the queue length is informative only
+        props = device.properties
+        updated = None
+        for part in (getattr(props, "standardized", None), getattr(props, "provider", None)):
+            if getattr(part, "updatedAt", None) is not None:
+                updated = part.updatedAt.isoformat()
+                break
+        return Status(online=state in ("ONLINE", "AVAILABLE"), queue_length=queue, calibration_time=updated,
+                      message=state)
+
+    def validate(self, shots: int | None, pack: Pack, options: dict[str, Any] | None
+                 ) -> tuple[int | None, int, dict[str, Any]]:
+        self._refresh(METADATA_TTL)
+        state = str(self.device.status)
+        if state in ("OFFLINE", "RETIRED"):
+            raise InputError("backend", f"{self.name} is {state}: Amazon Braket accepts no tasks for it")
+        shots, width, options = super().validate(shots, pack, options)
+        low = int(self.device.properties.service.shotsRange[0])
+        if shots is not None and shots < low:
+            raise InputError("shots", f"{shots} is below the minimum of {low} on '{self.name}'")
+        if not isinstance(options.get("program_set", True), bool):
+            raise InputError("options.program_set", f"must be true or false, got {options['program_set']!r}")
+        if not self.local and not accounts().braket_s3_bucket:
+            raise InputError("QKAN_BRAKET_S3_BUCKET", f"set an S3 bucket for the results of '{self.name}'")
+        return shots, width, options
+
+    def _check_gates(self, template: Template) -> None:
+        action = self.device.properties.action.get(OPENQASM)
+        if action is None:
+            raise InputError("backend", f"{self.name} does not run OpenQASM gate circuits")
+        supported = {op.lower() for op in action.supportedOperations}
+        missing = sorted({g.name for g in template.circuit.gates} - supported)
+        if missing:
+            raise InputError("backend", f"{self.name} does not support the gates {missing} of the edge circuit")
+
+    def _plan(self, circuits: int, shots: int, program_set: bool) -> tuple[list[int], bool]:
+        """Packed circuits per task, and whether they go as program sets (as large as the device allows)."""
+        action = self.device.properties.action.get(PROGRAM_SET) if program_set else None
+        if action is None or not circuits:
+            return [1] * circuits, False
+        limit = min(int(action.maximumExecutables), int(action.maximumTotalShots) // shots)
+        if limit < 1:
+            return [1] * circuits, False
+        tasks = math.ceil(circuits / limit)
+        base, extra = divmod(circuits, tasks)
+        if action.minimumTotalShots and base * shots < action.minimumTotalShots:
+            return [1] * circuits, False
+        return [base + 1] * extra + [base] * (tasks - extra), True
+
+    def tasks_for(self, executions: int) -> int:
+        """Without shots only the executables limit is known; ``estimate`` also applies the shots limit."""
+        action = self.device.properties.action.get(PROGRAM_SET)
+        if action is None or not executions:
+            return executions
+        return math.ceil(executions / max(1, int(action.maximumExecutables)))
+
+    def seconds_for(self, executions: int, shots: int) -> float:
+        """On-demand simulators bill run time, at least 3 s a task; QPUs bill per task and shot."""
+        return self._billed_seconds(self.tasks_for(executions))
+
+    def _billed_seconds(self, tasks: int) -> float:
+        return tasks * SIMULATOR_MIN_SECONDS if self.simulator and not self.local else 0.0
+
+    def estimate(self, rows: list[int], shots: int | None, pack: Pack = None,
+                 options: dict[str, Any] | None = None) -> Estimate:
+        """The base estimate with the tasks counted as ``submit`` will create them for these shots."""
+        shots, width, options = self.validate(shots, pack, options)
+        assert shots is not None
+        executions = [math.ceil(r / width) for r in rows]
+        tasks = sum(len(self._plan(e, shots, options.get("program_set", True))[0]) for e in executions)
+        seconds = self._billed_seconds(tasks)
+        total = sum(executions) * shots
+        price = self.capabilities().price
+        return Estimate(tasks, sum(executions), total, seconds, price.cost(tasks, total, seconds))
+
+    # -- tasks -----------------------------------------------------------------------------------
+
+    def submit(self, batch: ActivationBatch, shots: int | None = None, pack: Pack = None,
+               options: dict[str, Any] | None = None) -> Handle:
+        shots, width, options = self.validate(shots, pack, options)
+        assert shots is not None
+        self._check_gates(batch.template)
+        circuit = braket_template(batch.template, width)
+        inputs = braket_inputs(batch.template, width, pack_params(batch.params, width))
+        sizes, program_set = self._plan(len(inputs), shots, options.get("program_set", True))
+        tasks: list[Any] = []
+        try:
+            start = 0
+            for size in sizes:
+                chunk = inputs[start:start + size]
+                start += size
+                if program_set:
+                    columns = {name: [row[name] for row in chunk] for name in chunk[0]}
+                    spec: Any = ProgramSet([CircuitBinding(circuit, input_sets=columns)], shots_per_executable=shots)
+                    tasks.append(self._run(spec, shots * size))
+                else:
+                    tasks.append(self._run(circuit, shots, chunk[0]))
+        except BaseException:
+            self._cancel_tasks(tasks)  # a round is all or nothing: no orphaned, billed tasks
+            raise
+        data = {"rows": batch.num_rows, "width": width, "shots": shots, "program_set": program_set,
+                "sizes": sizes}
+        if all(isinstance(t, LocalQuantumTask) for t in tasks):
+            shots_read = [c for t in tasks for c in _local_counts(t.result())]
+            return Handle(self.name, data=data, result=self._batch_result(shots_read, len(tasks), [], data))
+        arns = [t.id for t in tasks]
+        return Handle(self.name, provider_job_ids=arns, data={"tasks": arns, **data})
+
+    def _run(self, spec: Any, shots: int, inputs: dict[str, float] | None = None) -> Any:
+        kwargs: dict[str, Any] = {"shots": shots}
+        if inputs is not None:
+            kwargs["inputs"] = inputs
+        if not self.local:
+            kwargs["s3_destination_folder"] = (accounts().braket_s3_bucket, accounts().braket_s3_prefix)
+        with self._aws("CreateQuantumTask"):
+            return self.device.run(spec, **kwargs)
+
+    def poll(self, handle: Handle) -> BatchResult | None:
+        if handle.result is not None:
+            return handle.result
+        device = self.device
+        if not isinstance(device, AwsDevice):
+            raise ProviderJobLost(f"{self.name}: local tasks {handle.provider_job_ids} are gone")
+        session = device.aws_session
+        metas = []
+        with self._aws("GetQuantumTask"):
+            for arn in handle.data["tasks"]:
+                meta = AwsQuantumTask(arn, aws_session=session, quiet=True).metadata()
+                state = meta.get("status")
+                if state in ENDED:
+                    reason = meta.get("failureReason") or "no reason given"
+                    raise ProviderJobFailed(self._scrub(f"Amazon Braket task {arn} ended {state}: {reason}"))
+                if state != "COMPLETED":
+                    return None  # tasks run roughly in order: no need to ask about the later ones yet
+                metas.append(meta)
+        with self._aws("GetObject results.json"):
+            shots_read = [c for meta in metas for c in _task_counts(session, meta)]
+        return self._batch_result(shots_read, len(metas), list(handle.data["tasks"]), handle.data)
+
+    def _batch_result(self, counts: list["Counts"], tasks: int, arns: list[str], data: dict[str, Any]
+                      ) -> BatchResult:
+        width, shots = int(data["width"]), int(data["shots"])
+        ones = np.zeros((len(counts), width), dtype=np.int64)
+        for k, (ones_read, measured, shots_read) in enumerate(counts):
+            if sorted(measured) != list(range(width)) or shots_read != shots:
+                raise ProviderJobFailed(f"{self.name}: a task returned {shots_read} shots on qubits {measured}, "
+                                        f"expected {shots} shots on qubits 0..{width - 1}")
+            ones[k, measured] = ones_read
+        p0, se = binomial_p0(unpack_counts(shots - ones, int(data["rows"])), shots)
+        seconds = self._billed_seconds(tasks)
+        price = self.capabilities().price
+        return BatchResult(
+            p0=p0, p0_stderr=se, shots=shots, executions=len(counts), provider_job_ids=arns,
+            qpu_seconds=seconds, cost=price.cost(tasks, len(counts) * shots, seconds),
+            metadata={"pack": width, "program_set": bool(data["program_set"]), "tasks": tasks},
+        )
+
+    def cancel(self, handle: Handle) -> None:
+        device = self.device
+        if handle.result is not None or not isinstance(device, AwsDevice):
+            return
+        self._cancel_tasks([AwsQuantumTask(arn, aws_session=device.aws_session, quiet=True)
+                            for arn in handle.data.get("tasks", handle.provider_job_ids)])
+
+    def _cancel_tasks(self, tasks: list[Any]) -> None:
+        for task in tasks:
+            if isinstance(task, AwsQuantumTask):
+                try:
+                    task.cancel()
+                except (ClientError, BotoCoreError):
+                    pass  # a task that already ended cannot be cancelled
+
+
+# Per packed circuit: ones per measured qubit, the measured qubits (in that order), shots read.
+Counts = tuple[np.ndarray, list[int], int]
+
+
+def _counts(measurements: Any, probabilities: dict[str, float] | None, qubits: Any, shots: int) -> Counts:
+    """Marginal ones of one circuit's result; devices return either the shots or their probabilities."""
+    measured = [int(q) for q in qubits or []]
+    if measurements is not None and len(measurements):
+        bits = np.asarray(measurements, dtype=np.int64)
+        return bits.sum(axis=0), measured, int(bits.shape[0])
+    if probabilities:
+        ones = sum(p * np.array([b == "1" for b in key], dtype=np.float64) for key, p in probabilities.items())
+        return np.rint(np.asarray(ones) * shots).astype(np.int64), measured, shots
+    raise ProviderJobFailed("Amazon Braket returned a result without measurements")
+
+
+def _task_counts(session: AwsSession, meta: dict[str, Any]) -> list[Counts]:
+    """Read a finished task's results.json (and a program set's parts) from S3 through the task's session."""
+    bucket, folder = meta["outputS3Bucket"], meta["outputS3Directory"]
+    shots = int(meta["shots"])
+    result = BraketSchemaBase.parse_raw_schema(
+        session.retrieve_s3_object_body(bucket, f"{folder}/{AwsQuantumTask.RESULTS_FILENAME}"))
+    if isinstance(result, GateModelTaskResult):
+        return [_counts(result.measurements, result.measurementProbabilities, result.measuredQubits, shots)]
+    if not isinstance(result, ProgramSetTaskResult):
+        raise ProviderJobFailed(f"Amazon Braket returned an unexpected result type {type(result).__name__}")
+    where = result.s3Location
+
+    def load(part: Any) -> Any:  # program sets may store their parts as paths relative to s3Location
+        if isinstance(part, str) and where:
+            return BraketSchemaBase.parse_raw_schema(session.retrieve_s3_object_body(where[0], f"{where[1]}/{part}"))
+        return part
+
+    executables = [load(e) for program in result.programResults for e in load(program).executableResults]
+    failed = [e for e in executables if not isinstance(e, ProgramSetExecutableResult)]
+    if failed:
+        raise ProviderJobFailed(redact(f"Amazon Braket program set task {meta.get('quantumTaskArn')}: "
+                                       f"{len(failed)} executables failed: {failed[0]}"))
+    per_circuit = shots // max(1, len(executables))
+    return [_counts(e.measurements, e.measurementProbabilities, e.measuredQubits, per_circuit)
+            for e in sorted(executables, key=lambda e: e.inputsIndex)]
+
+
+def _local_counts(result: Any) -> list[Counts]:
+    """The same from the SDK result objects a LocalSimulator task returns (executables already in order)."""
+    entries = ([e for program in result.entries for e in program.entries]
+               if isinstance(result, ProgramSetQuantumTaskResult) else [result])
+    return [_counts(e.measurements, None, e.measured_qubits, 0) for e in entries]

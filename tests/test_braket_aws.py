@@ -1,0 +1,520 @@
+"""``braket:<device ARN>`` offline: the exact AWS requests through botocore's Stubber, and a LocalSimulator run.
+
+The Braket client of a real ``AwsSession`` (dummy credentials, no network) is
+wrapped by a Stubber: every CreateQuantumTask must match the request we expect
+to the last field, and a stubber with nothing queued fails any request we do
+not expect — so the refusal tests prove nothing was submitted.
+"""
+
+import io
+import json
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+from botocore.response import StreamingBody
+from botocore.stub import ANY, Stubber
+from braket.aws import AwsDevice, AwsSession
+from braket.device_schema.iqm import IqmDeviceCapabilities
+from braket.devices import LocalSimulator
+from braket.ir.openqasm import Program
+from braket.task_result import (
+    AdditionalMetadata,
+    GateModelTaskResult,
+    ProgramResult,
+    ProgramSetExecutableResult,
+    ProgramSetTaskMetadata,
+    ProgramSetTaskResult,
+    TaskMetadata,
+)
+
+from backends.accounts import accounts
+from backends.base import Handle, ProviderJobFailed, TransientBackendError
+from backends.braket_aws import BraketDeviceBackend
+from backends.exact import exact_p0
+from circuits.batch import ActivationBatch
+from circuits.plan import FeedForwardPlan
+from conftest import make_inputs, make_model
+from models.errors import InputError
+
+REGION = "eu-north-1"
+ARN = f"arn:aws:braket:{REGION}::device/qpu/iqm/Garnet"
+SECRET = "planted-secret-7f3Qz9LmX2vB"
+BUCKET, PREFIX = "qkan-test-results", "runs/qkan"
+OPS = ["cz", "prx", "h", "x", "y", "z", "rx", "ry", "rz", "cnot", "s", "t"]
+
+
+def capabilities(*, program_set: int | None = None, ops: list[str] = OPS) -> str:
+    """A gate-model QPU's deviceCapabilities, validated by the SDK's own IQM schema class."""
+    action: dict[str, Any] = {
+        "braket.ir.openqasm.program": {
+            "version": ["1"], "actionType": "braket.ir.openqasm.program", "supportedOperations": ops,
+            "supportedResultTypes": [{"name": "Sample", "observables": ["x", "y", "z", "h", "i"],
+                                      "minShots": 1, "maxShots": 20000}],
+        },
+    }
+    if program_set is not None:
+        action["braket.ir.openqasm.program_set"] = {
+            "version": ["1"], "actionType": "braket.ir.openqasm.program_set",
+            "maximumExecutables": program_set, "maximumTotalShots": 200_000,
+        }
+    caps = IqmDeviceCapabilities.parse_obj({
+        "service": {
+            "executionWindows": [{"executionDay": "Everyday", "windowStartHour": "00:00",
+                                  "windowEndHour": "23:59:59"}],
+            "shotsRange": [1, 20000],
+        },
+        "action": action,
+        "deviceParameters": {},
+        "paradigm": {
+            "qubitCount": 20, "nativeGateSet": ["cz", "prx"],
+            "connectivity": {"fullyConnected": False,
+                             "connectivityGraph": {str(q): [str(q + 1)] for q in range(19)}},
+        },
+        "provider": None,
+        "standardized": None,
+    })
+    return caps.json()
+
+
+class StubbedSession(AwsSession):
+    """Reads results.json through this session's (stubbed) S3 client rather than a fresh boto3 resource."""
+
+    def retrieve_s3_object_body(self, s3_bucket: str, s3_object_key: str) -> str:
+        return self.s3_client.get_object(Bucket=s3_bucket, Key=s3_object_key)["Body"].read().decode("utf-8")
+
+
+class Aws:
+    """One backend on a stubbed session, with its Braket and S3 stubbers."""
+
+    def __init__(self, status: str = "ONLINE", program_set: int | None = None, ops: list[str] = OPS) -> None:
+        boto = boto3.Session(aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key=SECRET, region_name=REGION)
+        client = boto.client("braket", region_name=REGION)
+        self.session = StubbedSession(boto_session=boto, braket_client=client)
+        self.braket = Stubber(client)
+        self.s3 = Stubber(self.session.s3_client)
+        self.braket.add_response("get_device", {
+            "deviceArn": ARN, "deviceName": "Garnet", "providerName": "IQM", "deviceType": "QPU",
+            "deviceStatus": status, "deviceCapabilities": capabilities(program_set=program_set, ops=ops),
+        }, {"deviceArn": ARN})
+        self.braket.activate()
+        self.s3.activate()
+        self.backend = BraketDeviceBackend(ARN, device=AwsDevice(ARN, aws_session=self.session))
+        self.braket.assert_no_pending_responses()
+
+    def done(self) -> None:
+        self.braket.assert_no_pending_responses()
+        self.s3.assert_no_pending_responses()
+
+
+@pytest.fixture(autouse=True)
+def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key in ("AMZN_BRAKET_TASK_RESULTS_S3_URI", "AMZN_BRAKET_JOB_TOKEN", "AMZN_BRAKET_RESERVATION_DEVICE_ARN"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("QKAN_BRAKET_S3_BUCKET", BUCKET)
+    monkeypatch.setenv("QKAN_BRAKET_S3_PREFIX", PREFIX)
+    accounts.cache_clear()
+    yield
+    accounts.cache_clear()
+
+
+def real_batch(samples: int = 3) -> ActivationBatch:
+    """The first round of a real model: a QKAN layer's rows, compiled by the planner."""
+    model = make_model(width=[2, 3], reps=2, preact_trainable=True)
+    plan = FeedForwardPlan(model, make_inputs(samples, 2, seed=5))
+    batch = plan.next_batch(plan.initial_state())
+    assert batch is not None
+    return batch
+
+
+def expected_rows(batch: ActivationBatch, width: int) -> list[dict[str, float]]:
+    """Inputs of each packed circuit, written from the packing rule: row r on copy r % W of circuit r // W."""
+    n, p = batch.params.shape
+    rows = []
+    for k in range(math.ceil(n / width)):
+        rows.append({f"p{c}_{j}": float(batch.params[k * width + c, j]) if k * width + c < n else 0.0
+                     for c in range(width) for j in range(p)})
+    return rows
+
+
+def expected_source(batch: ActivationBatch, width: int) -> tuple[set[str], list[str]]:
+    """The OpenQASM program: its input declarations (any order) and its body, from the template's gates."""
+    circuit = batch.template.circuit
+    declarations = {f"input float p{c}_{j};" for c in range(width) for j in range(circuit.num_params)}
+    body = ["OPENQASM 3.0;", f"bit[{width}] b;", f"qubit[{width}] q;"]
+    for c in range(width):
+        for gate in circuit.gates:
+            angle = "" if gate.column is None else f"(p{c}_{gate.column})"
+            body.append(f"{gate.name}{angle} q[{c}];")
+    body += [f"b[{c}] = measure q[{c}];" for c in range(width)]
+    return declarations, body
+
+
+class OpenQasm:
+    """Equals the JSON of an OpenQASM program (or program set) running ``source`` with ``inputs``."""
+
+    def __init__(self, batch: ActivationBatch, width: int, rows: list[dict[str, float]], program_set: bool) -> None:
+        self.declarations, self.body = expected_source(batch, width)
+        self.rows, self.program_set = rows, program_set
+
+    def check(self, program: dict[str, Any]) -> bool:
+        lines = program["source"].strip().splitlines()
+        declared = {line for line in lines if line.startswith("input ")}
+        if declared != self.declarations or [x for x in lines if x not in declared] != self.body:
+            return False
+        if program["braketSchemaHeader"] != {"name": "braket.ir.openqasm.program", "version": "1"}:
+            return False
+        if self.program_set:
+            return program["inputs"] == {k: [row[k] for row in self.rows] for k in self.rows[0]}
+        return len(self.rows) == 1 and program["inputs"] == self.rows[0]
+
+    def __eq__(self, other: object) -> bool:
+        action = json.loads(str(other))
+        if not self.program_set:
+            return self.check(action)
+        header = {"name": "braket.ir.openqasm.program_set", "version": "1"}
+        return action["braketSchemaHeader"] == header and len(action["programs"]) == 1 and self.check(
+            action["programs"][0])
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"OpenQasm(rows={self.rows!r}, program_set={self.program_set})"
+
+
+class Json:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return json.loads(str(other)) == self.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Json({self.value!r})"
+
+
+def device_parameters(width: int) -> Json:
+    """What the SDK sends for a circuit on an IQM device: W qubits, rewiring allowed (not verbatim)."""
+    return Json({
+        "braketSchemaHeader": {"name": "braket.device_schema.simulators.gate_model_simulator_device_parameters",
+                               "version": "1"},
+        "paradigmParameters": {"braketSchemaHeader": {"name": "braket.device_schema.gate_model_parameters",
+                                                      "version": "1"},
+                               "qubitCount": width, "disableQubitRewiring": False},
+    })
+
+
+def task_arn(k: int) -> str:
+    return f"arn:aws:braket:{REGION}:123456789012:quantum-task/0000000{k}-aaaa-bbbb-cccc-dddddddddddd"
+
+
+def expect_task(aws: Aws, k: int, shots: int, action: object, params: object | None) -> None:
+    """Queue one CreateQuantumTask. (The Stubber checks before botocore fills in the idempotent clientToken.)"""
+    request: dict[str, Any] = {
+        "deviceArn": ARN, "shots": shots, "outputS3Bucket": BUCKET,
+        "outputS3KeyPrefix": PREFIX, "action": action,
+    }
+    if params is not None:
+        request["deviceParameters"] = params
+    aws.braket.add_response("create_quantum_task", {"quantumTaskArn": task_arn(k)}, request)
+
+
+# -- 1. the exact CreateQuantumTask requests ---------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [1, 4])
+def test_one_task_per_packed_circuit_with_exact_requests(width: int) -> None:
+    aws, batch, shots = Aws(), real_batch(), 1000
+    rows = expected_rows(batch, width)
+    assert len(rows) == math.ceil(batch.num_rows / width) > 1
+    for k, row in enumerate(rows):
+        expect_task(aws, k, shots, OpenQasm(batch, width, [row], program_set=False), device_parameters(width))
+
+    handle = aws.backend.submit(batch, shots=shots, pack=width)
+
+    aws.done()
+    assert handle.result is None
+    assert handle.provider_job_ids == [task_arn(k) for k in range(len(rows))]
+    assert handle.data == {"tasks": handle.provider_job_ids, "rows": batch.num_rows, "width": width,
+                           "shots": shots, "program_set": False, "sizes": [1] * len(rows)}
+    assert Handle.from_json(json.loads(json.dumps(handle.to_json()))).data == handle.data
+
+
+def test_program_set_device_gets_one_task_carrying_every_row() -> None:
+    aws, batch, shots, width = Aws(program_set=100), real_batch(), 500, 3
+    rows = expected_rows(batch, width)
+    expect_task(aws, 0, shots * len(rows), OpenQasm(batch, width, rows, program_set=True), None)
+
+    handle = aws.backend.submit(batch, shots=shots, pack=width)
+
+    aws.done()
+    assert handle.provider_job_ids == [task_arn(0)]
+    assert handle.data["program_set"] is True and handle.data["sizes"] == [len(rows)]
+    assert aws.backend.estimate([batch.num_rows], shots, width).tasks == 1
+
+
+def test_program_set_is_split_only_where_the_executables_limit_demands() -> None:
+    aws, batch, shots, width = Aws(program_set=2), real_batch(), 100, 2
+    rows = expected_rows(batch, width)
+    assert len(rows) == 9
+    sizes = [2, 2, 2, 2, 1]
+    start = 0
+    for k, size in enumerate(sizes):
+        chunk = rows[start:start + size]
+        start += size
+        expect_task(aws, k, shots * size, OpenQasm(batch, width, chunk, program_set=True), None)
+
+    handle = aws.backend.submit(batch, shots=shots, pack=width)
+
+    aws.done()
+    assert handle.data["sizes"] == sizes and len(handle.provider_job_ids) == 5
+    estimate = aws.backend.estimate([batch.num_rows], shots, width)
+    assert (estimate.tasks, estimate.executions, estimate.shots) == (5, 9, 900)
+    assert estimate.cost == pytest.approx(5 * 0.30 + 900 * 0.00145)
+
+
+def test_capabilities_come_from_the_device_properties() -> None:
+    caps = Aws().backend.capabilities()
+    assert (caps.kind, caps.qubits, caps.max_shots, caps.max_pack) == ("qpu", 20, 20000, 20)
+    assert caps.native_gates == ("cz", "prx")
+    assert (caps.price.per_task, caps.price.per_shot) == (0.30, 0.00145)
+
+
+# -- 2. polling --------------------------------------------------------------------------------
+
+
+def task_metadata(k: int, status: str, shots: int, **extra: Any) -> dict[str, Any]:
+    return {"quantumTaskArn": task_arn(k), "status": status, "deviceArn": ARN, "deviceParameters": "{}",
+            "shots": shots, "outputS3Bucket": BUCKET, "outputS3Directory": f"{PREFIX}/task-{k}",
+            "createdAt": datetime(2026, 1, 1, tzinfo=UTC), **extra}
+
+
+def expect_state(aws: Aws, k: int, status: str, shots: int, **extra: Any) -> None:
+    aws.braket.add_response("get_quantum_task", task_metadata(k, status, shots, **extra),
+                            {"quantumTaskArn": task_arn(k), "additionalAttributeNames": ["QueueInfo"]})
+
+
+def expect_results(aws: Aws, k: int, body: str) -> None:
+    data = body.encode()
+    aws.s3.add_response("get_object", {"Body": StreamingBody(io.BytesIO(data), len(data))},
+                        {"Bucket": BUCKET, "Key": f"{PREFIX}/task-{k}/results.json"})
+
+
+def shots_with_zeros(zeros: np.ndarray, shots: int, order: list[int], rng: np.random.Generator) -> list[list[int]]:
+    """A shots × W bit matrix, columns in ``order``, where qubit q reads 0 exactly zeros[q] times."""
+    bits = np.zeros((shots, len(order)), dtype=int)
+    for col, qubit in enumerate(order):
+        bits[rng.permutation(shots)[: shots - zeros[qubit]], col] = 1
+    return bits.tolist()
+
+
+def test_poll_returns_the_marginal_p0_of_every_row(rng: np.random.Generator) -> None:
+    aws, batch, shots, width = Aws(), real_batch(), 40, 5
+    circuits = math.ceil(batch.num_rows / width)
+    for k in range(circuits):
+        expect_task(aws, k, shots, ANY, ANY)
+    handle = aws.backend.submit(batch, shots=shots, pack=width)
+    zeros = rng.integers(0, shots + 1, size=(circuits, width))
+    order = [3, 0, 4, 1, 2]  # the device may list the measured qubits in any order
+    for k in range(circuits):
+        expect_state(aws, k, "COMPLETED", shots)
+        result = GateModelTaskResult(
+            measurements=shots_with_zeros(zeros[k], shots, order, rng), measuredQubits=order,
+            taskMetadata=TaskMetadata(id=task_arn(k), shots=shots, deviceId=ARN),
+            additionalMetadata=AdditionalMetadata(action=Program(source="OPENQASM 3.0;")))
+        expect_results(aws, k, result.json())
+
+    result = aws.backend.poll(handle)
+
+    aws.done()
+    assert result is not None
+    np.testing.assert_array_equal(result.p0, zeros.reshape(-1)[: batch.num_rows] / shots)
+    assert result.p0.shape == (batch.num_rows,) and np.all(result.p0_stderr > 0)
+    assert (result.shots, result.executions, result.provider_job_ids) == (shots, circuits, handle.provider_job_ids)
+    assert result.cost == pytest.approx(circuits * 0.30 + circuits * shots * 0.00145)
+    assert result.metadata["pack"] == width and result.metadata["program_set"] is False
+
+
+def test_poll_reads_a_program_set_result(rng: np.random.Generator) -> None:
+    aws, batch, shots, width = Aws(program_set=100), real_batch(), 30, 4
+    circuits = math.ceil(batch.num_rows / width)
+    expect_task(aws, 0, shots * circuits, ANY, None)
+    handle = aws.backend.submit(batch, shots=shots, pack=width)
+    zeros = rng.integers(0, shots + 1, size=(circuits, width))
+    order = list(range(width))
+    result = ProgramSetTaskResult(
+        programResults=[ProgramResult(
+            executableResults=[ProgramSetExecutableResult(  # listed out of order: inputsIndex says which is which
+                inputsIndex=k, measurements=shots_with_zeros(zeros[k], shots, order, rng), measuredQubits=order)
+                for k in rng.permutation(circuits).tolist()],
+            source=Program(source="OPENQASM 3.0;"), additionalMetadata=AdditionalMetadata())],
+        taskMetadata=ProgramSetTaskMetadata(
+            id=task_arn(0), deviceId=ARN, requestedShots=shots * circuits, successfulShots=shots * circuits,
+            programMetadata=[{"executables": [{}] * circuits}], totalFailedExecutables=0),
+    )
+    expect_state(aws, 0, "COMPLETED", shots * circuits)
+    expect_results(aws, 0, result.json())
+
+    polled = aws.backend.poll(handle)
+
+    aws.done()
+    assert polled is not None and polled.metadata["program_set"] is True
+    np.testing.assert_array_equal(polled.p0, zeros.reshape(-1)[: batch.num_rows] / shots)
+    assert polled.executions == circuits and polled.cost == pytest.approx(0.30 + circuits * shots * 0.00145)
+
+
+@pytest.mark.parametrize("status", ["CREATED", "QUEUED", "RUNNING"])
+def test_poll_of_a_pending_task_returns_none_and_reads_no_results(status: str) -> None:
+    aws, batch = Aws(), real_batch()
+    for k in range(2):
+        expect_task(aws, k, 100, ANY, ANY)
+    handle = aws.backend.submit(batch, shots=100, pack=10)
+    expect_state(aws, 0, "COMPLETED", 100)
+    expect_state(aws, 1, status, 100)
+    assert aws.backend.poll(handle) is None
+    aws.done()
+
+
+@pytest.mark.parametrize("status", ["FAILED", "CANCELLED"])
+def test_poll_of_an_ended_task_raises_with_its_reason(status: str) -> None:
+    aws, batch = Aws(), real_batch()
+    expect_task(aws, 0, 100, ANY, ANY)
+    handle = aws.backend.submit(batch, shots=100, pack=18)
+    expect_state(aws, 0, status, 100, failureReason=f"device calibration aborted; key {SECRET}")
+    with pytest.raises(ProviderJobFailed, match=status) as info:
+        aws.backend.poll(handle)
+    assert "device calibration aborted" in str(info.value) and SECRET not in str(info.value)
+    aws.done()
+
+
+def test_cancel_cancels_every_task() -> None:
+    aws, batch = Aws(), real_batch()
+    for k in range(2):
+        expect_task(aws, k, 100, ANY, ANY)
+    handle = aws.backend.submit(batch, shots=100, pack=10)
+    for k in range(2):
+        aws.braket.add_response("cancel_quantum_task", {"quantumTaskArn": task_arn(k), "cancellationStatus":
+                                                        "CANCELLING"}, {"quantumTaskArn": task_arn(k)})
+    aws.backend.cancel(handle)
+    aws.done()
+
+
+def test_status_reads_state_and_queue_from_get_device() -> None:
+    aws = Aws()
+    device = {"deviceArn": ARN, "deviceName": "Garnet", "providerName": "IQM", "deviceType": "QPU",
+              "deviceStatus": "OFFLINE", "deviceCapabilities": capabilities()}
+    aws.braket.add_response("get_device", device, {"deviceArn": ARN})
+    queue = [{"queue": "QUANTUM_TASKS_QUEUE", "queueSize": "7", "queuePriority": "Normal"},
+             {"queue": "QUANTUM_TASKS_QUEUE", "queueSize": "2", "queuePriority": "Priority"},
+             {"queue": "JOBS_QUEUE", "queueSize": "1"}]
+    aws.braket.add_response("get_device", {**device, "deviceQueueInfo": queue}, {"deviceArn": ARN})
+    status = aws.backend.status()
+    assert (status.online, status.queue_length, status.message) == (False, 9, "OFFLINE")
+    with pytest.raises(InputError, match="OFFLINE"):  # the refreshed state now refuses submissions
+        aws.backend.submit(real_batch(), shots=100)
+    aws.done()
+
+
+# -- 3. refusals before any request ------------------------------------------------------------
+
+
+def test_a_malformed_arn_is_refused() -> None:
+    for bad in ("arn:aws:braket:eu-north-1::device/qpu/iqm", "iqm/Garnet", "arn:aws:s3:::bucket/key",
+                "arn:aws:braket:eu-north-1::device/annealer/dwave/x"):
+        with pytest.raises(InputError, match="not an Amazon Braket device ARN") as info:
+            BraketDeviceBackend(bad)
+        assert info.value.field == "backend"
+
+
+@pytest.mark.parametrize(
+    ("setup", "submit", "field", "message"),
+    [
+        ({"status": "OFFLINE"}, {"shots": 100}, "backend", "OFFLINE"),
+        ({"status": "RETIRED"}, {"shots": 100}, "backend", "RETIRED"),
+        ({}, {"shots": 20001}, "shots", "exceeds the maximum of 20000"),
+        ({}, {"shots": 100, "pack": 21}, "pack", "1..20"),
+        ({}, {"shots": 100, "options": {"verbatim": True}}, "options.verbatim", "not an option"),
+        ({}, {"shots": 100, "options": {"program_set": "yes"}}, "options.program_set", "true or false"),
+        ({"ops": ["cz", "prx", "rz", "x"]}, {"shots": 100}, "backend", "does not support the gates"),
+    ],
+)
+def test_refusals_happen_before_any_submission(setup: dict, submit: dict, field: str, message: str) -> None:
+    aws = Aws(**setup)
+    with pytest.raises(InputError, match=message) as info:
+        aws.backend.submit(real_batch(), **submit)
+    assert info.value.field == field
+    aws.done()  # no create_quantum_task was queued: any request would have failed the stubber first
+
+
+def test_a_missing_s3_bucket_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QKAN_BRAKET_S3_BUCKET")
+    accounts.cache_clear()
+    aws = Aws()
+    with pytest.raises(InputError) as info:
+        aws.backend.submit(real_batch(), shots=100)
+    assert info.value.field == "QKAN_BRAKET_S3_BUCKET"
+    with pytest.raises(InputError):
+        aws.backend.estimate([10], 100)
+    aws.done()
+
+
+# -- 4. the same class on Braket's local simulator ---------------------------------------------
+
+
+@pytest.mark.parametrize(("pack", "program_set"), [(1, True), (5, True), (5, False)])
+def test_local_simulator_runs_through_the_same_code(pack: int, program_set: bool) -> None:
+    backend = BraketDeviceBackend("arn:aws:braket:::device/quantum-simulator/amazon/sv1", device=LocalSimulator())
+    batch, shots = real_batch(4), 2000
+    handle = backend.submit(batch, shots=shots, pack=pack, options={"program_set": program_set})
+    assert handle.result is not None and handle.provider_job_ids == []
+    result = backend.poll(handle)
+    assert result is handle.result
+    p = exact_p0(batch)
+    sigma = np.sqrt(p * (1 - p) / shots)
+    ok = np.abs(result.p0 - p) <= 5 * sigma + 1.0 / shots
+    assert ok.all(), f"rows {np.flatnonzero(~ok)} outside 5σ"
+    assert result.executions == math.ceil(batch.num_rows / pack) and result.cost == 0.0
+    assert result.metadata["program_set"] is program_set
+    assert result.metadata["tasks"] == (1 if program_set else result.executions)
+    assert backend.status().online
+
+
+# -- 5. secrets never reach a message ----------------------------------------------------------
+
+
+def test_aws_errors_are_classified_and_never_carry_the_secret() -> None:
+    batch = real_batch()
+    cases = [
+        ("ThrottlingException", TransientBackendError),
+        ("InternalServiceException", TransientBackendError),
+        ("AccessDeniedException", TransientBackendError),
+        ("ValidationException", InputError),
+        ("DeviceOfflineException", InputError),
+    ]
+    for code, kind in cases:
+        aws = Aws()
+        aws.braket.add_client_error("create_quantum_task", code, f"request signed with {SECRET} refused",
+                                    http_status_code=400)
+        with pytest.raises(kind) as info:
+            aws.backend.submit(batch, shots=100, pack=20)
+        assert code in str(info.value) and SECRET not in str(info.value)
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+        aws.done()
+
+
+def test_a_failure_mid_round_cancels_the_tasks_already_created() -> None:
+    aws, batch = Aws(), real_batch()
+    expect_task(aws, 0, 100, ANY, ANY)
+    aws.braket.add_client_error("create_quantum_task", "ServiceQuotaExceededException", f"quota {SECRET}")
+    aws.braket.add_response("cancel_quantum_task", {"quantumTaskArn": task_arn(0), "cancellationStatus":
+                                                    "CANCELLING"}, {"quantumTaskArn": task_arn(0)})
+    with pytest.raises(TransientBackendError) as info:
+        aws.backend.submit(batch, shots=100, pack=10)
+    assert SECRET not in str(info.value)
+    aws.done()
