@@ -222,7 +222,8 @@ class _Runner:
             executions=self.unsaved.get("executions", Job.executions) + result.executions,
         )
         if result.qpu_seconds or result.cost:
-            self.unsaved.update(qpu_seconds=Job.qpu_seconds + result.qpu_seconds, cost=Job.cost + result.cost)
+            self.unsaved.update(qpu_seconds=self.unsaved.get("qpu_seconds", Job.qpu_seconds) + result.qpu_seconds,
+                                cost=self.unsaved.get("cost", Job.cost) + result.cost)
         if "placement" in result.metadata:
             self.unsaved["placement"] = {"pack": result.metadata.get("pack"), **result.metadata["placement"]}
         values = {"rows": batch.num_rows, "requested": batch.num_requested, "executions": result.executions,
