@@ -1,11 +1,20 @@
-"""``pennylane:<device>``: any installed PennyLane device, via one broadcast QNode call."""
+"""``pennylane:<device>``: any installed PennyLane device, via one broadcast QNode call.
+
+Plugin devices work by name with their own options in ``device_options``:
+``braket.local.qubit`` offline, ``braket.aws.qubit`` with ``{"device_arn": ...}``
+and AWS credentials. A cloud device executes inside the call — PennyLane waits
+for its results — so such names run on the provider's own worker queue
+(``workers.routing``), where waiting blocks no simulator; for hardware prefer
+``ibm:`` / ``braket:``, which never wait.
+"""
 
 from typing import Any
 
 import numpy as np
 import pennylane as qml
 
-from backends.base import Capabilities
+from backends.accounts import redact
+from backends.base import Capabilities, TransientBackendError
 from backends.sampling import LocalSamplingBackend
 from circuits.batch import Template
 from circuits.lower_pennylane import pennylane_qnode
@@ -42,6 +51,8 @@ class PennyLaneBackend(LocalSamplingBackend):
         try:
             device = qml.device(self.device, wires=width, **extra)
         except (TypeError, ValueError, qml.exceptions.DeviceError) as exc:
-            raise InputError("options.device_options", f"{self.device} refused them: {exc}") from None
+            raise InputError("options.device_options", redact(f"{self.device} refused them: {exc}")) from None
+        except Exception as exc:  # a cloud plugin without credentials, region or network
+            raise TransientBackendError(redact(f"{self.device}: {type(exc).__name__}: {exc}")) from None
         probs = pennylane_qnode(device, template, width, shots)(packed.T)
         return np.rint(np.stack([np.atleast_2d(p)[:, 0] for p in probs], axis=1) * shots)

@@ -84,7 +84,8 @@ def backend_names() -> list[str]:
 
     fakes = sorted(fake_backend_classes())
     names = ["exact", "aer", *(f"aer:{fake}" for fake in fakes), "braket:local", "braket:local_dm"]
-    names += [f"pennylane:{device}" for device in installed_pennylane_devices() if device.endswith(".qubit")]
+    names += [f"pennylane:{device}" for device in installed_pennylane_devices()
+              if device.endswith(".qubit") and not device.startswith("braket.aws")]  # cloud: needs an ARN
     names += [f"ibm:{fake}" for fake in fakes]
     return names + hardware_names()
 

@@ -24,6 +24,7 @@ NOISELESS = [
     ("braket:local_dm", {"noise": False}),
     ("pennylane:default.qubit", {"seed": 7}),
     ("pennylane:lightning.qubit", {}),
+    ("pennylane:braket.local.qubit", {"device_options": {"backend": "braket_sv"}}),  # a plugin device
 ]
 
 
@@ -136,3 +137,19 @@ def test_unknown_backends_are_refused(name: str) -> None:
     with pytest.raises(InputError) as err:
         get_backend(name)
     assert err.value.field == "backend"
+
+
+def test_cloud_plugin_devices_fail_as_provider_errors_and_wait_on_their_provider_queue() -> None:
+    """braket.aws.qubit without region or credentials: a provider or input error naming the device, not a crash."""
+    from backends.base import TransientBackendError
+    from models.errors import InputError
+    from workers.routing import queue_for
+
+    backend = get_backend("pennylane:braket.aws.qubit")
+    with pytest.raises((TransientBackendError, InputError), match="braket.aws.qubit"):
+        backend.submit(statistical_batch(), shots=10, options={"device_options": {
+            "device_arn": "arn:aws:braket:eu-north-1::device/qpu/iqm/Garnet"}})
+    assert queue_for("pennylane:braket.aws.qubit") == "braket"
+    assert queue_for("pennylane:braket.local.qubit") == "local"
+    assert queue_for("ibm:fake_sherbrooke") == queue_for("ibm:ibm_torino") == "ibm"
+    assert queue_for("braket:arn:aws:braket:eu-north-1::device/qpu/iqm/Garnet") == "braket"

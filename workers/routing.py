@@ -4,8 +4,8 @@ QUEUES = ("local", "ibm", "braket")
 
 
 def queue_for(backend: str) -> str:
-    if backend.startswith("ibm:"):
+    if backend.startswith(("ibm:", "pennylane:qiskit.remote")):
         return "ibm"
-    if backend.startswith("braket:") and backend not in ("braket:local", "braket:local_dm"):
+    if backend.startswith(("braket:", "pennylane:braket.aws.")) and backend not in ("braket:local", "braket:local_dm"):
         return "braket"
     return "local"
