@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from backends.base import Backend
+from backends.base import Backend, Pack
 from circuits.plan import FeedForwardPlan, PlanState
 
 
@@ -23,6 +23,7 @@ class RoundStats:
     shots: int
     seconds: float
     provider_job_ids: list[str] = field(default_factory=list)
+    pack: int | None = None  # template copies per circuit, where the backend reports it
 
 
 @dataclass
@@ -45,12 +46,16 @@ class RunReport:
     def executions(self) -> int:
         return sum(r.executions for r in self.rounds)
 
+    @property
+    def provider_jobs(self) -> int:
+        return sum(len(r.provider_job_ids) for r in self.rounds)
+
 
 def run_plan(
     plan: FeedForwardPlan,
     backend: Backend,
     shots: int | None = None,
-    pack: int | None = None,
+    pack: Pack = None,
     options: dict[str, Any] | None = None,
     progress: bool = False,
     poll_interval: float = 0.2,
@@ -75,6 +80,7 @@ def run_plan(
                 shots=result.shots,
                 seconds=time.perf_counter() - round_start,
                 provider_job_ids=list(result.provider_job_ids),
+                pack=result.metadata.get("pack"),
             )
         )
         bar.update()

@@ -146,7 +146,7 @@ def test_cloud_plugin_devices_fail_as_provider_errors_and_wait_on_their_provider
     from workers.routing import queue_for
 
     backend = get_backend("pennylane:braket.aws.qubit")
-    with pytest.raises((TransientBackendError, InputError), match="braket.aws.qubit"):
+    with pytest.raises((TransientBackendError, InputError), match=r"braket\.aws\.qubit"):
         backend.submit(statistical_batch(), shots=10, options={"device_options": {
             "device_arn": "arn:aws:braket:eu-north-1::device/qpu/iqm/Garnet"}})
     assert queue_for("pennylane:braket.aws.qubit") == "braket"
