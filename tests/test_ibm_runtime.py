@@ -105,11 +105,16 @@ def test_refusals_happen_before_any_submission(service) -> None:  # type: ignore
         (dict(backend="ibm:fake_sherbrooke", shots=100, pack="auto", options={"max_readout_error": 0.0}), "pack"),
         (dict(backend="ibm:fake_sherbrooke", shots=100, options={"shots_per_qubit": 3}), "options.shots_per_qubit"),
     ]
+    cases.append((dict(backend="braket:arn:aws:braket:eu-north-1::device/iqm/Garnet", shots=100), "backend"))
     before = qc.jobs()["total"]
     for kwargs, field in cases:
         with pytest.raises(ApiError) as err:
             qc.submit(model_id, x, **kwargs)
         assert err.value.status == 422 and err.value.field == field, (kwargs, err.value)
+    # a well-formed ARN that cannot be checked (no AWS credentials or network here): 503, not a job
+    with pytest.raises(ApiError) as err:
+        qc.submit(model_id, x, backend="braket:arn:aws:braket:eu-north-1::device/qpu/iqm/Garnet", shots=100)
+    assert err.value.status == 503 and err.value.field == "backend", err.value
     assert qc.jobs()["total"] == before
 
 
@@ -144,3 +149,19 @@ def test_packed_runtime_rows_keep_their_order() -> None:
             time.sleep(0.05)
     assert result.executions == 3
     assert np.round(result.p0).tolist() == [1.0 - bit for bit in pattern]
+
+
+def test_backends_list_price_calibration_and_jobs_waiting_on_the_provider(service) -> None:  # type: ignore[no-untyped-def]
+    qc, model_id, _ = service
+    job = qc.submit(model_id, make_inputs(8, 3, seed=4), backend="ibm:fake_sherbrooke", shots=4000, pack="auto")
+    deadline = time.monotonic() + 120
+    while qc.status(job["id"])["state"] != "waiting_on_provider":
+        assert time.monotonic() < deadline, "the job never reached its provider"
+        time.sleep(0.05)
+    listed = {b["name"]: b for b in qc.backends()}
+    entry = listed["ibm:fake_sherbrooke"]
+    assert entry["queue"] == "ibm" and entry["qubits"] == 127 and entry["online"]
+    assert entry["pending_jobs"] >= 1  # this job, in the provider's hands (it may finish right after)
+    assert entry["calibration_time"].startswith("20") and entry["calibration_age_hours"] > 0
+    assert entry["price"]["source"].startswith("free") and listed["exact"]["pending_jobs"] == 0
+    assert qc.wait(job["id"], timeout=300, progress=False)["state"] == "succeeded"
