@@ -146,7 +146,7 @@ class IBMBackend(Backend):
             name=self.name, kind="noisy simulator" if self.local else "qpu", qubits=qubits,
             noise=f"{self.device} calibration through Qiskit Runtime local testing mode" if self.local
             else "the device's", max_shots=max_shots, native_gates=native, default_pack=1,
-            max_pack=min(qubits, 127), options=OPTIONS, price=price,
+            max_pack=qubits, options=OPTIONS, price=price,
         )
 
     def status(self) -> Status:
@@ -194,6 +194,8 @@ class IBMBackend(Backend):
                options: dict[str, Any] | None = None) -> Handle:
         shots, width, options = self.validate(shots, pack, options)
         assert shots is not None
+        if pack == "auto":  # never more copies than rows: an idle copy buys nothing
+            width = max(1, min(width, batch.num_rows))
         backend = self._backend(width)
         place = self.placement(width, options)
         circuit = isa_template(batch.template, width, backend.target, key=(self.name,), layout=place.qubits)
