@@ -116,6 +116,7 @@ class IBMBackend(Backend):
         self.device = device
         self.name = f"ibm:{device}"
         self.local = device.startswith("fake_")
+        self._remote: BackendV2 | None = None  # the account's device, fetched once per instance
         if self.local:
             check_fake_name(device)
 
@@ -124,8 +125,11 @@ class IBMBackend(Backend):
     def _backend(self, width: int = 1) -> BackendV2:
         if self.local:
             return _fake_device(self.device, "density_matrix" if width <= 8 else "matrix_product_state")
+        if self._remote is not None:
+            return self._remote
         try:
-            return runtime_service().backend(self.device)
+            self._remote = runtime_service().backend(self.device)
+            return self._remote
         except (InputError, TransientBackendError):
             raise
         except Exception as exc:
@@ -170,8 +174,8 @@ class IBMBackend(Backend):
                  ) -> tuple[int | None, int, dict[str, Any]]:
         shots, width, options = super().validate(shots, pack, options)
         Thresholds.from_options(options)
-        if not self.local and not self.status().online:
-            raise InputError("backend", f"{self.name} is offline: {self.status().message}")
+        if not self.local and not (status := self.status()).online:
+            raise InputError("backend", f"{self.name} is offline: {status.message}")
         return shots, width, options
 
     def tasks_for(self, executions: int) -> int:
@@ -231,7 +235,7 @@ class IBMBackend(Backend):
             seconds += found[1]
         zeros = shots - np.concatenate(ones, axis=0)
         p0, se = binomial_p0(unpack_counts(zeros, data["rows"]), shots)
-        price = self.capabilities().price
+        price = Price() if self.local else ibm_price()
         return BatchResult(
             p0=p0, p0_stderr=se, shots=shots, executions=int(zeros.shape[0]),
             provider_job_ids=list(handle.provider_job_ids), qpu_seconds=seconds,

@@ -165,3 +165,75 @@ def test_backends_list_price_calibration_and_jobs_waiting_on_the_provider(servic
     assert entry["calibration_time"].startswith("20") and entry["calibration_age_hours"] > 0
     assert entry["price"]["source"].startswith("free") and listed["exact"]["pending_jobs"] == 0
     assert qc.wait(job["id"], timeout=300, progress=False)["state"] == "succeeded"
+
+
+class _RemoteJob:
+    """A Runtime job as the service returns it by id: real results from a local-testing run, scripted states."""
+
+    def __init__(self, states: list[str], done: object | None = None, seconds: float = 0.0) -> None:
+        self.states, self.done, self.seconds, self.cancelled = states, done, seconds, False
+
+    def status(self) -> str:
+        return self.states.pop(0) if len(self.states) > 1 else self.states[0]
+
+    def result(self):  # type: ignore[no-untyped-def]
+        return self.done.result()  # type: ignore[union-attr]
+
+    def metrics(self) -> dict:
+        return {"usage": {"quantum_seconds": self.seconds}}
+
+    def error_message(self) -> str:
+        return "Error 1234: circuit too long"
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_remote_job_states_map_to_pending_results_and_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code path of a real account's jobs (IBM cannot be reached here): status → poll, metrics → seconds."""
+    import backends.ibm as ibm
+
+    pattern = [1, 0, 0, 1, 1, 0]
+    params = np.array([[-math.pi / 2, 0.3 * k, math.pi * bit] for k, bit in enumerate(pattern)])
+    batch = ActivationBatch(Template("rpz_encoding", 1), params, (Segment("bits", np.arange(6).reshape(-1, 1, 1)),),
+                            "z")
+    captured: list = []
+    spool = ibm._spool_when_done
+    monkeypatch.setattr(ibm, "_spool_when_done", lambda job, width: (captured.append(job), spool(job, width)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        handle = get_backend("ibm:fake_sherbrooke").submit(batch, shots=100, pack=3, options={"seed": 1})
+    job_id = handle.provider_job_ids[0]
+    done = _RemoteJob(["QUEUED", "RUNNING", "DONE"], done=captured[0], seconds=3.5)  # a real PrimitiveResult
+    jobs = {job_id: done, "bad": _RemoteJob(["ERROR"])}
+    monkeypatch.setattr(ibm, "runtime_service", lambda: type("S", (), {"job": lambda _, i: jobs[i]})())
+    remote = ibm.IBMBackend("ibm_sherbrooke_offline")
+    assert remote.poll(handle) is None and remote.poll(handle) is None  # queued, running: never waits
+    result = remote.poll(handle)
+    assert result is not None and np.round(result.p0).tolist() == [1.0 - b for b in pattern]
+    assert result.qpu_seconds == 3.5 and result.cost == pytest.approx(3.5 * 1.6)
+    failed = type(handle)(remote.name, ["bad"], dict(handle.data))
+    with pytest.raises(ibm.ProviderJobFailed, match="ERROR: Error 1234"):
+        remote.poll(failed)
+    remote.cancel(failed)
+    assert jobs["bad"].cancelled
+
+
+
+def test_a_batch_is_split_into_jobs_only_at_the_per_job_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import backends.ibm as ibm
+
+    monkeypatch.setattr(ibm, "ROWS_PER_JOB", 4)  # IBM's real limit is 10 000 rows; 11 rows then need 3 jobs
+    pattern = [1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 1]
+    params = np.array([[-math.pi / 2, 0.3 * k, math.pi * bit] for k, bit in enumerate(pattern)])
+    batch = ActivationBatch(Template("rpz_encoding", 1), params, (Segment("bits", np.arange(11).reshape(-1, 1, 1)),),
+                            "z")
+    backend = get_backend("ibm:fake_sherbrooke")
+    assert backend.estimate([11], 100, 1).tasks == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        handle = backend.submit(batch, shots=100, pack=1, options={"seed": 2})
+        while (result := backend.poll(handle)) is None:
+            time.sleep(0.05)
+    assert len(handle.provider_job_ids) == 3 and handle.data["chunks"] == [4, 4, 3]
+    assert np.round(result.p0).tolist() == [1.0 - bit for bit in pattern]  # rows back in order across jobs
