@@ -41,17 +41,15 @@ from backends.base import (
     Status,
     TransientBackendError,
 )
+from backends.calibration import Thresholds, choose_qubits, usable_qubits
 from backends.pricing import ibm_price
 from backends.qiskit_common import (
-    Thresholds,
     check_fake_name,
-    choose_qubits,
     fake_backend_classes,
     fake_qubits,
     isa_template,
     ones_per_clbit,
     qubit_calibration,
-    usable_qubits,
 )
 from circuits.batch import ActivationBatch, BatchResult
 from circuits.packing import binomial_p0, pack_params, unpack_counts

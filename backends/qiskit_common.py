@@ -9,7 +9,6 @@ errors as the full device model, at a fraction of the build and run time.
 
 import json
 import os
-from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -19,7 +18,6 @@ from qiskit.transpiler import Target
 from qiskit_aer.noise import NoiseModel
 from qiskit_aer.noise.device.models import basic_device_gate_errors, basic_device_readout_errors
 
-from backends.accounts import accounts
 from circuits.batch import Template
 from circuits.lower_qiskit import qiskit_template
 from models.errors import InputError
@@ -74,29 +72,6 @@ def best_qubits(target: Target, count: int) -> tuple[int, ...]:
     return tuple(ranked[:count])
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """Which qubits ``pack="auto"`` may use; defaults from QKAN_PACK_* settings, per job from options."""
-
-    max_readout_error: float
-    max_sx_error: float
-    min_t2_us: float
-    max_width: int
-
-    @classmethod
-    def from_options(cls, options: dict) -> "Thresholds":
-        acc = accounts()
-        values = {
-            "max_readout_error": options.get("max_readout_error", acc.pack_max_readout_error),
-            "max_sx_error": options.get("max_sx_error", acc.pack_max_sx_error),
-            "min_t2_us": options.get("min_t2_us", acc.pack_min_t2_us),
-        }
-        for key, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise InputError(f"options.{key}", f"must be a non-negative number, got {value!r}")
-        return cls(**{k: float(v) for k, v in values.items()}, max_width=acc.pack_max_width)
-
-
 def qubit_calibration(backend: BackendV2) -> list[dict]:
     """Per physical qubit: read-out and √X error, T2 (µs), and whether the provider calls it operational."""
     target = backend.target
@@ -114,28 +89,6 @@ def qubit_calibration(backend: BackendV2) -> list[dict]:
         table.append({"qubit": q, "readout_error": error("measure", q), "sx_error": error("sx", q),
                       "t2_us": t2 * 1e6 if t2 else None, "operational": bool(operational)})
     return table
-
-
-def usable_qubits(calibration: list[dict], limits: Thresholds) -> list[dict]:
-    """Operational, fully calibrated qubits within the thresholds, best read-out first."""
-    good = [
-        c for c in calibration
-        if c["operational"] and None not in (c["readout_error"], c["sx_error"], c["t2_us"])
-        and c["readout_error"] <= limits.max_readout_error and c["sx_error"] <= limits.max_sx_error
-        and c["t2_us"] >= limits.min_t2_us
-    ]
-    return sorted(good, key=lambda c: (c["readout_error"], c["sx_error"], c["qubit"]))
-
-
-def choose_qubits(calibration: list[dict], width: int, limits: Thresholds) -> list[dict]:
-    """The ``width`` best usable qubits; an InputError that says how many pass if too few do."""
-    good = usable_qubits(calibration, limits)
-    if width > len(good):
-        raise InputError(
-            "pack", f"{width} copies need {width} qubits; {len(good)} of {len(calibration)} pass the calibration "
-            f"thresholds (read-out ≤ {limits.max_readout_error}, √X ≤ {limits.max_sx_error}, "
-            f"T2 ≥ {limits.min_t2_us} µs)")
-    return good[:width]
 
 
 def compact_target(target: Target, qubits: tuple[int, ...]) -> Target:
