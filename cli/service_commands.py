@@ -113,6 +113,10 @@ def submit(args: argparse.Namespace) -> int:
         job = qc.submit(args.model, Path(args.inputs), args.backend, args.shots, args.pack, options,
                         args.idempotency_key)
         print(job["id"])
+        estimate = job.get("estimate")
+        if estimate and estimate["executions"] and not args.quiet:
+            print(f"estimate: at most {estimate['executions']:,} circuit executions, {estimate['shots']:,} shots, "
+                  f"{estimate['tasks']} provider jobs, USD {estimate['cost']:,.2f}", file=sys.stderr)
         if args.wait:
             status = qc.wait(job["id"], progress=not args.quiet)
             print(f"{status['state']}", file=sys.stderr)
