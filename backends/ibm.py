@@ -65,6 +65,7 @@ NO_ACCOUNT = (
     "needs an IBM Quantum account: set QKAN_IBM_TOKEN (and QKAN_IBM_INSTANCE), or save one with "
     "QiskitRuntimeService.save_account(); ibm:fake_<device> runs offline"
 )
+ANY_QUBIT = Thresholds(max_readout_error=1.0, max_sx_error=1.0, min_t2_us=0.0, max_width=10**6)
 SPOOL = Path(tempfile.gettempdir()) / f"qkan-local-runtime-{os.getuid()}"
 SPOOL_KEEP_SECONDS = 86_400
 
@@ -183,9 +184,11 @@ class IBMBackend(Backend):
         per_shot = 250e-6  # IBM's default repetition delay dominates a short circuit
         return self.tasks_for(executions) * JOB_OVERHEAD_SECONDS + executions * shots * per_shot
 
-    def placement(self, width: int, options: dict[str, Any]) -> Placement:
+    def placement(self, width: int, options: dict[str, Any], calibrated: bool) -> Placement:
+        """The ``width`` best qubits: within the thresholds for pack="auto", any operational ones otherwise."""
         backend = self._backend(width)
-        chosen = choose_qubits(qubit_calibration(backend), width, Thresholds.from_options(options))
+        limits = Thresholds.from_options(options) if calibrated else ANY_QUBIT
+        chosen = choose_qubits(qubit_calibration(backend), width, limits)
         props = backend.properties()
         return Placement(tuple(c["qubit"] for c in chosen), tuple(chosen),
                          props.last_update_date.isoformat() if props is not None else None)
@@ -199,7 +202,7 @@ class IBMBackend(Backend):
         if pack == "auto":  # never more copies than rows: an idle copy buys nothing
             width = max(1, min(width, batch.num_rows))
         backend = self._backend(width)
-        place = self.placement(width, options)
+        place = self.placement(width, options, calibrated=pack == "auto")
         circuit = isa_template(batch.template, width, backend.target, key=(self.name,), layout=place.qubits)
         packed = pack_params(batch.params, width)
         per_job = max(1, min(ROWS_PER_JOB, EXECUTIONS_PER_JOB // shots))
@@ -207,7 +210,7 @@ class IBMBackend(Backend):
         try:
             with Batch(backend=backend) as session:
                 sampler = SamplerV2(mode=session)
-                _set_native_options(sampler, options)
+                _set_native_options(sampler, options, self.local)
                 jobs = [sampler.run([(circuit, chunk)], shots=shots) for chunk in chunks]
         except (InputError, TransientBackendError):
             raise
@@ -268,9 +271,9 @@ class IBMBackend(Backend):
                 log.warning("IBM job %s: cancel failed: %s", job_id, redact(str(exc)))
 
 
-def _set_native_options(sampler: SamplerV2, options: dict[str, Any]) -> None:
+def _set_native_options(sampler: SamplerV2, options: dict[str, Any], local: bool) -> None:
     """Runtime-native error suppression, passed through (local testing mode ignores it, with a warning)."""
-    if "seed" in options:
+    if "seed" in options and local:  # a simulator option: hardware has no seed
         sampler.options.simulator.seed_simulator = options["seed"]
     if options.get("twirling"):
         sampler.options.twirling.enable_gates = False
