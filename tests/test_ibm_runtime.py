@@ -2,10 +2,11 @@
 
 Noise bound used below (a single-layer model with ⟨Z⟩ read-out, so it stays
 linear): a row run on qubit q reads p0 off by at most
-ε_q = 2·e_ro(q) + 2·n_g·e_sx(q) — the read-out assignment error (an average of
-the two flip probabilities, hence ×2) plus, per physical gate, twice the
-reported gate error (half the diamond distance of a depolarizing + relaxation
-channel is ≤ 1.5× its average infidelity). Output o moves by at most
+ε_q = 2·e_ro(q) + 3·n_g·e_sx(q) — the read-out assignment error (an average of
+the two flip probabilities, hence ×2) plus, per physical gate, three times the
+reported gate error r: the device model is depolarizing + thermal relaxation,
+incoherent channels whose half diamond distance from the identity is 1.5·r
+(depolarizing) to 3·r (amplitude damping). Output o moves by at most
 Σ_i |w_oi|·2·ε, and shot noise adds 5σ of the job's own standard error.
 """
 
@@ -49,7 +50,7 @@ def service(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
 
 def noise_bound(model, placement: dict, template_gates: int) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Σ_i |w_oi|·2·ε over the worst qubit of the placement (see the module docstring)."""
-    eps = max(2 * q["readout_error"] + 2 * template_gates * q["sx_error"] for q in placement["calibration"])
+    eps = max(2 * q["readout_error"] + 3 * template_gates * q["sx_error"] for q in placement["calibration"])
     weights = qkan_layers(model)[0].edge_weights().detach().abs().sum(dim=1).numpy()
     return weights * 2 * eps
 
