@@ -11,11 +11,19 @@ devices get one task per packed circuit, created with ``device.run`` in a loop:
 blocks until earlier tasks *finish* when a round has more circuits than
 ``max_parallel``.
 
-Programs are sent non-verbatim, with qubit rewiring allowed: Braket compiles
-h/x/z/rz/ry to the device's natives and places the W packed copies itself.
-Verbatim boxes are not implemented (they would need the template rewritten in
-each device's native gates); ``submit`` refuses a device whose OpenQASM action
-lacks a gate the template uses.
+Programs are sent non-verbatim: Braket compiles h/x/z/rz/ry to the device's
+natives. With an integer ``pack`` the W copies sit on qubits 0..W−1 and Braket
+places them itself (qubit rewiring allowed). With ``pack="auto"`` we place them:
+the device's standardized calibration (``properties.standardized``: per-qubit
+read-out and RB fidelities, T2) goes through the provider-neutral rule of
+``backends.calibration``, copy w runs on physical qubit ``qubits[w]`` with
+rewiring disabled, and the placement is recorded on the handle and the result
+as for IBM. A program-set request carries no device parameters, so it cannot
+disable rewiring: placed rounds go as one task per packed circuit. Devices
+without a standardized calibration (and the LocalSimulator) refuse
+``pack="auto"``. Verbatim boxes are not implemented (they would need the
+template rewritten in each device's native gates); ``submit`` refuses a device
+whose OpenQASM action lacks a gate the template uses.
 
 A ``braket.devices.LocalSimulator`` passed as ``device`` runs this very code
 offline; its tasks finish inside ``submit``, so the handle carries the result.
@@ -26,12 +34,14 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
 import boto3
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 from braket.aws import AwsDevice, AwsQuantumTask, AwsSession
+from braket.circuits import Circuit
 from braket.devices import Device, LocalSimulator
 from braket.program_sets import CircuitBinding, ProgramSet
 from braket.schema_common import BraketSchemaBase
@@ -52,6 +62,7 @@ from backends.base import (
     Status,
     TransientBackendError,
 )
+from backends.calibration import Thresholds, choose_qubits, usable_qubits
 from backends.pricing import braket_price
 from circuits.batch import ActivationBatch, BatchResult, Template
 from circuits.lower_braket import braket_inputs, braket_template
@@ -64,13 +75,15 @@ ARN = re.compile(
 )
 OPENQASM = "braket.ir.openqasm.program"
 PROGRAM_SET = "braket.ir.openqasm.program_set"
-OPTIONS = ("program_set",)
+OPTIONS = ("program_set", "max_readout_error", "max_sx_error", "min_t2_us")
 ENDED = {"FAILED", "CANCELLING", "CANCELLED"}
 # Codes that mean the request itself is wrong (unknown device, program the device refuses): user errors.
 USER_ERROR_CODES = {"ResourceNotFoundException", "ValidationException", "DeviceOfflineException",
                     "DeviceRetiredException"}
 METADATA_TTL = 60.0  # seconds a GetDevice answer is trusted for the offline check
 SIMULATOR_MIN_SECONDS = 3.0  # on-demand simulators bill at least 3 s per task
+MICROSECONDS = {"s": 1e6, "ms": 1e3, "us": 1.0, "µs": 1.0, "ns": 1e-3}  # per unit of a coherence time
+RB = ("RANDOMIZED_BENCHMARKING", "SIMULTANEOUS_RANDOMIZED_BENCHMARKING")  # preferred first
 
 
 class BraketDeviceBackend(Backend):
@@ -164,14 +177,8 @@ class BraketDeviceBackend(Backend):
             queue = sum(int(str(v).lstrip(">")) for v in depth.values())
         except (AttributeError, ClientError, BotoCoreError, KeyError, TypeError, ValueError):
             pass  # the queue length is informative only
-        props = device.properties
-        updated = None
-        for part in (getattr(props, "standardized", None), getattr(props, "provider", None)):
-            if getattr(part, "updatedAt", None) is not None:
-                updated = part.updatedAt.isoformat()
-                break
-        return Status(online=state in ("ONLINE", "AVAILABLE"), queue_length=queue, calibration_time=updated,
-                      message=state)
+        return Status(online=state in ("ONLINE", "AVAILABLE"), queue_length=queue,
+                      calibration_time=_calibration_time(device.properties), message=state)
 
     def validate(self, shots: int | None, pack: Pack, options: dict[str, Any] | None
                  ) -> tuple[int | None, int, dict[str, Any]]:
@@ -185,9 +192,29 @@ class BraketDeviceBackend(Backend):
             raise InputError("shots", f"{shots} is below the minimum of {low} on '{self.name}'")
         if not isinstance(options.get("program_set", True), bool):
             raise InputError("options.program_set", f"must be true or false, got {options['program_set']!r}")
+        Thresholds.from_options(options)
         if not self.local and not accounts().braket_s3_bucket:
             raise InputError("QKAN_BRAKET_S3_BUCKET", f"set an S3 bucket for the results of '{self.name}'")
         return shots, width, options
+
+    def _calibration(self) -> list[dict]:
+        table = braket_calibration(self.device.properties)
+        if table is None:
+            raise InputError("pack", f"{self.name} publishes no calibration; give pack=<W>")
+        return table
+
+    def auto_pack(self, options: dict[str, Any]) -> int:
+        limits = Thresholds.from_options(options)
+        good = usable_qubits(self._calibration(), limits)
+        if not good:
+            raise InputError("pack", f"no qubit of {self.name} passes the calibration thresholds {limits}")
+        return min(len(good), limits.max_width)
+
+    def placement(self, width: int, options: dict[str, Any]) -> dict[str, Any]:
+        """The ``width`` best qubits and their calibration, in the JSON shape IBM's placements have."""
+        chosen = choose_qubits(self._calibration(), width, Thresholds.from_options(options))
+        return {"qubits": [c["qubit"] for c in chosen], "calibration": chosen,
+                "calibration_time": _calibration_time(self.device.properties)}
 
     def _check_gates(self, template: Template) -> None:
         action = self.device.properties.action.get(OPENQASM)
@@ -232,7 +259,8 @@ class BraketDeviceBackend(Backend):
         shots, width, options = self.validate(shots, pack, options)
         assert shots is not None
         executions = [math.ceil(r / width) for r in rows]
-        tasks = sum(len(self._plan(e, shots, options.get("program_set", True))[0]) for e in executions)
+        program_set = options.get("program_set", True) and pack != "auto"
+        tasks = sum(len(self._plan(e, shots, program_set)[0]) for e in executions)
         seconds = self._billed_seconds(tasks)
         total = sum(executions) * shots
         price = self.capabilities().price
@@ -245,9 +273,14 @@ class BraketDeviceBackend(Backend):
         shots, width, options = self.validate(shots, pack, options)
         assert shots is not None
         self._check_gates(batch.template)
-        circuit = braket_template(batch.template, width)
+        place = None
+        if pack == "auto":  # never more copies than rows: an idle copy buys nothing
+            width = max(1, min(width, batch.num_rows))
+            place = self.placement(width, options)
+        circuit = (braket_template(batch.template, width) if place is None
+                   else placed_template(batch.template, tuple(place["qubits"])))
         inputs = braket_inputs(batch.template, width, pack_params(batch.params, width))
-        sizes, program_set = self._plan(len(inputs), shots, options.get("program_set", True))
+        sizes, program_set = self._plan(len(inputs), shots, options.get("program_set", True) and place is None)
         tasks: list[Any] = []
         try:
             start = 0
@@ -259,22 +292,26 @@ class BraketDeviceBackend(Backend):
                     spec: Any = ProgramSet([CircuitBinding(circuit, input_sets=columns)], shots_per_executable=shots)
                     tasks.append(self._run(spec, shots * size))
                 else:
-                    tasks.append(self._run(circuit, shots, chunk[0]))
+                    tasks.append(self._run(circuit, shots, chunk[0], placed=place is not None))
         except BaseException:
             self._cancel_tasks(tasks)  # a round is all or nothing: no orphaned, billed tasks
             raise
         data = {"rows": batch.num_rows, "width": width, "shots": shots, "program_set": program_set,
                 "sizes": sizes}
+        if place is not None:
+            data["placement"] = place
         if all(isinstance(t, LocalQuantumTask) for t in tasks):
             shots_read = [c for t in tasks for c in _local_counts(t.result())]
             return Handle(self.name, data=data, result=self._batch_result(shots_read, len(tasks), [], data))
         arns = [t.id for t in tasks]
         return Handle(self.name, provider_job_ids=arns, data={"tasks": arns, **data})
 
-    def _run(self, spec: Any, shots: int, inputs: dict[str, float] | None = None) -> Any:
+    def _run(self, spec: Any, shots: int, inputs: dict[str, float] | None = None, placed: bool = False) -> Any:
         kwargs: dict[str, Any] = {"shots": shots}
         if inputs is not None:
             kwargs["inputs"] = inputs
+        if placed:  # sent as physical qubits ($q) with deviceParameters…disableQubitRewiring
+            kwargs["disable_qubit_rewiring"] = True
         if not self.local:
             kwargs["s3_destination_folder"] = (accounts().braket_s3_bucket, accounts().braket_s3_prefix)
         with self._aws("CreateQuantumTask"):
@@ -304,20 +341,25 @@ class BraketDeviceBackend(Backend):
 
     def _batch_result(self, counts: list["Counts"], tasks: int, arns: list[str], data: dict[str, Any]
                       ) -> BatchResult:
+        """Counts per packed circuit → p0 per row; measured qubit ``qubits[w]`` is copy w."""
         width, shots = int(data["width"]), int(data["shots"])
+        place = data.get("placement")
+        qubits = [int(q) for q in place["qubits"]] if place else list(range(width))
+        copy = {q: w for w, q in enumerate(qubits)}
         ones = np.zeros((len(counts), width), dtype=np.int64)
         for k, (ones_read, measured, shots_read) in enumerate(counts):
-            if sorted(measured) != list(range(width)) or shots_read != shots:
+            if sorted(measured) != sorted(qubits) or shots_read != shots:
                 raise ProviderJobFailed(f"{self.name}: a task returned {shots_read} shots on qubits {measured}, "
-                                        f"expected {shots} shots on qubits 0..{width - 1}")
-            ones[k, measured] = ones_read
+                                        f"expected {shots} shots on qubits {sorted(qubits)}")
+            ones[k, [copy[q] for q in measured]] = ones_read
         p0, se = binomial_p0(unpack_counts(shots - ones, int(data["rows"])), shots)
         seconds = self._billed_seconds(tasks)
         price = self.capabilities().price
         return BatchResult(
             p0=p0, p0_stderr=se, shots=shots, executions=len(counts), provider_job_ids=arns,
             qpu_seconds=seconds, cost=price.cost(tasks, len(counts) * shots, seconds),
-            metadata={"pack": width, "program_set": bool(data["program_set"]), "tasks": tasks},
+            metadata={"pack": width, "program_set": bool(data["program_set"]), "tasks": tasks,
+                      **({"placement": place} if place else {})},
         )
 
     def cancel(self, handle: Handle) -> None:
@@ -384,3 +426,75 @@ def _local_counts(result: Any) -> list[Counts]:
     entries = ([e for program in result.entries for e in program.entries]
                if isinstance(result, ProgramSetQuantumTaskResult) else [result])
     return [_counts(e.measurements, None, e.measured_qubits, 0) for e in entries]
+
+
+# -- calibration and placement -------------------------------------------------------------------
+
+
+@cache
+def placed_template(template: Template, qubits: tuple[int, ...]) -> Circuit:
+    """``braket_template`` with copy w moved to physical qubit ``qubits[w]``; parameter names unchanged."""
+    return Circuit().add_circuit(braket_template(template, len(qubits)), target_mapping=dict(enumerate(qubits)))
+
+
+def _label(value: Any) -> str:
+    """Schema enums and plain strings alike (v1 units are free text, v2/v3 enums)."""
+    return str(getattr(value, "value", value) or "")
+
+
+def _microseconds(duration: Any) -> float | None:
+    """A CoherenceTime/Duration in µs; an unknown unit leaves the qubit uncalibrated rather than guessed."""
+    if duration is None:
+        return None
+    scale = MICROSECONDS.get(_label(duration.unit).lower())
+    return None if scale is None else float(duration.value) * scale
+
+
+def _fidelities(entries: Any) -> dict[str, float]:
+    """Fidelity per measurement type (READOUT, RANDOMIZED_BENCHMARKING, …), the first of each."""
+    found: dict[str, float] = {}
+    for entry in entries or ():
+        found.setdefault(_label(getattr(entry.fidelityType, "name", None)).upper(), float(entry.fidelity))
+    return found
+
+
+def braket_calibration(props: Any) -> list[dict] | None:
+    """Per qubit of the standardized properties: the table ``backends.calibration`` chooses from.
+
+    None when the device publishes no per-qubit calibration. Schema v3 (IonQ, AQT) gives read-out and
+    T2 for the whole device; they then apply to every qubit. Qubits of the connectivity graph missing
+    from the table are listed as not operational, so they are counted but never chosen.
+    """
+    std = getattr(props, "standardized", None)
+    per_qubit = getattr(std, "oneQubitProperties", None)
+    if not per_qubit:
+        return None
+    device_readout = getattr(std, "readoutFidelity", None)
+    device_gate = _fidelities(getattr(std, "singleQubitFidelity", None))
+    table = []
+    for key, qubit in per_qubit.items():
+        fid = _fidelities(qubit.oneQubitFidelity)
+        readout = fid.get("READOUT", float(device_readout[0].fidelity) if device_readout else None)
+        rb = next((f[k] for f in (fid, device_gate) for k in RB if k in f), None)
+        table.append({"qubit": int(key), "readout_error": None if readout is None else 1.0 - readout,
+                      "sx_error": None if rb is None else 1.0 - rb,
+                      "t2_us": _microseconds(getattr(qubit, "T2", None) or getattr(std, "T2", None)),
+                      "operational": True})
+    graph = getattr(getattr(getattr(props, "paradigm", None), "connectivity", None), "connectivityGraph", None) or {}
+    listed = {c["qubit"] for c in table}
+    missing = {int(q) for k, v in graph.items() for q in (k, *v)} - listed
+    table += [{"qubit": q, "readout_error": None, "sx_error": None, "t2_us": None, "operational": False}
+              for q in sorted(missing)]
+    return sorted(table, key=lambda c: c["qubit"])
+
+
+def _calibration_time(props: Any) -> str | None:
+    """When the calibration was taken, ISO 8601 (None without one).
+
+    Schema v1 (IQM) carries no time of its own; the device document it is part of does.
+    """
+    std = getattr(props, "standardized", None)
+    for part in (std, getattr(props, "provider", None), getattr(props, "service", None) if std else None):
+        if getattr(part, "updatedAt", None) is not None:
+            return part.updatedAt.isoformat()
+    return None

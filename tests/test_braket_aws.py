@@ -46,9 +46,32 @@ ARN = f"arn:aws:braket:{REGION}::device/qpu/iqm/Garnet"
 SECRET = "planted-secret-7f3Qz9LmX2vB"
 BUCKET, PREFIX = "qkan-test-results", "runs/qkan"
 OPS = ["cz", "prx", "h", "x", "y", "z", "rx", "ry", "rz", "cnot", "s", "t"]
+UPDATED = "2026-01-02T03:04:05+00:00"
+
+# The stubbed device's calibration (default thresholds: read-out error ≤ 0.03, √X error ≤ 1e-3, T2 ≥ 50 µs).
+# Read-out errors 0.001·(1 + 7q mod 19) are distinct, so "best read-out first" has one answer.
+READOUT_ERROR = {q: 0.001 * (1 + (7 * q) % 19) for q in range(19)} | {3: 0.05}  # q3 reads out badly
+RB_ERROR = {q: 2e-4 for q in range(19)} | {8: 2e-3}  # q8's gates are too poor
+T2_US = {q: 80.0 + q for q in range(19)} | {12: 30.0}  # q12 dephases too fast
+FAILING = {3, 8, 12}  # and q19, the graph's last qubit, has no calibration at all
+PASSING = sorted(set(range(19)) - FAILING, key=lambda q: READOUT_ERROR[q])
 
 
-def capabilities(*, program_set: int | None = None, ops: list[str] = OPS) -> str:
+def one_qubit(q: int) -> dict[str, Any]:
+    """IQM-style v1 entries: T2 in seconds (q7 in µs), RB and simultaneous RB, READOUT."""
+    t2 = {"value": 95.0, "standardError": None, "unit": "us"} if q == 7 else \
+        {"value": T2_US[q] * 1e-6, "standardError": None, "unit": "S"}
+    fidelities = [{"fidelityType": {"name": "READOUT"}, "fidelity": 1 - READOUT_ERROR[q]}]
+    if q == 15:  # only simultaneous RB: used as the gate error
+        fidelities.append({"fidelityType": {"name": "SIMULTANEOUS_RANDOMIZED_BENCHMARKING"},
+                           "fidelity": 1 - RB_ERROR[q]})
+    else:  # plain RB is preferred over a (here failing) simultaneous one
+        fidelities += [{"fidelityType": {"name": "SIMULTANEOUS_RANDOMIZED_BENCHMARKING"}, "fidelity": 0.99},
+                       {"fidelityType": {"name": "RANDOMIZED_BENCHMARKING"}, "fidelity": 1 - RB_ERROR[q]}]
+    return {"T1": {"value": 1e-4, "standardError": None, "unit": "S"}, "T2": t2, "oneQubitFidelity": fidelities}
+
+
+def capabilities(*, program_set: int | None = None, ops: list[str] = OPS, calibrated: bool = False) -> str:
     """A gate-model QPU's deviceCapabilities, validated by the SDK's own IQM schema class."""
     action: dict[str, Any] = {
         "braket.ir.openqasm.program": {
@@ -66,7 +89,7 @@ def capabilities(*, program_set: int | None = None, ops: list[str] = OPS) -> str
         "service": {
             "executionWindows": [{"executionDay": "Everyday", "windowStartHour": "00:00",
                                   "windowEndHour": "23:59:59"}],
-            "shotsRange": [1, 20000],
+            "shotsRange": [1, 20000], "updatedAt": UPDATED,
         },
         "action": action,
         "deviceParameters": {},
@@ -76,7 +99,8 @@ def capabilities(*, program_set: int | None = None, ops: list[str] = OPS) -> str
                              "connectivityGraph": {str(q): [str(q + 1)] for q in range(19)}},
         },
         "provider": None,
-        "standardized": None,
+        "standardized": {"oneQubitProperties": {str(q): one_qubit(q) for q in range(19)},
+                         "twoQubitProperties": {}} if calibrated else None,
     })
     return caps.json()
 
@@ -91,7 +115,8 @@ class StubbedSession(AwsSession):
 class Aws:
     """One backend on a stubbed session, with its Braket and S3 stubbers."""
 
-    def __init__(self, status: str = "ONLINE", program_set: int | None = None, ops: list[str] = OPS) -> None:
+    def __init__(self, status: str = "ONLINE", program_set: int | None = None, ops: list[str] = OPS,
+                 calibrated: bool = False) -> None:
         boto = boto3.Session(aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key=SECRET, region_name=REGION)
         client = boto.client("braket", region_name=REGION)
         self.session = StubbedSession(boto_session=boto, braket_client=client)
@@ -99,7 +124,8 @@ class Aws:
         self.s3 = Stubber(self.session.s3_client)
         self.braket.add_response("get_device", {
             "deviceArn": ARN, "deviceName": "Garnet", "providerName": "IQM", "deviceType": "QPU",
-            "deviceStatus": status, "deviceCapabilities": capabilities(program_set=program_set, ops=ops),
+            "deviceStatus": status,
+            "deviceCapabilities": capabilities(program_set=program_set, ops=ops, calibrated=calibrated),
         }, {"deviceArn": ARN})
         self.braket.activate()
         self.s3.activate()
@@ -141,24 +167,32 @@ def expected_rows(batch: ActivationBatch, width: int) -> list[dict[str, float]]:
     return rows
 
 
-def expected_source(batch: ActivationBatch, width: int) -> tuple[set[str], list[str]]:
-    """The OpenQASM program: its input declarations (any order) and its body, from the template's gates."""
+def expected_source(batch: ActivationBatch, width: int, qubits: list[int] | None = None
+                    ) -> tuple[set[str], list[str]]:
+    """The OpenQASM program: its input declarations (any order) and its body, from the template's gates.
+
+    Without ``qubits`` copy c is virtual qubit q[c]; with them it is physical qubit $qubits[c], and the
+    measurements come in ascending physical order.
+    """
     circuit = batch.template.circuit
     declarations = {f"input float p{c}_{j};" for c in range(width) for j in range(circuit.num_params)}
-    body = ["OPENQASM 3.0;", f"bit[{width}] b;", f"qubit[{width}] q;"]
+    ref = (lambda c: f"q[{c}]") if qubits is None else (lambda c: f"${qubits[c]}")
+    body = ["OPENQASM 3.0;", f"bit[{width}] b;"] + ([f"qubit[{width}] q;"] if qubits is None else [])
     for c in range(width):
         for gate in circuit.gates:
             angle = "" if gate.column is None else f"(p{c}_{gate.column})"
-            body.append(f"{gate.name}{angle} q[{c}];")
-    body += [f"b[{c}] = measure q[{c}];" for c in range(width)]
+            body.append(f"{gate.name}{angle} {ref(c)};")
+    measured = range(width) if qubits is None else sorted(range(width), key=lambda c: qubits[c])
+    body += [f"b[{k}] = measure {ref(c)};" for k, c in enumerate(measured)]
     return declarations, body
 
 
 class OpenQasm:
     """Equals the JSON of an OpenQASM program (or program set) running ``source`` with ``inputs``."""
 
-    def __init__(self, batch: ActivationBatch, width: int, rows: list[dict[str, float]], program_set: bool) -> None:
-        self.declarations, self.body = expected_source(batch, width)
+    def __init__(self, batch: ActivationBatch, width: int, rows: list[dict[str, float]], program_set: bool,
+                 qubits: list[int] | None = None) -> None:
+        self.declarations, self.body = expected_source(batch, width, qubits)
         self.rows, self.program_set = rows, program_set
 
     def check(self, program: dict[str, Any]) -> bool:
@@ -199,14 +233,14 @@ class Json:
         return f"Json({self.value!r})"
 
 
-def device_parameters(width: int) -> Json:
-    """What the SDK sends for a circuit on an IQM device: W qubits, rewiring allowed (not verbatim)."""
+def device_parameters(width: int, rewiring: bool = True) -> Json:
+    """What the SDK sends for a circuit on an IQM device: W qubits, rewiring allowed unless placed."""
     return Json({
         "braketSchemaHeader": {"name": "braket.device_schema.simulators.gate_model_simulator_device_parameters",
                                "version": "1"},
         "paradigmParameters": {"braketSchemaHeader": {"name": "braket.device_schema.gate_model_parameters",
                                                       "version": "1"},
-                               "qubitCount": width, "disableQubitRewiring": False},
+                               "qubitCount": width, "disableQubitRewiring": not rewiring},
     })
 
 
@@ -441,6 +475,14 @@ def test_a_malformed_arn_is_refused() -> None:
         ({}, {"shots": 100, "pack": 21}, "pack", "1..20"),
         ({}, {"shots": 100, "options": {"verbatim": True}}, "options.verbatim", "not an option"),
         ({}, {"shots": 100, "options": {"program_set": "yes"}}, "options.program_set", "true or false"),
+        ({}, {"shots": 100, "pack": "auto"}, "pack", "publishes no calibration; give pack=<W>"),
+        ({}, {"shots": 100, "options": {"max_readout_error": -0.1}}, "options.max_readout_error", "non-negative"),
+        ({"calibrated": True}, {"shots": 100, "pack": "auto", "options": {"min_t2_us": "long"}},
+         "options.min_t2_us", "non-negative"),
+        ({"calibrated": True}, {"shots": 100, "pack": 3, "options": {"max_sx_error": True}},
+         "options.max_sx_error", "non-negative"),
+        ({"calibrated": True}, {"shots": 100, "pack": "auto", "options": {"max_readout_error": 0.0005}},
+         "pack", "no qubit"),
         ({"ops": ["cz", "prx", "rz", "x"]}, {"shots": 100}, "backend", "does not support the gates"),
     ],
 )
@@ -464,7 +506,131 @@ def test_a_missing_s3_bucket_is_refused(monkeypatch: pytest.MonkeyPatch) -> None
     aws.done()
 
 
-# -- 4. the same class on Braket's local simulator ---------------------------------------------
+# -- 4. calibrated packing: pack="auto" places the copies on the best qubits ----------------------
+
+
+def test_auto_pack_chooses_the_qubits_within_the_thresholds_best_read_out_first() -> None:
+    aws = Aws(calibrated=True)
+    backend = aws.backend
+    assert backend.auto_pack({}) == len(PASSING) == 16
+    place = backend.placement(16, {})
+    assert place["qubits"] == PASSING and place["calibration_time"] == UPDATED
+    for entry in place["calibration"]:
+        q = entry["qubit"]
+        assert entry["readout_error"] == pytest.approx(READOUT_ERROR[q])
+        assert entry["sx_error"] == pytest.approx(RB_ERROR[q])  # RB preferred; q15 from simultaneous RB
+        assert entry["t2_us"] == pytest.approx(95.0 if q == 7 else T2_US[q])  # seconds and µs both converted
+        assert entry["operational"] is True
+    # Looser thresholds admit q3, q8 and q12; q19 is never usable: it has no calibration.
+    assert backend.auto_pack({"max_readout_error": 0.1, "max_sx_error": 0.01, "min_t2_us": 10}) == 19
+    assert backend.auto_pack({"min_t2_us": 0}) == 17
+    with pytest.raises(InputError, match="16 of 20 pass") as info:  # q19 counts, but as uncalibrated
+        backend.placement(17, {})
+    assert info.value.field == "pack"
+    aws.braket.add_response("get_device", {  # status() asks afresh
+        "deviceArn": ARN, "deviceName": "Garnet", "providerName": "IQM", "deviceType": "QPU",
+        "deviceStatus": "ONLINE", "deviceCapabilities": capabilities(calibrated=True)}, {"deviceArn": ARN})
+    assert backend.status().calibration_time == UPDATED  # IQM's v1 table has no time: the document's
+    aws.done()
+
+
+def test_auto_pack_is_capped_by_the_max_width_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QKAN_PACK_MAX_WIDTH", "5")
+    accounts.cache_clear()
+    backend = Aws(calibrated=True).backend
+    assert backend.auto_pack({}) == 5
+    assert backend.placement(5, {})["qubits"] == PASSING[:5]
+
+
+@pytest.mark.parametrize("program_set", [None, 100])
+def test_auto_pack_sends_the_copies_to_the_chosen_physical_qubits(program_set: int | None) -> None:
+    aws, batch, shots = Aws(calibrated=True, program_set=program_set), real_batch(), 200
+    width = len(PASSING)
+    assert batch.num_rows > width
+    rows = expected_rows(batch, width)
+    # One task per circuit even where program sets are accepted: only a circuit task can disable rewiring.
+    for k, row in enumerate(rows):
+        expect_task(aws, k, shots, OpenQasm(batch, width, [row], program_set=False, qubits=PASSING),
+                    device_parameters(width, rewiring=False))
+
+    handle = aws.backend.submit(batch, shots=shots, pack="auto")
+
+    aws.done()
+    place = handle.data["placement"]
+    assert place["qubits"] == PASSING and place["calibration_time"] == UPDATED
+    assert [c["qubit"] for c in place["calibration"]] == PASSING
+    assert handle.data["width"] == width and handle.data["program_set"] is False
+    assert Handle.from_json(json.loads(json.dumps(handle.to_json()))).data == handle.data
+    assert aws.backend.estimate([batch.num_rows], shots, "auto").tasks == len(rows)
+
+
+def test_auto_pack_never_uses_more_copies_than_rows() -> None:
+    aws, batch, shots = Aws(calibrated=True), real_batch(1), 100
+    assert batch.num_rows < len(PASSING)
+    width = batch.num_rows
+    expect_task(aws, 0, shots, OpenQasm(batch, width, expected_rows(batch, width), program_set=False,
+                                        qubits=PASSING[:width]), device_parameters(width, rewiring=False))
+    handle = aws.backend.submit(batch, shots=shots, pack="auto")
+    aws.done()
+    assert handle.data["width"] == width and handle.data["placement"]["qubits"] == PASSING[:width]
+
+
+def test_poll_maps_the_measured_physical_qubits_back_to_copies(monkeypatch: pytest.MonkeyPatch,
+                                                               rng: np.random.Generator) -> None:
+    monkeypatch.setenv("QKAN_PACK_MAX_WIDTH", "5")
+    accounts.cache_clear()
+    aws, batch, shots, width = Aws(calibrated=True), real_batch(), 40, 5
+    qubits = PASSING[:width]
+    circuits = math.ceil(batch.num_rows / width)
+    for k in range(circuits):
+        expect_task(aws, k, shots, ANY, ANY)
+    handle = aws.backend.submit(batch, shots=shots, pack="auto")
+    zeros = rng.integers(0, shots + 1, size=(circuits, width))
+    copies = [3, 0, 4, 1, 2]  # listed out of order, by physical index
+    for k in range(circuits):
+        expect_state(aws, k, "COMPLETED", shots)
+        result = GateModelTaskResult(
+            measurements=shots_with_zeros(zeros[k], shots, copies, rng), measuredQubits=[qubits[c] for c in copies],
+            taskMetadata=TaskMetadata(id=task_arn(k), shots=shots, deviceId=ARN),
+            additionalMetadata=AdditionalMetadata(action=Program(source="OPENQASM 3.0;")))
+        expect_results(aws, k, result.json())
+
+    result = aws.backend.poll(handle)
+
+    aws.done()
+    assert result is not None
+    np.testing.assert_array_equal(result.p0, zeros.reshape(-1)[: batch.num_rows] / shots)
+    assert result.metadata["pack"] == width and result.metadata["placement"] == handle.data["placement"]
+    assert result.metadata["placement"]["qubits"] == qubits
+
+
+def test_poll_refuses_a_result_measured_on_other_qubits() -> None:
+    aws, batch, shots = Aws(calibrated=True), real_batch(1), 10
+    expect_task(aws, 0, shots, ANY, ANY)
+    handle = aws.backend.submit(batch, shots=shots, pack="auto")
+    width = handle.data["width"]
+    expect_state(aws, 0, "COMPLETED", shots)
+    result = GateModelTaskResult(  # qubits 0..W−1: what a rewired run would report
+        measurements=[[0] * width] * shots, measuredQubits=list(range(width)),
+        taskMetadata=TaskMetadata(id=task_arn(0), shots=shots, deviceId=ARN),
+        additionalMetadata=AdditionalMetadata(action=Program(source="OPENQASM 3.0;")))
+    expect_results(aws, 0, result.json())
+    with pytest.raises(ProviderJobFailed, match="expected 10 shots on qubits"):
+        aws.backend.poll(handle)
+    aws.done()
+
+
+def test_explicit_pack_on_a_calibrated_device_keeps_qubits_0_to_w_and_rewiring() -> None:
+    aws, batch, shots, width = Aws(calibrated=True), real_batch(), 100, 10
+    rows = expected_rows(batch, width)
+    for k, row in enumerate(rows):
+        expect_task(aws, k, shots, OpenQasm(batch, width, [row], program_set=False), device_parameters(width))
+    handle = aws.backend.submit(batch, shots=shots, pack=width)
+    aws.done()
+    assert "placement" not in handle.data
+
+
+# -- 5. the same class on Braket's local simulator ---------------------------------------------
 
 
 @pytest.mark.parametrize(("pack", "program_set"), [(1, True), (5, True), (5, False)])
@@ -485,7 +651,14 @@ def test_local_simulator_runs_through_the_same_code(pack: int, program_set: bool
     assert backend.status().online
 
 
-# -- 5. secrets never reach a message ----------------------------------------------------------
+def test_local_simulator_refuses_auto_pack() -> None:
+    backend = BraketDeviceBackend("arn:aws:braket:::device/quantum-simulator/amazon/sv1", device=LocalSimulator())
+    with pytest.raises(InputError, match="publishes no calibration") as info:
+        backend.submit(real_batch(), shots=100, pack="auto")
+    assert info.value.field == "pack"
+
+
+# -- 6. secrets never reach a message ----------------------------------------------------------
 
 
 def test_aws_errors_are_classified_and_never_carry_the_secret() -> None:
