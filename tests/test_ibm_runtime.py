@@ -238,3 +238,22 @@ def test_a_batch_is_split_into_jobs_only_at_the_per_job_limit(monkeypatch: pytes
             time.sleep(0.05)
     assert len(handle.provider_job_ids) == 3 and handle.data["chunks"] == [4, 4, 3]
     assert np.round(result.p0).tolist() == [1.0 - bit for bit in pattern]  # rows back in order across jobs
+
+
+def test_runtime_native_options_reach_the_sampler() -> None:
+    """Twirling and dynamical decoupling go to Runtime as they are; local testing says it ignores them."""
+    pattern = [1, 0, 1]
+    params = np.array([[-math.pi / 2, 0.0, math.pi * bit] for bit in pattern])
+    batch = ActivationBatch(Template("rpz_encoding", 1), params, (Segment("bits", np.arange(3).reshape(-1, 1, 1)),),
+                            "z")
+    backend = get_backend("ibm:fake_sherbrooke")
+    with pytest.warns(UserWarning, match="no effect in local testing mode") as caught:
+        handle = backend.submit(batch, shots=50, pack=1, options={"twirling": True, "dynamical_decoupling": "XY4"})
+    said = " ".join(str(w.message) for w in caught)
+    assert "'twirling': {'enable_gates': False, 'enable_measure': True}" in said
+    assert "'dynamical_decoupling': {'enable': True, 'sequence_type': 'XY4'}" in said
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        while (result := backend.poll(handle)) is None:
+            time.sleep(0.05)
+    assert np.round(result.p0).tolist() == [1.0 - bit for bit in pattern]
