@@ -59,6 +59,7 @@ log = logging.getLogger("qkan.ibm")
 EXECUTIONS_PER_JOB = 10_000_000  # IBM: parameter sets × shots in one job
 ROWS_PER_JOB = 10_000  # keeps one job's payload to a few MB
 JOB_OVERHEAD_SECONDS = 2.0  # per-job QPU time beyond the shots, for estimates
+DD_SEQUENCES = ("XX", "XpXm", "XY4")  # Runtime's dynamical-decoupling sequence types
 PENDING = {"INITIALIZING", "QUEUED", "VALIDATING", "RUNNING"}
 OPTIONS = ("seed", "twirling", "dynamical_decoupling", "max_readout_error", "max_sx_error", "min_t2_us")
 NO_ACCOUNT = (
@@ -173,6 +174,12 @@ class IBMBackend(Backend):
                  ) -> tuple[int | None, int, dict[str, Any]]:
         shots, width, options = super().validate(shots, pack, options)
         Thresholds.from_options(options)
+        if not isinstance(options.get("twirling", False), bool):
+            raise InputError("options.twirling", f"must be true or false, got {options['twirling']!r}")
+        dd = options.get("dynamical_decoupling", False)
+        if not isinstance(dd, bool) and dd not in DD_SEQUENCES:
+            raise InputError("options.dynamical_decoupling",
+                             f"must be true, false or one of {', '.join(DD_SEQUENCES)}, got {dd!r}")
         if not self.local and not (status := self.status()).online:
             raise InputError("backend", f"{self.name} is offline: {status.message}")
         return shots, width, options
@@ -278,10 +285,9 @@ def _set_native_options(sampler: SamplerV2, options: dict[str, Any], local: bool
     if options.get("twirling"):
         sampler.options.twirling.enable_gates = False
         sampler.options.twirling.enable_measure = True
-    if options.get("dynamical_decoupling"):
+    if dd := options.get("dynamical_decoupling"):
         sampler.options.dynamical_decoupling.enable = True
-        sampler.options.dynamical_decoupling.sequence_type = str(options["dynamical_decoupling"]) \
-            if isinstance(options["dynamical_decoupling"], str) else "XY4"
+        sampler.options.dynamical_decoupling.sequence_type = dd if isinstance(dd, str) else "XY4"
 
 
 # -- local testing mode: jobs held by this process, counts spooled for every process ---------------

@@ -105,6 +105,9 @@ def test_refusals_happen_before_any_submission(service) -> None:  # type: ignore
          "options.max_readout_error"),
         (dict(backend="ibm:fake_sherbrooke", shots=100, pack="auto", options={"max_readout_error": 0.0}), "pack"),
         (dict(backend="ibm:fake_sherbrooke", shots=100, options={"shots_per_qubit": 3}), "options.shots_per_qubit"),
+        (dict(backend="ibm:fake_sherbrooke", shots=100, options={"dynamical_decoupling": "XYZ"}),
+         "options.dynamical_decoupling"),
+        (dict(backend="ibm:fake_sherbrooke", shots=100, options={"twirling": "yes"}), "options.twirling"),
     ]
     cases.append((dict(backend="braket:arn:aws:braket:eu-north-1::device/iqm/Garnet", shots=100), "backend"))
     before = qc.jobs()["total"]
