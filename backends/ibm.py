@@ -9,9 +9,10 @@ where IBM's per-job limits demand. ``submit`` returns job ids at once;
 mode: the fake device's own noise model on Aer, offline. Such a job runs in a
 thread of the process that submitted it; its counts land in a spool folder so
 that any worker process can poll it, and a job whose process died is reported
-lost (the round is run again — nothing was billed). Local testing only picks
-Aer's method (density matrix up to 8 copies, matrix product state above, since
-packed copies never entangle): the noise is the device's.
+lost (the round is run again — nothing was billed). Local testing picks Aer's
+method (density matrix up to 8 copies, matrix product state above, since
+packed copies never entangle) and the fake device's noise model restricted to
+the qubits in use.
 """
 
 import logging
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from qiskit.providers import BackendV2
+from qiskit_aer.noise import NoiseModel
 from qiskit_ibm_runtime import Batch, QiskitRuntimeService, SamplerV2
 
 from backends.accounts import accounts, redact
@@ -45,9 +47,12 @@ from backends.calibration import Thresholds, choose_qubits, usable_qubits
 from backends.pricing import ibm_price
 from backends.qiskit_common import (
     check_fake_name,
+    compact_target,
+    fake_backend,
     fake_backend_classes,
     fake_qubits,
     isa_template,
+    noise_model,
     ones_per_clbit,
     qubit_calibration,
 )
@@ -94,6 +99,17 @@ def _fake_device(device: str, method: str) -> BackendV2:
     backend = fake_backend_classes()[device]()
     backend.set_options(method=method, max_parallel_experiments=0)
     return backend
+
+
+@lru_cache(maxsize=64)
+def _used_qubit_noise(device: str, qubits: tuple[int, ...]) -> NoiseModel:
+    """The fake device's noise model restricted to ``qubits``, at their physical indices.
+
+    Packed copies never interact, so errors of other qubits cannot reach the counts; Aer's
+    per-run cost of the full 127–156-qubit model (seconds) buys nothing here.
+    """
+    target = fake_backend(device).target
+    return noise_model(compact_target(target, qubits), labels=qubits)
 
 
 @dataclass(frozen=True)
@@ -218,6 +234,8 @@ class IBMBackend(Backend):
             with Batch(backend=backend) as session:
                 sampler = SamplerV2(mode=session)
                 _set_native_options(sampler, options, self.local)
+                if self.local:  # the fake's noise on the qubits used: Aer skips 133-qubit bookkeeping per run
+                    sampler.options.simulator.noise_model = _used_qubit_noise(self.device, place.qubits)
                 jobs = [sampler.run([(circuit, chunk)], shots=shots) for chunk in chunks]
         except (InputError, TransientBackendError):
             raise
@@ -293,14 +311,17 @@ def _set_native_options(sampler: SamplerV2, options: dict[str, Any], local: bool
 # -- local testing mode: jobs held by this process, counts spooled for every process ---------------
 
 _LOCAL_JOBS: dict[str, Any] = {}
+_swept = 0.0  # when this process last removed old spool files
 
 
 def _spool_when_done(job: Any, width: int) -> None:
     SPOOL.mkdir(parents=True, exist_ok=True)
-    stale = time.time() - SPOOL_KEEP_SECONDS
-    for old in SPOOL.iterdir():  # results of local jobs long since polled
-        if old.stat().st_mtime < stale:
-            old.unlink(missing_ok=True)
+    global _swept
+    if time.time() - _swept > SPOOL_KEEP_SECONDS / 24:  # now and then: results of jobs long since polled
+        _swept = time.time()
+        for old in SPOOL.iterdir():
+            if old.stat().st_mtime < _swept - SPOOL_KEEP_SECONDS:
+                old.unlink(missing_ok=True)
     job_id = job.job_id()
     _LOCAL_JOBS[job_id] = job
 

@@ -25,7 +25,7 @@ from models.functions import get_function
 
 DEMO_BACKENDS = (
     "exact", "aer", "aer:fake_sherbrooke", "aer:fake_melbourne", "braket:local",
-    "braket:local_dm", "pennylane:default.qubit",
+    "braket:local_dm", "pennylane:default.qubit", "ibm:fake_torino",
 )
 DEMO_SPEC = {"width": [2, 3, 1], "reps": 3}
 DEMO_FUNCTION = "sin_cos"

@@ -105,7 +105,7 @@ def test_demo_runs_every_local_backend_and_writes_its_report(tmp_path: Path) -> 
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     entries = {e["backend"]: e for e in report["backends"]}
     assert {"exact", "aer", "aer:fake_sherbrooke", "braket:local", "braket:local_dm",
-            "pennylane:default.qubit"} <= set(entries)
+            "pennylane:default.qubit", "ibm:fake_torino"} <= set(entries)
     for entry in entries.values():
         fields = {"shots", "rows", "requested", "executions", "seconds", "rmse_vs_exact", "max_error_vs_exact"}
         assert fields <= set(entry)
