@@ -21,6 +21,7 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 from qiskit.providers import BackendV2
 from qiskit_aer.noise import NoiseModel
+from qiskit_aer.noise.device.models import basic_device_gate_errors, basic_device_readout_errors
 from qiskit_ibm_runtime import Batch, QiskitRuntimeService, SamplerV2
 
 from backends.accounts import accounts, redact
@@ -47,12 +49,10 @@ from backends.calibration import Thresholds, choose_qubits, usable_qubits
 from backends.pricing import ibm_price
 from backends.qiskit_common import (
     check_fake_name,
-    compact_target,
     fake_backend,
     fake_backend_classes,
     fake_qubits,
     isa_template,
-    noise_model,
     ones_per_clbit,
     qubit_calibration,
 )
@@ -101,15 +101,34 @@ def _fake_device(device: str, method: str) -> BackendV2:
     return backend
 
 
+@cache
+def _device_errors(device: str) -> tuple[list, list, list[str]]:
+    """Read-out and gate errors of every qubit, built as the fake device builds its own noise model."""
+    fake = fake_backend(device)
+    props = fake.properties()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gates = list(basic_device_gate_errors(props))
+    return list(basic_device_readout_errors(props)), gates, list(fake.configuration().basis_gates)
+
+
 @lru_cache(maxsize=64)
 def _used_qubit_noise(device: str, qubits: tuple[int, ...]) -> NoiseModel:
-    """The fake device's noise model restricted to ``qubits``, at their physical indices.
+    """The fake device's noise model restricted to ``qubits`` (its delay relaxation aside: no delays here).
 
     Packed copies never interact, so errors of other qubits cannot reach the counts; Aer's
     per-run cost of the full 127–156-qubit model (seconds) buys nothing here.
     """
-    target = fake_backend(device).target
-    return noise_model(compact_target(target, qubits), labels=qubits)
+    readout, gates, basis = _device_errors(device)
+    used = set(qubits)
+    model = NoiseModel(basis_gates=basis)
+    for on, error in readout:
+        if set(on) <= used:
+            model.add_readout_error(error, on)
+    for name, on, error in gates:
+        if set(on) <= used:
+            model.add_quantum_error(error, name, on)
+    return model
 
 
 @dataclass(frozen=True)

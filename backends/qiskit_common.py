@@ -109,18 +109,13 @@ def compact_target(target: Target, qubits: tuple[int, ...]) -> Target:
     return compact
 
 
-def noise_model(target: Target, labels: tuple[int, ...] | None = None) -> NoiseModel:
-    """Aer's device noise model (depolarizing + thermal relaxation + read-out) of ``target``.
-
-    ``labels`` renames qubit i of a compact target to ``labels[i]``: the device's model on just
-    those physical qubits, which is all a circuit of unentangled copies on them can feel.
-    """
-    name_of = (lambda qs: [labels[q] for q in qs]) if labels else list
+def noise_model(target: Target) -> NoiseModel:
+    """Aer's device noise model (depolarizing + thermal relaxation + read-out) of ``target``."""
     model = NoiseModel(basis_gates=[n for n in target.operation_names if n not in _UNIVERSAL])
     for qubits, error in basic_device_readout_errors(None, target=target):
-        model.add_readout_error(error, name_of(qubits))
+        model.add_readout_error(error, qubits)
     for name, qubits, error in basic_device_gate_errors(None, target=target):
-        model.add_quantum_error(error, name, name_of(qubits))
+        model.add_quantum_error(error, name, qubits)
     return model
 
 

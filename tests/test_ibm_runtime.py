@@ -260,3 +260,21 @@ def test_runtime_native_options_reach_the_sampler() -> None:
         while (result := backend.poll(handle)) is None:
             time.sleep(0.05)
     assert np.round(result.p0).tolist() == [1.0 - bit for bit in pattern]
+
+
+def test_local_testing_noise_on_the_qubits_in_use_is_the_fake_devices_own() -> None:
+    """Restricting the fake's model to the qubits a circuit uses changes nothing: same seed, same counts."""
+    from qiskit_ibm_runtime.fake_provider import FakeSherbrooke
+
+    from backends.ibm import _used_qubit_noise
+
+    fake = FakeSherbrooke()
+    fake.set_options(method="density_matrix")
+    qubits = (44, 101)
+    batch = ActivationBatch(Template("pz_encoding", 2), np.random.default_rng(0).uniform(-2, 2, (12, 8)),
+                            (Segment("x", np.arange(12).reshape(-1, 1, 1)),), "z")
+    isa = isa_template(batch.template, 2, fake.target, key=("test",), layout=qubits)
+    circuits = [isa.assign_parameters(row) for row in batch.params.reshape(6, 16)]
+    full = fake.run(circuits, shots=2000, seed_simulator=5).result()
+    used = fake.run(circuits, shots=2000, seed_simulator=5, noise_model=_used_qubit_noise("fake_sherbrooke", qubits))
+    assert [full.get_counts(i) for i in range(6)] == [used.result().get_counts(i) for i in range(6)]
