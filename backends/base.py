@@ -131,8 +131,8 @@ class Backend(ABC):
         """The width ``pack="auto"`` means here; calibrated backends choose from their qubits."""
         return self.capabilities().default_pack
 
-    def tasks_for(self, executions: int) -> int:
-        """Provider jobs (tasks) one round of ``executions`` circuits needs."""
+    def tasks_for(self, executions: int, shots: int) -> int:
+        """Provider jobs (tasks) one round of ``executions`` circuits at ``shots`` each needs."""
         return 1 if executions else 0
 
     def seconds_for(self, executions: int, shots: int) -> float:
@@ -146,7 +146,7 @@ class Backend(ABC):
         caps = self.capabilities()
         per_circuit = shots or 0
         executions = [math.ceil(r / width) if caps.shot_based else 0 for r in rows]
-        tasks = sum(self.tasks_for(e) for e in executions)
+        tasks = sum(self.tasks_for(e, per_circuit) for e in executions)
         seconds = sum(self.seconds_for(e, per_circuit) for e in executions)
         total_shots = sum(executions) * per_circuit
         return Estimate(tasks, sum(executions), total_shots, seconds, caps.price.cost(tasks, total_shots, seconds))

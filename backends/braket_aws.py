@@ -239,16 +239,13 @@ class BraketDeviceBackend(Backend):
             return [1] * circuits, False
         return [base + 1] * extra + [base] * (tasks - extra), True
 
-    def tasks_for(self, executions: int) -> int:
-        """Without shots only the executables limit is known; ``estimate`` also applies the shots limit."""
-        action = self.device.properties.action.get(PROGRAM_SET)
-        if action is None or not executions:
-            return executions
-        return math.ceil(executions / max(1, int(action.maximumExecutables)))
+    def tasks_for(self, executions: int, shots: int) -> int:
+        """Tasks as ``submit`` creates them with program sets allowed (``estimate`` also knows the options)."""
+        return len(self._plan(executions, shots, True)[0])
 
     def seconds_for(self, executions: int, shots: int) -> float:
         """On-demand simulators bill run time, at least 3 s a task; QPUs bill per task and shot."""
-        return self._billed_seconds(self.tasks_for(executions))
+        return self._billed_seconds(self.tasks_for(executions, shots))
 
     def _billed_seconds(self, tasks: int) -> float:
         return tasks * SIMULATOR_MIN_SECONDS if self.simulator and not self.local else 0.0

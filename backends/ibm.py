@@ -219,12 +219,12 @@ class IBMBackend(Backend):
             raise InputError("backend", f"{self.name} is offline: {status.message}")
         return shots, width, options
 
-    def tasks_for(self, executions: int) -> int:
-        return math.ceil(executions / ROWS_PER_JOB) if executions else 0
+    def tasks_for(self, executions: int, shots: int) -> int:
+        return math.ceil(executions / _rows_per_job(shots)) if executions else 0
 
     def seconds_for(self, executions: int, shots: int) -> float:
         per_shot = 250e-6  # IBM's default repetition delay dominates a short circuit
-        return self.tasks_for(executions) * JOB_OVERHEAD_SECONDS + executions * shots * per_shot
+        return self.tasks_for(executions, shots) * JOB_OVERHEAD_SECONDS + executions * shots * per_shot
 
     def placement(self, width: int, options: dict[str, Any], calibrated: bool) -> Placement:
         """The ``width`` best qubits: within the thresholds for pack="auto", any operational ones otherwise."""
@@ -247,7 +247,7 @@ class IBMBackend(Backend):
         place = self.placement(width, options, calibrated=pack == "auto")
         circuit = isa_template(batch.template, width, backend.target, key=(self.name,), layout=place.qubits)
         packed = pack_params(batch.params, width)
-        per_job = max(1, min(ROWS_PER_JOB, EXECUTIONS_PER_JOB // shots))
+        per_job = _rows_per_job(shots)
         chunks = [packed[k:k + per_job] for k in range(0, packed.shape[0], per_job)]
         try:
             with Batch(backend=backend) as session:
@@ -313,6 +313,11 @@ class IBMBackend(Backend):
                 runtime_service().job(job_id).cancel()
             except Exception as exc:  # a job that already finished cannot be cancelled; say so and go on
                 log.warning("IBM job %s: cancel failed: %s", job_id, redact(str(exc)))
+
+
+def _rows_per_job(shots: int) -> int:
+    """Parameter rows one Runtime job may carry at ``shots`` each."""
+    return max(1, min(ROWS_PER_JOB, EXECUTIONS_PER_JOB // max(1, shots)))
 
 
 def _set_native_options(sampler: SamplerV2, options: dict[str, Any], local: bool) -> None:

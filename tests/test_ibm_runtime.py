@@ -227,6 +227,8 @@ def test_remote_job_states_map_to_pending_results_and_failures(monkeypatch: pyte
 def test_a_batch_is_split_into_jobs_only_at_the_per_job_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     import backends.ibm as ibm
 
+    # at 100 000 shots the 10⁷ rows × shots of a job allow 100 rows: 250 rows are 3 jobs
+    assert ibm.IBMBackend("fake_sherbrooke").estimate([250], 100_000, 1).tasks == 3
     monkeypatch.setattr(ibm, "ROWS_PER_JOB", 4)  # IBM's real limit is 10 000 rows; 11 rows then need 3 jobs
     pattern = [1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 1]
     params = np.array([[-math.pi / 2, 0.3 * k, math.pi * bit] for k, bit in enumerate(pattern)])
