@@ -131,12 +131,12 @@ class Backend(ABC):
         """The width ``pack="auto"`` means here; calibrated backends choose from their qubits."""
         return self.capabilities().default_pack
 
-    def tasks_for(self, executions: int, shots: int) -> int:
+    def tasks_for(self, executions: int, shots: int, pack: Pack, options: dict[str, Any]) -> int:
         """Provider jobs (tasks) one round of ``executions`` circuits at ``shots`` each needs."""
         return 1 if executions else 0
 
-    def seconds_for(self, executions: int, shots: int) -> float:
-        """Estimated QPU seconds of one round; only time-billed backends care."""
+    def seconds_for(self, executions: int, shots: int, tasks: int) -> float:
+        """Estimated billed QPU seconds of one round run as ``tasks`` provider jobs; local backends bill none."""
         return 0.0
 
     def estimate(self, rows: list[int], shots: int | None, pack: Pack = None,
@@ -146,10 +146,11 @@ class Backend(ABC):
         caps = self.capabilities()
         per_circuit = shots or 0
         executions = [math.ceil(r / width) if caps.shot_based else 0 for r in rows]
-        tasks = sum(self.tasks_for(e, per_circuit) for e in executions)
-        seconds = sum(self.seconds_for(e, per_circuit) for e in executions)
+        tasks = [self.tasks_for(e, per_circuit, pack, options) for e in executions]
+        seconds = sum(self.seconds_for(e, per_circuit, t) for e, t in zip(executions, tasks, strict=True))
         total_shots = sum(executions) * per_circuit
-        return Estimate(tasks, sum(executions), total_shots, seconds, caps.price.cost(tasks, total_shots, seconds))
+        return Estimate(sum(tasks), sum(executions), total_shots, seconds,
+                        caps.price.cost(sum(tasks), total_shots, seconds))
 
     def validate(
         self, shots: int | None, pack: Pack, options: dict[str, Any] | None

@@ -53,7 +53,6 @@ from backends.accounts import accounts, redact
 from backends.base import (
     Backend,
     Capabilities,
-    Estimate,
     Handle,
     Pack,
     Price,
@@ -239,29 +238,16 @@ class BraketDeviceBackend(Backend):
             return [1] * circuits, False
         return [base + 1] * extra + [base] * (tasks - extra), True
 
-    def tasks_for(self, executions: int, shots: int) -> int:
-        """Tasks as ``submit`` creates them with program sets allowed (``estimate`` also knows the options)."""
-        return len(self._plan(executions, shots, True)[0])
+    def tasks_for(self, executions: int, shots: int, pack: Pack, options: dict[str, Any]) -> int:
+        """Tasks as ``submit`` creates them: program sets unless turned off or the round is placed."""
+        return len(self._plan(executions, shots, options.get("program_set", True) and pack != "auto")[0])
 
-    def seconds_for(self, executions: int, shots: int) -> float:
+    def seconds_for(self, executions: int, shots: int, tasks: int) -> float:
         """On-demand simulators bill run time, at least 3 s a task; QPUs bill per task and shot."""
-        return self._billed_seconds(self.tasks_for(executions, shots))
+        return self._billed_seconds(tasks)
 
     def _billed_seconds(self, tasks: int) -> float:
         return tasks * SIMULATOR_MIN_SECONDS if self.simulator and not self.local else 0.0
-
-    def estimate(self, rows: list[int], shots: int | None, pack: Pack = None,
-                 options: dict[str, Any] | None = None) -> Estimate:
-        """The base estimate with the tasks counted as ``submit`` will create them for these shots."""
-        shots, width, options = self.validate(shots, pack, options)
-        assert shots is not None
-        executions = [math.ceil(r / width) for r in rows]
-        program_set = options.get("program_set", True) and pack != "auto"
-        tasks = sum(len(self._plan(e, shots, program_set)[0]) for e in executions)
-        seconds = self._billed_seconds(tasks)
-        total = sum(executions) * shots
-        price = self.capabilities().price
-        return Estimate(tasks, sum(executions), total, seconds, price.cost(tasks, total, seconds))
 
     # -- tasks -----------------------------------------------------------------------------------
 

@@ -219,12 +219,12 @@ class IBMBackend(Backend):
             raise InputError("backend", f"{self.name} is offline: {status.message}")
         return shots, width, options
 
-    def tasks_for(self, executions: int, shots: int) -> int:
+    def tasks_for(self, executions: int, shots: int, pack: Pack, options: dict[str, Any]) -> int:
         return math.ceil(executions / _rows_per_job(shots)) if executions else 0
 
-    def seconds_for(self, executions: int, shots: int) -> float:
+    def seconds_for(self, executions: int, shots: int, tasks: int) -> float:
         per_shot = 250e-6  # IBM's default repetition delay dominates a short circuit
-        return self.tasks_for(executions, shots) * JOB_OVERHEAD_SECONDS + executions * shots * per_shot
+        return tasks * JOB_OVERHEAD_SECONDS + executions * shots * per_shot
 
     def placement(self, width: int, options: dict[str, Any], calibrated: bool) -> Placement:
         """The ``width`` best qubits: within the thresholds for pack="auto", any operational ones otherwise."""
