@@ -152,6 +152,7 @@ class IBMBackend(Backend):
         self.name = f"ibm:{device}"
         self.local = device.startswith("fake_")
         self._remote: BackendV2 | None = None  # the account's device, fetched once per instance
+        self._calibrated: tuple[list[dict], str | None] | None = None
         if self.local:
             check_fake_name(device)
 
@@ -188,19 +189,26 @@ class IBMBackend(Backend):
             max_pack=qubits, options=OPTIONS, price=price,
         )
 
+    def _calibration(self) -> tuple[list[dict], str | None]:
+        """The device's per-qubit calibration and its time, read once per backend instance (one step)."""
+        if self._calibrated is None:
+            backend = self._backend()
+            props = backend.properties()
+            self._calibrated = (qubit_calibration(backend.target, props),
+                                props.last_update_date.isoformat() if props is not None else None)
+        return self._calibrated
+
     def status(self) -> Status:
-        backend = self._backend()
-        props = backend.properties()
-        calibrated = props.last_update_date.isoformat() if props is not None else None
+        calibrated = self._calibration()[1]
         if self.local:
             return Status(online=True, calibration_time=calibrated, message="local testing mode")
-        state = backend.status()
+        state = self._backend().status()
         return Status(online=bool(state.operational), queue_length=int(state.pending_jobs),
                       calibration_time=calibrated, message=state.status_msg)
 
     def auto_pack(self, options: dict[str, Any]) -> int:
         limits = Thresholds.from_options(options)
-        good = usable_qubits(qubit_calibration(self._backend()), limits)
+        good = usable_qubits(self._calibration()[0], limits)
         if not good:
             raise InputError("pack", f"no qubit of {self.device} passes the calibration thresholds {limits}")
         return min(len(good), limits.max_width)
@@ -228,12 +236,10 @@ class IBMBackend(Backend):
 
     def placement(self, width: int, options: dict[str, Any], calibrated: bool) -> Placement:
         """The ``width`` best qubits: within the thresholds for pack="auto", any operational ones otherwise."""
-        backend = self._backend(width)
+        table, calibrated_at = self._calibration()
         limits = Thresholds.from_options(options) if calibrated else ANY_QUBIT
-        chosen = choose_qubits(qubit_calibration(backend), width, limits)
-        props = backend.properties()
-        return Placement(tuple(c["qubit"] for c in chosen), tuple(chosen),
-                         props.last_update_date.isoformat() if props is not None else None)
+        chosen = choose_qubits(table, width, limits)
+        return Placement(tuple(c["qubit"] for c in chosen), tuple(chosen), calibrated_at)
 
     # -- jobs --------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ errors as the full device model, at a fraction of the build and run time.
 import json
 import os
 from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from qiskit import QuantumCircuit, transpile
@@ -21,6 +22,9 @@ from qiskit_aer.noise.device.models import basic_device_gate_errors, basic_devic
 from circuits.batch import Template
 from circuits.lower_qiskit import qiskit_template
 from models.errors import InputError
+
+if TYPE_CHECKING:  # qiskit-ibm-runtime takes a second to import; Aer alone does not need it
+    from qiskit_ibm_runtime.models import BackendProperties
 
 _UNIVERSAL = ("measure", "delay", "reset")
 
@@ -73,10 +77,8 @@ def best_qubits(target: Target, count: int) -> tuple[int, ...]:
     return tuple(ranked[:count])
 
 
-def qubit_calibration(backend: BackendV2) -> list[dict]:
+def qubit_calibration(target: Target, props: "BackendProperties | None") -> list[dict]:
     """Per physical qubit: read-out and √X error, T2 (µs), and whether the provider calls it operational."""
-    target = backend.target
-    props = backend.properties() if hasattr(backend, "properties") else None
 
     def error(name: str, qubit: int) -> float | None:
         entry = target[name].get((qubit,)) if name in target else None
