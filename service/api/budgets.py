@@ -6,7 +6,7 @@ row is locked while a submission checks it, so two concurrent submissions
 cannot both spend the last of a budget.
 """
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from backends.base import Estimate
@@ -17,18 +17,14 @@ ENDED_UNUSED = ("failed", "cancelled")
 
 
 def committed(session: Session, key_id: int) -> tuple[int, float]:
-    """Shots and USD the key's jobs may use: estimates, less those of jobs that ended unused."""
-    rows = session.execute(
-        select(Job.estimate).where(
+    """Shots and USD the key's jobs may use: estimates, less those of jobs that ended unused (summed in SQL)."""
+    shots, cost = session.execute(
+        select(func.sum(Job.estimate["shots"].as_integer()), func.sum(Job.estimate["cost"].as_float())).where(
             Job.owner_id == key_id, Job.estimate.is_not(None),
             or_(Job.state.not_in(ENDED_UNUSED), Job.executions > 0),
         )
-    ).scalars()
-    shots, cost = 0, 0.0
-    for estimate in rows:
-        shots += int(estimate["shots"])
-        cost += float(estimate["cost"])
-    return shots, cost
+    ).one()
+    return int(shots or 0), float(cost or 0.0)
 
 
 def check_budget(session: Session, key: ApiKey, estimate: Estimate) -> None:
