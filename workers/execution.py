@@ -188,8 +188,7 @@ class _Runner:
                 if batch is None:
                     return self._finish(plan, state)
                 submitted = time.time()
-                pack = "auto" if job.pack_auto else job.pack
-                handle = backend.submit(batch, shots=job.shots, pack=pack, options=job.options)
+                handle = backend.submit(batch, shots=job.shots, pack=job.requested_pack, options=job.options)
                 if handle.result is None:  # a provider job: its ids are stored before any wait
                     self._submitted(state, batch, handle, submitted)
                     return self._again(self.settings.poll_interval)

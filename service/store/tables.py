@@ -97,6 +97,11 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
+    @property
+    def requested_pack(self) -> int | str | None:
+        """What the submission asked for: a width, "auto", or None for the backend's default."""
+        return "auto" if self.pack_auto else self.pack
+
 
 class Round(Base):
     """One quantum round of a job: claimed once, submitted once, absorbed once."""

@@ -113,9 +113,9 @@ def _submit(session: Session, broker: Celery, settings: Settings, key: ApiKey, b
     check_budget(session, key, estimate)
     job = create_job(
         session, broker, key, kind="inference", model_id=model_row.id, backend=body.backend,
-        queue=queue_for(body.backend), shots=shots, pack=None if body.pack == "auto" else body.pack,
+        queue=queue_for(body.backend), shots=shots, pack=body.pack,
         options=body.options, arrays={"inputs": inputs}, rounds_total=rounds, idempotency_key=body.idempotency_key,
-        request_hash=request_hash, pack_auto=body.pack == "auto", estimate=asdict(estimate),
+        request_hash=request_hash, estimate=asdict(estimate),
     )
     return job_out(session, job), False
 
@@ -163,9 +163,9 @@ def _validate(obj: Any) -> JobRequest:
 
 
 def create_job(session: Session, broker: Celery, key: ApiKey, *, kind: str, model_id: str | None, backend: str,
-               queue: str, shots: int | None, pack: int | None, options: dict[str, Any],
+               queue: str, shots: int | None, pack: int | str | None, options: dict[str, Any],
                arrays: dict[str, np.ndarray], rounds_total: int, idempotency_key: str | None,
-               request_hash: str = "", pack_auto: bool = False, estimate: dict[str, Any] | None = None) -> Job:
+               request_hash: str = "", estimate: dict[str, Any] | None = None) -> Job:
     """Insert the job, commit, then publish its first step; undo the insert if the broker refuses.
 
     The message id is chosen here and stored with the row, so one commit records both.
@@ -173,9 +173,9 @@ def create_job(session: Session, broker: Celery, key: ApiKey, *, kind: str, mode
     first = next(iter(arrays.values()))
     job = Job(
         id=str(uuid.uuid4()), owner_id=key.id, kind=kind, model_id=model_id, backend=backend, queue=queue,
-        shots=shots, pack=pack, options=options, idempotency_key=idempotency_key, request_hash=request_hash,
-        state="queued", rounds_total=rounds_total, samples=int(first.shape[0]), inputs=pack_arrays(arrays),
-        task_id=uuid.uuid4().hex, pack_auto=pack_auto, estimate=estimate,
+        shots=shots, pack=None if pack == "auto" else pack, pack_auto=pack == "auto", options=options,
+        idempotency_key=idempotency_key, request_hash=request_hash, state="queued", rounds_total=rounds_total,
+        samples=int(first.shape[0]), inputs=pack_arrays(arrays), task_id=uuid.uuid4().hex, estimate=estimate,
     )
     session.add(job)  # its "queued" event is the row itself: the events stream starts with it
     try:
@@ -203,7 +203,7 @@ def job_out(session: Session, job: Job) -> JobOut:
     return JobOut(
         id=job.id, kind=job.kind, model_id=job.model_id, backend=job.backend, queue=job.queue,  # type: ignore[arg-type]
         state=job.state, rounds_done=job.rounds_done, rounds_total=job.rounds_total,  # type: ignore[arg-type]
-        samples=job.samples, shots=job.shots, pack="auto" if job.pack_auto else job.pack, options=job.options,
+        samples=job.samples, shots=job.shots, pack=job.requested_pack, options=job.options,
         estimate=job.estimate, placement=job.placement, qpu_seconds=job.qpu_seconds, cost=job.cost,  # type: ignore[arg-type]
         shots_used=job.shots_used,
         executions=job.executions, provider_job_ids=provider_ids, created_at=job.created_at,
