@@ -5,6 +5,7 @@ them from any message before it can reach a log, a response or the database.
 """
 
 import logging
+import os
 from functools import lru_cache
 
 from pydantic import Field, SecretStr
@@ -26,8 +27,6 @@ class ProviderAccounts(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value that must never be shown, including the AWS keys boto3 reads."""
-        import os
-
         values = [self.ibm_token.get_secret_value() if self.ibm_token else ""]
         values += [os.environ.get(k, "") for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "QISKIT_IBM_TOKEN")]
         return [v for v in values if len(v) >= 6]

@@ -348,6 +348,19 @@ def shots_with_zeros(zeros: np.ndarray, shots: int, order: list[int], rng: np.ra
     return bits.tolist()
 
 
+def complete_tasks(aws, zeros: np.ndarray, shots: int, copies: list[int], measured: list[int],  # type: ignore[no-untyped-def]
+                   rng: np.random.Generator) -> None:
+    """Stub every task k as COMPLETED with results whose copy ``copies[j]`` read ``zeros[k, copies[j]]`` zeros
+    on qubit ``measured[j]``."""
+    for k in range(len(zeros)):
+        expect_state(aws, k, "COMPLETED", shots)
+        result = GateModelTaskResult(
+            measurements=shots_with_zeros(zeros[k], shots, copies, rng), measuredQubits=measured,
+            taskMetadata=TaskMetadata(id=task_arn(k), shots=shots, deviceId=ARN),
+            additionalMetadata=AdditionalMetadata(action=Program(source="OPENQASM 3.0;")))
+        expect_results(aws, k, result.json())
+
+
 def test_poll_returns_the_marginal_p0_of_every_row(rng: np.random.Generator) -> None:
     aws, batch, shots, width = Aws(), real_batch(), 40, 5
     circuits = math.ceil(batch.num_rows / width)
@@ -356,13 +369,7 @@ def test_poll_returns_the_marginal_p0_of_every_row(rng: np.random.Generator) -> 
     handle = aws.backend.submit(batch, shots=shots, pack=width)
     zeros = rng.integers(0, shots + 1, size=(circuits, width))
     order = [3, 0, 4, 1, 2]  # the device may list the measured qubits in any order
-    for k in range(circuits):
-        expect_state(aws, k, "COMPLETED", shots)
-        result = GateModelTaskResult(
-            measurements=shots_with_zeros(zeros[k], shots, order, rng), measuredQubits=order,
-            taskMetadata=TaskMetadata(id=task_arn(k), shots=shots, deviceId=ARN),
-            additionalMetadata=AdditionalMetadata(action=Program(source="OPENQASM 3.0;")))
-        expect_results(aws, k, result.json())
+    complete_tasks(aws, zeros, shots, order, order, rng)
 
     result = aws.backend.poll(handle)
 
@@ -587,13 +594,7 @@ def test_poll_maps_the_measured_physical_qubits_back_to_copies(monkeypatch: pyte
     handle = aws.backend.submit(batch, shots=shots, pack="auto")
     zeros = rng.integers(0, shots + 1, size=(circuits, width))
     copies = [3, 0, 4, 1, 2]  # listed out of order, by physical index
-    for k in range(circuits):
-        expect_state(aws, k, "COMPLETED", shots)
-        result = GateModelTaskResult(
-            measurements=shots_with_zeros(zeros[k], shots, copies, rng), measuredQubits=[qubits[c] for c in copies],
-            taskMetadata=TaskMetadata(id=task_arn(k), shots=shots, deviceId=ARN),
-            additionalMetadata=AdditionalMetadata(action=Program(source="OPENQASM 3.0;")))
-        expect_results(aws, k, result.json())
+    complete_tasks(aws, zeros, shots, copies, [qubits[c] for c in copies], rng)
 
     result = aws.backend.poll(handle)
 
