@@ -152,7 +152,8 @@ class IBMBackend(Backend):
         self.name = f"ibm:{device}"
         self.local = device.startswith("fake_")
         self._remote: BackendV2 | None = None  # the account's device, fetched once per instance
-        self._calibrated: tuple[list[dict], str | None] | None = None
+        self._props: Any = None  # BackendProperties, or False when the device publishes none
+        self._table: list[dict] | None = None
         if self.local:
             check_fake_name(device)
 
@@ -189,17 +190,21 @@ class IBMBackend(Backend):
             max_pack=qubits, options=OPTIONS, price=price,
         )
 
-    def _calibration(self) -> tuple[list[dict], str | None]:
-        """The device's per-qubit calibration and its time, read once per backend instance (one step)."""
-        if self._calibrated is None:
-            backend = self._backend()
-            props = backend.properties()
-            self._calibrated = (qubit_calibration(backend.target, props),
-                                props.last_update_date.isoformat() if props is not None else None)
-        return self._calibrated
+    def _calibration_time(self) -> str | None:
+        """When the device was calibrated; its properties are read once per backend instance (one step)."""
+        if self._props is None:
+            self._props = self._backend().properties() or False
+        return self._props.last_update_date.isoformat() if self._props else None
+
+    def _calibration(self) -> list[dict]:
+        """The device's per-qubit calibration table, built once per backend instance."""
+        if self._table is None:
+            self._calibration_time()
+            self._table = qubit_calibration(self._backend().target, self._props or None)
+        return self._table
 
     def status(self) -> Status:
-        calibrated = self._calibration()[1]
+        calibrated = self._calibration_time()
         if self.local:
             return Status(online=True, calibration_time=calibrated, message="local testing mode")
         state = self._backend().status()
@@ -208,7 +213,7 @@ class IBMBackend(Backend):
 
     def auto_pack(self, options: dict[str, Any]) -> int:
         limits = Thresholds.from_options(options)
-        good = usable_qubits(self._calibration()[0], limits)
+        good = usable_qubits(self._calibration(), limits)
         if not good:
             raise InputError("pack", f"no qubit of {self.device} passes the calibration thresholds {limits}")
         return min(len(good), limits.max_width)
@@ -236,10 +241,9 @@ class IBMBackend(Backend):
 
     def placement(self, width: int, options: dict[str, Any], calibrated: bool) -> Placement:
         """The ``width`` best qubits: within the thresholds for pack="auto", any operational ones otherwise."""
-        table, calibrated_at = self._calibration()
         limits = Thresholds.from_options(options) if calibrated else ANY_QUBIT
-        chosen = choose_qubits(table, width, limits)
-        return Placement(tuple(c["qubit"] for c in chosen), tuple(chosen), calibrated_at)
+        chosen = choose_qubits(self._calibration(), width, limits)
+        return Placement(tuple(c["qubit"] for c in chosen), tuple(chosen), self._calibration_time())
 
     # -- jobs --------------------------------------------------------------------------------------
 
