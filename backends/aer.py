@@ -15,8 +15,8 @@ from qiskit.transpiler import Target
 from qiskit_aer.noise import NoiseModel
 from qiskit_aer.primitives import SamplerV2
 
-from backends.base import Capabilities
-from backends.qiskit_common import (
+from qkan_orch.backends.base import Capabilities
+from qkan_orch.backends.qiskit_common import (
     best_qubits,
     check_fake_name,
     compact_target,
@@ -26,8 +26,8 @@ from backends.qiskit_common import (
     noise_model,
     ones_per_clbit,
 )
-from backends.sampling import LocalSamplingBackend
-from circuits.batch import Template
+from qkan_orch.backends.sampling import LocalSamplingBackend
+from qkan_orch.circuits.batch import Template
 
 MAX_SHOTS = 10_000_000
 # Our circuits have ≤ 8 (noisy) or ≤ 24 qubits: parallelise over the bound parameter

@@ -11,8 +11,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from circuits.batch import ActivationBatch, BatchResult
-from models.errors import InputError
+from qkan_orch.circuits.batch import ActivationBatch, BatchResult
+from qkan_orch.models.errors import InputError
 
 Pack = int | Literal["auto"] | None
 

@@ -49,8 +49,8 @@ from braket.task_result import GateModelTaskResult, ProgramSetExecutableResult, 
 from braket.tasks.local_quantum_task import LocalQuantumTask
 from braket.tasks.program_set_quantum_task_result import ProgramSetQuantumTaskResult
 
-from backends.accounts import accounts, redact
-from backends.base import (
+from qkan_orch.backends.accounts import accounts, redact
+from qkan_orch.backends.base import (
     Backend,
     Capabilities,
     Handle,
@@ -61,12 +61,12 @@ from backends.base import (
     Status,
     TransientBackendError,
 )
-from backends.calibration import Thresholds, choose_qubits, usable_qubits
-from backends.pricing import braket_price
-from circuits.batch import ActivationBatch, BatchResult, Template
-from circuits.lower_braket import braket_inputs, braket_template
-from circuits.packing import binomial_p0, pack_params, unpack_counts
-from models.errors import InputError
+from qkan_orch.backends.calibration import Thresholds, choose_qubits, usable_qubits
+from qkan_orch.backends.pricing import braket_price
+from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Template
+from qkan_orch.circuits.lower_braket import braket_inputs, braket_template
+from qkan_orch.circuits.packing import binomial_p0, pack_params, unpack_counts
+from qkan_orch.models.errors import InputError
 
 ARN = re.compile(
     r"arn:aws:braket:(?P<region>[a-z0-9-]*)::device/(?P<kind>qpu|quantum-simulator)/"

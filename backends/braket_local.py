@@ -21,11 +21,11 @@ from braket.circuits.serialization import IRType
 from braket.devices import LocalSimulator
 from braket.ir.openqasm import Program
 
-from backends.base import Capabilities
-from backends.sampling import LocalSamplingBackend
-from circuits.batch import Template
-from circuits.lower_braket import braket_inputs, braket_template
-from models.errors import InputError
+from qkan_orch.backends.base import Capabilities
+from qkan_orch.backends.sampling import LocalSamplingBackend
+from qkan_orch.circuits.batch import Template
+from qkan_orch.circuits.lower_braket import braket_inputs, braket_template
+from qkan_orch.models.errors import InputError
 
 DEPOLARIZING = 0.003
 READOUT_FLIP = 0.02

@@ -8,8 +8,8 @@ properties, so one rule picks qubits on every provider.
 
 from dataclasses import dataclass
 
-from backends.accounts import accounts
-from models.errors import InputError
+from qkan_orch.backends.accounts import accounts
+from qkan_orch.models.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends.base import Backend, Capabilities, Handle
-from circuits.batch import ActivationBatch, BatchResult
-from models.daruan import final_amplitudes
+from qkan_orch.backends.base import Backend, Capabilities, Handle
+from qkan_orch.circuits.batch import ActivationBatch, BatchResult
+from qkan_orch.models.daruan import final_amplitudes
 
 
 def exact_p0(batch: ActivationBatch) -> np.ndarray:

@@ -33,8 +33,8 @@ from qiskit_aer.noise import NoiseModel
 from qiskit_aer.noise.device.models import basic_device_gate_errors, basic_device_readout_errors
 from qiskit_ibm_runtime import Batch, QiskitRuntimeService, SamplerV2
 
-from backends.accounts import accounts, redact
-from backends.base import (
+from qkan_orch.backends.accounts import accounts, redact
+from qkan_orch.backends.base import (
     Backend,
     Capabilities,
     Handle,
@@ -45,9 +45,9 @@ from backends.base import (
     Status,
     TransientBackendError,
 )
-from backends.calibration import Thresholds, choose_qubits, usable_qubits
-from backends.pricing import ibm_price
-from backends.qiskit_common import (
+from qkan_orch.backends.calibration import Thresholds, choose_qubits, usable_qubits
+from qkan_orch.backends.pricing import ibm_price
+from qkan_orch.backends.qiskit_common import (
     check_fake_name,
     fake_backend,
     fake_backend_classes,
@@ -56,9 +56,9 @@ from backends.qiskit_common import (
     ones_per_clbit,
     qubit_calibration,
 )
-from circuits.batch import ActivationBatch, BatchResult
-from circuits.packing import binomial_p0, pack_params, unpack_counts
-from models.errors import InputError
+from qkan_orch.circuits.batch import ActivationBatch, BatchResult
+from qkan_orch.circuits.packing import binomial_p0, pack_params, unpack_counts
+from qkan_orch.models.errors import InputError
 
 log = logging.getLogger("qkan.ibm")
 EXECUTIONS_PER_JOB = 10_000_000  # IBM: parameter sets × shots in one job

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import pennylane as qml
 
-from backends.accounts import redact
-from backends.base import Capabilities, TransientBackendError
-from backends.sampling import LocalSamplingBackend
-from circuits.batch import Template
-from circuits.lower_pennylane import pennylane_qnode
-from models.errors import InputError
+from qkan_orch.backends.accounts import redact
+from qkan_orch.backends.base import Capabilities, TransientBackendError
+from qkan_orch.backends.sampling import LocalSamplingBackend
+from qkan_orch.circuits.batch import Template
+from qkan_orch.circuits.lower_pennylane import pennylane_qnode
+from qkan_orch.models.errors import InputError
 
 MAX_SHOTS = 10_000_000
 

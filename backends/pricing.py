@@ -6,7 +6,7 @@ were not re-read from this build machine (it reaches no provider website), so
 upper bound for budgets and quotes, never an invoice.
 """
 
-from backends.base import Price
+from qkan_orch.backends.base import Price
 
 PRICES_AS_OF = "2025-06 (aws.amazon.com/braket/pricing, ibm.com/quantum/pricing)"
 

@@ -19,9 +19,9 @@ from qiskit.transpiler import Target
 from qiskit_aer.noise import NoiseModel
 from qiskit_aer.noise.device.models import basic_device_gate_errors, basic_device_readout_errors
 
-from circuits.batch import Template
-from circuits.lower_qiskit import qiskit_template
-from models.errors import InputError
+from qkan_orch.circuits.batch import Template
+from qkan_orch.circuits.lower_qiskit import qiskit_template
+from qkan_orch.models.errors import InputError
 
 if TYPE_CHECKING:  # qiskit-ibm-runtime takes a second to import; Aer alone does not need it
     from qiskit_ibm_runtime.models import BackendProperties

@@ -10,8 +10,8 @@ import os
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
-from backends.base import Backend, Capabilities
-from models.errors import InputError
+from qkan_orch.backends.base import Backend, Capabilities
+from qkan_orch.models.errors import InputError
 
 log = logging.getLogger("qkan.backends")
 
@@ -25,23 +25,23 @@ def get_backend(name: str) -> Backend:
     if not isinstance(name, str) or not name:
         raise InputError("backend", "must be a backend name such as 'exact' or 'aer'")
     if name == "exact":
-        from backends.exact import ExactBackend
+        from qkan_orch.backends.exact import ExactBackend
 
         return ExactBackend()
     if name == "aer" or name.startswith("aer:"):
-        from backends.aer import AerBackend
+        from qkan_orch.backends.aer import AerBackend
 
         return AerBackend(name.removeprefix("aer").removeprefix(":") or None)
     if name.startswith("ibm:"):
-        from backends.ibm import IBMBackend
+        from qkan_orch.backends.ibm import IBMBackend
 
         return IBMBackend(name.removeprefix("ibm:"))
     if name in ("braket:local", "braket:local_dm"):
-        from backends.braket_local import BraketLocalBackend
+        from qkan_orch.backends.braket_local import BraketLocalBackend
 
         return BraketLocalBackend(density_matrix=name.endswith("_dm"))
     if name.startswith("braket:arn:"):
-        from backends.braket_aws import BraketDeviceBackend
+        from qkan_orch.backends.braket_aws import BraketDeviceBackend
 
         return BraketDeviceBackend(name.removeprefix("braket:"))
     if name.startswith("pennylane:"):
@@ -51,7 +51,7 @@ def get_backend(name: str) -> Backend:
                 "backend",
                 f"PennyLane device '{device}' is not installed (installed: {', '.join(installed_pennylane_devices())})",
             )
-        from backends.pennylane_device import PennyLaneBackend
+        from qkan_orch.backends.pennylane_device import PennyLaneBackend
 
         return PennyLaneBackend(device)
     for plugin in _plugins():
@@ -80,7 +80,7 @@ def _plugins() -> list[Callable[[str], Backend | None]]:
 
 def backend_names() -> list[str]:
     """Every backend this installation can run offline, then the hardware its accounts reach."""
-    from backends.qiskit_common import fake_backend_classes
+    from qkan_orch.backends.qiskit_common import fake_backend_classes
 
     fakes = sorted(fake_backend_classes())
     names = ["exact", "aer", *(f"aer:{fake}" for fake in fakes), "braket:local", "braket:local_dm"]
@@ -92,12 +92,12 @@ def backend_names() -> list[str]:
 
 def hardware_names() -> list[str]:
     """IBM devices of the configured account and Braket QPUs with a price, when their accounts are set up."""
-    from backends.accounts import accounts
-    from backends.pricing import BRAKET_PER_SHOT, BRAKET_REGIONS
+    from qkan_orch.backends.accounts import accounts
+    from qkan_orch.backends.pricing import BRAKET_PER_SHOT, BRAKET_REGIONS
 
     names = []
     if accounts().ibm_token is not None:
-        from backends.ibm import runtime_service
+        from qkan_orch.backends.ibm import runtime_service
 
         try:
             names += [f"ibm:{b.name}" for b in runtime_service().backends(operational=None)]

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from backends.base import Backend, Pack
-from circuits.plan import FeedForwardPlan, PlanState
+from qkan_orch.backends.base import Backend, Pack
+from qkan_orch.circuits.plan import FeedForwardPlan, PlanState
 
 
 @dataclass

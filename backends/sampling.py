@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, Handle
-from circuits.batch import ActivationBatch, BatchResult, Template
-from circuits.packing import binomial_p0, pack_params, unpack_counts
+from qkan_orch.backends.base import Backend, Handle
+from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Template
+from qkan_orch.circuits.packing import binomial_p0, pack_params, unpack_counts
 
 
 class LocalSamplingBackend(Backend):

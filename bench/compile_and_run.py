@@ -39,10 +39,10 @@ import qiskit_aer
 import qkan
 import torch
 
-from backends import get_backend, run_plan
-from backends.qiskit_common import fake_backend_classes
-from circuits import FeedForwardPlan, compile_layer
-from models import Model, build_model, parse_spec
+from qkan_orch.backends import get_backend, run_plan
+from qkan_orch.backends.qiskit_common import fake_backend_classes
+from qkan_orch.circuits import FeedForwardPlan, compile_layer
+from qkan_orch.models import Model, build_model, parse_spec
 
 RATE_TARGET = 1e6  # rows/s that compile_layer should exceed
 EXACT_RATIO_TARGET = 1.2  # ours/qkan on the exact backend should not exceed this

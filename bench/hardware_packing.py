@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from compile_and_run import log, make_inputs, make_models, qkan_model, rmse, timed
 
-from backends import get_backend, run_plan
-from backends.qiskit_common import fake_backend_classes
-from circuits import FeedForwardPlan
+from qkan_orch.backends import get_backend, run_plan
+from qkan_orch.backends.qiskit_common import fake_backend_classes
+from qkan_orch.circuits import FeedForwardPlan
 
 RATIO_EXECUTIONS_GOAL = 20.0
 RATIO_RMSE_GOAL = 1.5

@@ -103,13 +103,13 @@ from celery.signals import after_task_publish, before_task_publish
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 
-from client import Client
-from models import build_model, parse_spec, save_model
-from service.embedded import stop_process
-from service.local import LocalService
-from service.store.database import engine_for
-from workers.app import celery_app
-from workers.execution import advance_job
+from qkan_orch.client import Client
+from qkan_orch.models import build_model, parse_spec, save_model
+from qkan_orch.service.embedded import stop_process
+from qkan_orch.service.local import LocalService
+from qkan_orch.service.store.database import engine_for
+from qkan_orch.workers.app import celery_app
+from qkan_orch.workers.execution import advance_job
 
 SYSTEM_REDIS = ("127.0.0.1", 6379)
 SYSTEM_POSTGRES = ("127.0.0.1", 5432)

@@ -1,9 +1,9 @@
 """The compiler: QKAN layers × inputs → batched, parameterised single-qubit jobs."""
 
-from circuits.batch import ActivationBatch, BatchResult, Segment, Template
-from circuits.compile import compile_layer
-from circuits.plan import ExecutionPlan, FeedForwardPlan, PlanState, validate_inputs
-from circuits.readout import activation_stderr, activation_values
+from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Segment, Template
+from qkan_orch.circuits.compile import compile_layer
+from qkan_orch.circuits.plan import ExecutionPlan, FeedForwardPlan, PlanState, validate_inputs
+from qkan_orch.circuits.readout import activation_stderr, activation_values
 
 __all__ = [
     "ActivationBatch", "BatchResult", "ExecutionPlan", "FeedForwardPlan", "PlanState",

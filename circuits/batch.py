@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from models.ansatz import Ansatz, build_ansatz
+from qkan_orch.models.ansatz import Ansatz, build_ansatz
 
 Readout = Literal["z", "fast"]
 

@@ -9,8 +9,8 @@ and edges whose weight pw·m is zero produce no rows at all.
 import numpy as np
 import torch
 
-from circuits.batch import ActivationBatch, Segment, Template
-from models.layer import QKANLayer
+from qkan_orch.circuits.batch import ActivationBatch, Segment, Template
+from qkan_orch.models.layer import QKANLayer
 
 
 def compile_layer(layer: QKANLayer, x: np.ndarray | torch.Tensor, name: str = "layer") -> ActivationBatch:

@@ -5,7 +5,7 @@ from functools import cache
 import numpy as np
 from braket.circuits import Circuit, FreeParameter
 
-from circuits.batch import Template
+from qkan_orch.circuits.batch import Template
 
 
 def parameter_names(template: Template, width: int) -> list[str]:

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import numpy as np
 import pennylane as qml
 
-from circuits.batch import Template
+from qkan_orch.circuits.batch import Template
 
 _GATES = {"h": qml.Hadamard, "x": qml.PauliX, "z": qml.PauliZ, "rz": qml.RZ, "ry": qml.RY}
 

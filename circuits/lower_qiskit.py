@@ -5,7 +5,7 @@ from functools import cache
 from qiskit import QuantumCircuit
 from qiskit.circuit import ParameterVector
 
-from circuits.batch import Template
+from qkan_orch.circuits.batch import Template
 
 
 @cache

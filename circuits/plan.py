@@ -20,12 +20,12 @@ import torch
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
-from circuits.batch import ActivationBatch, BatchResult
-from circuits.compile import compile_layer
-from circuits.readout import activation_stderr, activation_values
-from models.errors import InputError
-from models.layer import QKANLayer
-from models.network import Model
+from qkan_orch.circuits.batch import ActivationBatch, BatchResult
+from qkan_orch.circuits.compile import compile_layer
+from qkan_orch.circuits.readout import activation_stderr, activation_values
+from qkan_orch.models.errors import InputError
+from qkan_orch.models.layer import QKANLayer
+from qkan_orch.models.network import Model
 
 
 @dataclass

@@ -9,7 +9,7 @@ overshoot stay physical.
 
 import numpy as np
 
-from circuits.batch import Readout
+from qkan_orch.circuits.batch import Readout
 
 
 def activation_values(p0: np.ndarray, readout: Readout) -> np.ndarray:

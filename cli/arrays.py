@@ -6,8 +6,8 @@ import tempfile
 
 import numpy as np
 
-from models.errors import InputError
-from models.tables import parse_table
+from qkan_orch.models.errors import InputError
+from qkan_orch.models.tables import parse_table
 
 SUFFIXES = (".npy", ".csv")
 

@@ -8,13 +8,13 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from backends import get_backend, list_backends, run_plan
-from circuits import FeedForwardPlan
-from cli.arrays import pack_arg, read_array, write_array
-from models import build_model, fit, load_model, parse_spec, save_model
-from models.errors import InputError
-from models.functions import FUNCTIONS, get_function
-from models.spec import load_spec_file
+from qkan_orch.backends import get_backend, list_backends, run_plan
+from qkan_orch.circuits import FeedForwardPlan
+from qkan_orch.cli.arrays import pack_arg, read_array, write_array
+from qkan_orch.models import build_model, fit, load_model, parse_spec, save_model
+from qkan_orch.models.errors import InputError
+from qkan_orch.models.functions import FUNCTIONS, get_function
+from qkan_orch.models.spec import load_spec_file
 
 DEFAULT_SHOTS = 1000
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from client import Client
-from models import build_model, fit, parse_spec, save_model
-from models.functions import get_function
+from qkan_orch.client import Client
+from qkan_orch.models import build_model, fit, parse_spec, save_model
+from qkan_orch.models.functions import get_function
 
 DEMO_BACKENDS = (
     "exact", "aer", "aer:fake_sherbrooke", "aer:fake_melbourne", "braket:local",
@@ -79,7 +79,7 @@ def _service(args: argparse.Namespace, out: Path, stack: ExitStack) -> Client:
     """A client of ``--url``, or of a service started here with the embedded defaults."""
     if args.url:
         return Client(args.url, args.api_key)
-    from service.local import LocalService
+    from qkan_orch.service.local import LocalService
 
     _say(f"starting the service (embedded Redis, SQLite, one worker) in {out / 'service'} …")
     service = stack.enter_context(LocalService(out / "service", {"QKAN_LOG_LEVEL": "WARNING"}))

@@ -3,8 +3,8 @@
 import argparse
 import sys
 
-from client.api import ApiError
-from models.errors import InputError
+from qkan_orch.client.api import ApiError
+from qkan_orch.models.errors import InputError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -13,9 +13,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cli.commands import add_commands
-    from cli.demo import add_demo
-    from cli.service_commands import add_service_commands
+    from qkan_orch.cli.commands import add_commands
+    from qkan_orch.cli.demo import add_demo
+    from qkan_orch.cli.service_commands import add_service_commands
 
     parser = _Parser(prog="qkan-orch", description="Run trained QKAN models on quantum backends.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -5,8 +5,8 @@ import json
 import sys
 from pathlib import Path
 
-from cli.arrays import pack_arg, write_array
-from models.errors import InputError
+from qkan_orch.cli.arrays import pack_arg, write_array
+from qkan_orch.models.errors import InputError
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -14,10 +14,10 @@ def serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from service.api.app import create_app
-    from service.embedded import EmbeddedRedis, start_worker, stop_process
-    from service.settings import get_settings
-    from service.store.database import upgrade
+    from qkan_orch.service.api.app import create_app
+    from qkan_orch.service.embedded import EmbeddedRedis, start_worker, stop_process
+    from qkan_orch.service.settings import get_settings
+    from qkan_orch.service.store.database import upgrade
 
     settings = get_settings()
     upgrade(settings.resolved_database_url)
@@ -44,12 +44,12 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from service.settings import get_settings
-    from workers.app import celery_app
+    from qkan_orch.service.settings import get_settings
+    from qkan_orch.workers.app import celery_app
 
     settings = get_settings()
     app = celery_app(settings)
-    import workers.tasks  # noqa: F401  (registers the tasks)
+    import qkan_orch.workers.tasks  # noqa: F401  (registers the tasks)
 
     argv = ["worker", "-Q", args.queues, "--loglevel", settings.log_level, "--without-mingle", "--without-gossip",
             "-n", f"qkan-{args.queues.replace(',', '-')}@%h"]
@@ -61,9 +61,9 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def keys(args: argparse.Namespace) -> int:
-    from service.settings import get_settings
-    from service.store.database import session_scope, upgrade
-    from service.store.keys import create_key, list_keys
+    from qkan_orch.service.settings import get_settings
+    from qkan_orch.service.store.database import session_scope, upgrade
+    from qkan_orch.service.store.keys import create_key, list_keys
 
     url = get_settings().resolved_database_url
     upgrade(url)
@@ -84,7 +84,7 @@ def keys(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from client import Client
+    from qkan_orch.client import Client
 
     return Client(args.url, args.api_key)
 
@@ -106,7 +106,7 @@ def models_cmd(args: argparse.Namespace) -> int:
 
 
 def submit(args: argparse.Namespace) -> int:
-    from cli.commands import parse_options
+    from qkan_orch.cli.commands import parse_options
 
     options = parse_options(args.options) or None
     with _client(args) as qc:  # the file is uploaded as is; the service parses and checks it

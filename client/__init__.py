@@ -1,6 +1,6 @@
 """Python client of the QKAN Orchestrator REST API.
 
-    from client import Client
+    from qkan_orch.client import Client
     with Client("http://127.0.0.1:8000", api_key="qk_...") as qc:
         model = qc.upload_model("model.safetensors")
         job = qc.submit(model["id"], x, backend="aer:fake_sherbrooke", shots=4000)
@@ -8,6 +8,6 @@
         outputs, stderr = qc.result(job["id"])
 """
 
-from client.api import ApiError, Client
+from qkan_orch.client.api import ApiError, Client
 
 __all__ = ["ApiError", "Client"]

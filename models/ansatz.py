@@ -21,7 +21,7 @@ from functools import cache
 
 import numpy as np
 
-from models.errors import InputError
+from qkan_orch.models.errors import InputError
 
 ANSATZ_ALIASES = {
     "pz_encoding": "pz_encoding",

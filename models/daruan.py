@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from models.ansatz import Ansatz
+from qkan_orch.models.ansatz import Ansatz
 
 _SQRT_HALF = math.sqrt(0.5)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.errors import InputError
+from qkan_orch.models.errors import InputError
 
 
 @dataclass(frozen=True)

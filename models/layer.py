@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.ansatz import Ansatz, build_ansatz
-from models.daruan import final_amplitudes, measure
+from qkan_orch.models.ansatz import Ansatz, build_ansatz
+from qkan_orch.models.daruan import final_amplitudes, measure
 
 _ACTIVATIONS = {
     "silu": nn.SiLU,

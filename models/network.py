@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.errors import InputError
-from models.layer import QKANLayer
-from models.spec import HQKANSpec, ModelSpec, QKANSpec
+from qkan_orch.models.errors import InputError
+from qkan_orch.models.layer import QKANLayer
+from qkan_orch.models.spec import HQKANSpec, ModelSpec, QKANSpec
 
 
 class NormalizeOutput(nn.Module):

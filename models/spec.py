@@ -11,8 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from models.ansatz import canonical_ansatz
-from models.errors import InputError
+from qkan_orch.models.ansatz import canonical_ansatz
+from qkan_orch.models.errors import InputError
 
 BASE_ACTIVATIONS = ("silu", "swish", "gelu", "gelu_exact", "gelu_tanh", "relu", "tanh", "sigmoid")
 KNOWN_SOLVERS = ("exact", "qml", "flash", "cutn", "tn", "cute", "cutile", "qiskit", "cudaq")

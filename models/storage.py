@@ -18,9 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from models.errors import InputError
-from models.network import Model, build_model
-from models.spec import ModelSpec, load_spec_file, parse_spec, spec_to_json
+from qkan_orch.models.errors import InputError
+from qkan_orch.models.network import Model, build_model
+from qkan_orch.models.spec import ModelSpec, load_spec_file, parse_spec, spec_to_json
 
 FORMAT = "qkan-orchestrator/1"
 

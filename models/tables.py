@@ -8,7 +8,7 @@ import io
 
 import numpy as np
 
-from models.errors import InputError
+from qkan_orch.models.errors import InputError
 
 
 def parse_table(data: bytes, field: str, name: str) -> np.ndarray:

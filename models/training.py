@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from models.errors import InputError
-from models.network import Model
+from qkan_orch.models.errors import InputError
+from qkan_orch.models.network import Model
 
 OPTIMIZERS = ("adam", "lbfgs")
 

@@ -77,7 +77,7 @@ class EmbeddedRedis:
 def start_worker(env: dict[str, str], queues: str = "local,ibm,braket", concurrency: int | None = None,
                  log_file: Path | None = None) -> subprocess.Popen:
     """A ``qkan-orch worker`` child process (its own session, so it can be stopped as a group)."""
-    argv = [sys.executable, "-m", "cli.main", "worker", "--queues", queues]
+    argv = [sys.executable, "-m", "qkan_orch.cli.main", "worker", "--queues", queues]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # the child keeps its own copy

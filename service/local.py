@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from service.api.app import create_app
-from service.embedded import EmbeddedRedis, free_port, start_worker, stop_process
-from service.settings import Settings
-from service.store.database import session_scope, upgrade
-from service.store.keys import create_key
+from qkan_orch.service.api.app import create_app
+from qkan_orch.service.embedded import EmbeddedRedis, free_port, start_worker, stop_process
+from qkan_orch.service.settings import Settings
+from qkan_orch.service.store.database import session_scope, upgrade
+from qkan_orch.service.store.keys import create_key
 
 
 class LocalService:

@@ -12,10 +12,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import case, func, select
 
-from service.settings import Settings
-from service.store.database import session_scope
-from service.store.jobs import ACTIVE, TERMINAL
-from service.store.tables import Job, Round
+from qkan_orch.service.settings import Settings
+from qkan_orch.service.store.database import session_scope
+from qkan_orch.service.store.jobs import ACTIVE, TERMINAL
+from qkan_orch.service.store.tables import Job, Round
 
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
 
@@ -25,7 +25,7 @@ class ServiceCollector(Collector):
         self.url, self.broker = settings.resolved_database_url, broker
 
     def collect(self) -> Iterator[Metric]:
-        from service.api.routes.queues import queue_depths
+        from qkan_orch.service.api.routes.queues import queue_depths
 
         with session_scope(self.url) as session:
             by_state = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())

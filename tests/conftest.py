@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import build_model, parse_spec
+from qkan_orch.models import build_model, parse_spec
 
 
 def make_model(seed: int = 0, perturb: float = 0.3, **spec: object) -> torch.nn.Module:

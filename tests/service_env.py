@@ -75,7 +75,7 @@ def postgres_url() -> Iterator[str]:
     try:
         yield f"postgresql+psycopg://postgres@{SYSTEM_POSTGRES[0]}:{SYSTEM_POSTGRES[1]}/{name}"
     finally:
-        from service.store.database import engine_for
+        from qkan_orch.service.store.database import engine_for
 
         engine_for.cache_clear()
         with psycopg.connect(admin, autocommit=True) as conn:

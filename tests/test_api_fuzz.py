@@ -12,9 +12,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from service.api.app import create_app
-from service.local import LocalService
-from service.settings import Settings
+from qkan_orch.service.api.app import create_app
+from qkan_orch.service.local import LocalService
+from qkan_orch.service.settings import Settings
 from service_env import stack_env
 
 pytestmark = pytest.mark.usefixtures("plugin_backends")

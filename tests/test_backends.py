@@ -10,11 +10,11 @@ import math
 import numpy as np
 import pytest
 
-from backends import get_backend
-from backends.exact import exact_p0
-from circuits import ActivationBatch, Segment, Template, compile_layer
 from conftest import make_inputs, make_model
-from models import InputError
+from qkan_orch.backends import get_backend
+from qkan_orch.backends.exact import exact_p0
+from qkan_orch.circuits import ActivationBatch, Segment, Template, compile_layer
+from qkan_orch.models import InputError
 
 SHOTS = 10_000
 NOISELESS = [
@@ -141,9 +141,9 @@ def test_unknown_backends_are_refused(name: str) -> None:
 
 def test_cloud_plugin_devices_fail_as_provider_errors_and_wait_on_their_provider_queue() -> None:
     """braket.aws.qubit without region or credentials: a provider or input error naming the device, not a crash."""
-    from backends.base import TransientBackendError
-    from models.errors import InputError
-    from workers.routing import queue_for
+    from qkan_orch.backends.base import TransientBackendError
+    from qkan_orch.models.errors import InputError
+    from qkan_orch.workers.routing import queue_for
 
     backend = get_backend("pennylane:braket.aws.qubit")
     with pytest.raises((TransientBackendError, InputError), match=r"braket\.aws\.qubit"):

@@ -32,14 +32,14 @@ from braket.task_result import (
     TaskMetadata,
 )
 
-from backends.accounts import accounts
-from backends.base import Handle, ProviderJobFailed, TransientBackendError
-from backends.braket_aws import BraketDeviceBackend
-from backends.exact import exact_p0
-from circuits.batch import ActivationBatch
-from circuits.plan import FeedForwardPlan
 from conftest import make_inputs, make_model
-from models.errors import InputError
+from qkan_orch.backends.accounts import accounts
+from qkan_orch.backends.base import Handle, ProviderJobFailed, TransientBackendError
+from qkan_orch.backends.braket_aws import BraketDeviceBackend
+from qkan_orch.backends.exact import exact_p0
+from qkan_orch.circuits.batch import ActivationBatch
+from qkan_orch.circuits.plan import FeedForwardPlan
+from qkan_orch.models.errors import InputError
 
 REGION = "eu-north-1"
 ARN = f"arn:aws:braket:{REGION}::device/qpu/iqm/Garnet"

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from backends.accounts import accounts
-from client import ApiError, Client
 from conftest import make_inputs, make_model
-from models import save_model
-from service.local import LocalService
+from qkan_orch.backends.accounts import accounts
+from qkan_orch.client import ApiError, Client
+from qkan_orch.models import save_model
+from qkan_orch.service.local import LocalService
 from service_env import stack_env
 
 pytestmark = pytest.mark.usefixtures("plugin_backends")

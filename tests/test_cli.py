@@ -11,7 +11,7 @@ import qkan
 import torch
 
 from conftest import make_inputs, make_model
-from models import save_model
+from qkan_orch.models import save_model
 
 CLI = str(Path(sys.executable).parent / "qkan-orch")
 

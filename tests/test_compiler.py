@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from backends import get_backend, run_plan
-from backends.exact import exact_p0
-from circuits import ActivationBatch, BatchResult, FeedForwardPlan, PlanState, compile_layer
 from conftest import make_inputs, make_model
-from models import InputError
-from models.ansatz import build_ansatz
+from qkan_orch.backends import get_backend, run_plan
+from qkan_orch.backends.exact import exact_p0
+from qkan_orch.circuits import ActivationBatch, BatchResult, FeedForwardPlan, PlanState, compile_layer
+from qkan_orch.models import InputError
+from qkan_orch.models.ansatz import build_ansatz
 
 COMBOS = list(itertools.product(["pz_encoding", "rpz_encoding", "real"], [False, True], [False, True]))
 

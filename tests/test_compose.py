@@ -24,12 +24,12 @@ import httpx
 import pytest
 import yaml
 
-from backends.accounts import ProviderAccounts
-from client import Client
 from conftest import make_inputs, make_model
-from models import save_model
-from service.embedded import free_port
-from service.settings import Settings
+from qkan_orch.backends.accounts import ProviderAccounts
+from qkan_orch.client import Client
+from qkan_orch.models import save_model
+from qkan_orch.service.embedded import free_port
+from qkan_orch.service.settings import Settings
 from service_env import SYSTEM_POSTGRES, SYSTEM_REDIS, postgres_url, require
 
 ROOT = Path(__file__).resolve().parent.parent

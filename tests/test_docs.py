@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from backends.accounts import ProviderAccounts
-from service.settings import Settings
+from qkan_orch.backends.accounts import ProviderAccounts
+from qkan_orch.service.settings import Settings
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

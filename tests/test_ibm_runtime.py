@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends import get_backend, run_plan
-from backends.qiskit_common import isa_template
-from circuits import FeedForwardPlan
-from circuits.batch import ActivationBatch, Segment, Template
-from client import ApiError, Client
 from conftest import make_inputs, make_model
-from models import save_model
-from models.errors import InputError
-from models.network import qkan_layers
-from service.local import LocalService
+from qkan_orch.backends import get_backend, run_plan
+from qkan_orch.backends.qiskit_common import isa_template
+from qkan_orch.circuits import FeedForwardPlan
+from qkan_orch.circuits.batch import ActivationBatch, Segment, Template
+from qkan_orch.client import ApiError, Client
+from qkan_orch.models import save_model
+from qkan_orch.models.errors import InputError
+from qkan_orch.models.network import qkan_layers
+from qkan_orch.service.local import LocalService
 from service_env import stack_env
 
 SHOTS = 4000
@@ -124,8 +124,8 @@ def test_refusals_happen_before_any_submission(service) -> None:  # type: ignore
 
 def test_real_ibm_device_without_an_account_is_refused_with_how_to(monkeypatch: pytest.MonkeyPatch,
                                                                    tmp_path: Path) -> None:
-    from backends.accounts import accounts
-    from backends.ibm import runtime_service
+    from qkan_orch.backends.accounts import accounts
+    from qkan_orch.backends.ibm import runtime_service
 
     monkeypatch.setenv("HOME", str(tmp_path))  # no saved Qiskit account
     monkeypatch.delenv("QKAN_IBM_TOKEN", raising=False)
@@ -195,8 +195,7 @@ class _RemoteJob:
 
 def test_remote_job_states_map_to_pending_results_and_failures(monkeypatch: pytest.MonkeyPatch) -> None:
     """The code path of a real account's jobs (IBM cannot be reached here): status → poll, metrics → seconds."""
-    import backends.ibm as ibm
-
+    import qkan_orch.backends.ibm as ibm
     pattern = [1, 0, 0, 1, 1, 0]
     params = np.array([[-math.pi / 2, 0.3 * k, math.pi * bit] for k, bit in enumerate(pattern)])
     batch = ActivationBatch(Template("rpz_encoding", 1), params, (Segment("bits", np.arange(6).reshape(-1, 1, 1)),),
@@ -225,8 +224,7 @@ def test_remote_job_states_map_to_pending_results_and_failures(monkeypatch: pyte
 
 
 def test_a_batch_is_split_into_jobs_only_at_the_per_job_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    import backends.ibm as ibm
-
+    import qkan_orch.backends.ibm as ibm
     # at 100 000 shots the 10⁷ rows × shots of a job allow 100 rows: 250 rows are 3 jobs
     assert ibm.IBMBackend("fake_sherbrooke").estimate([250], 100_000, 1).tasks == 3
     monkeypatch.setattr(ibm, "ROWS_PER_JOB", 4)  # IBM's real limit is 10 000 rows; 11 rows then need 3 jobs
@@ -268,7 +266,7 @@ def test_local_testing_noise_on_the_qubits_in_use_is_the_fake_devices_own() -> N
     """Restricting the fake's model to the qubits a circuit uses changes nothing: same seed, same counts."""
     from qiskit_ibm_runtime.fake_provider import FakeSherbrooke
 
-    from backends.ibm import _used_qubit_noise
+    from qkan_orch.backends.ibm import _used_qubit_noise
 
     fake = FakeSherbrooke()
     fake.set_options(method="density_matrix")

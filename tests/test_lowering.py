@@ -7,14 +7,14 @@ from braket.circuits import Circuit
 from braket.devices import LocalSimulator
 from qiskit.quantum_info import Statevector
 
-from backends.exact import exact_p0
-from backends.qiskit_common import ones_per_clbit
-from circuits import compile_layer
-from circuits.lower_braket import braket_inputs, braket_template
-from circuits.lower_pennylane import pennylane_qnode
-from circuits.lower_qiskit import qiskit_template
-from circuits.packing import pack_params, unpack_counts
 from conftest import make_inputs, make_model
+from qkan_orch.backends.exact import exact_p0
+from qkan_orch.backends.qiskit_common import ones_per_clbit
+from qkan_orch.circuits import compile_layer
+from qkan_orch.circuits.lower_braket import braket_inputs, braket_template
+from qkan_orch.circuits.lower_pennylane import pennylane_qnode
+from qkan_orch.circuits.lower_qiskit import qiskit_template
+from qkan_orch.circuits.packing import pack_params, unpack_counts
 
 ANSATZE = ["pz_encoding", "rpz_encoding", "real"]
 

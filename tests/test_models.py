@@ -10,8 +10,8 @@ import qkan
 import torch
 
 from conftest import make_inputs, make_model
-from models import HQKAN, InputError, build_model, extend_reps, fit, load_model, parse_spec, save_model
-from models.functions import FUNCTIONS, get_function
+from qkan_orch.models import HQKAN, InputError, build_model, extend_reps, fit, load_model, parse_spec, save_model
+from qkan_orch.models.functions import FUNCTIONS, get_function
 
 COMBOS = list(itertools.product(["pz_encoding", "rpz_encoding", "real"], [False, True], [False, True]))
 
@@ -185,7 +185,7 @@ def test_weights_that_do_not_fit_the_spec_are_refused(tmp_path) -> None:
         load_model(str(tmp_path / "m.safetensors"), str(tmp_path / "other.json"))
     bad = {k: v.clone() for k, v in model.state_dict().items()}
     bad["layers.0.theta"][0, 0, 0, 0] = float("nan")
-    from models.storage import model_from_state
+    from qkan_orch.models.storage import model_from_state
 
     with pytest.raises(InputError, match="NaN"):
         model_from_state(model.spec, bad)

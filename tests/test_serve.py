@@ -14,8 +14,8 @@ import psutil
 import pytest
 
 from conftest import make_inputs, make_model
-from models import save_model
-from service.embedded import free_port
+from qkan_orch.models import save_model
+from qkan_orch.service.embedded import free_port
 
 BIN = Path(sys.executable).parent
 

@@ -17,12 +17,12 @@ import qkan
 import torch
 from sqlalchemy import func, select
 
-from client import ApiError, Client
 from conftest import make_inputs, make_model
-from models import save_model
-from service.local import LocalService
-from service.store.database import session_scope
-from service.store.tables import Job, JobEvent, StoredModel
+from qkan_orch.client import ApiError, Client
+from qkan_orch.models import save_model
+from qkan_orch.service.local import LocalService
+from qkan_orch.service.store.database import session_scope
+from qkan_orch.service.store.tables import Job, JobEvent, StoredModel
 from service_env import STACKS, stack_env
 
 pytestmark = pytest.mark.usefixtures("plugin_backends")

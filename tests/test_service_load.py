@@ -9,12 +9,12 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
-from client import Client
 from conftest import make_inputs, make_model
-from models import save_model
-from service.local import LocalService
-from service.store.database import session_scope
-from service.store.tables import Job, Round
+from qkan_orch.client import Client
+from qkan_orch.models import save_model
+from qkan_orch.service.local import LocalService
+from qkan_orch.service.store.database import session_scope
+from qkan_orch.service.store.tables import Job, Round
 from service_env import stack_env
 
 JOBS = 500

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import Client
 from conftest import make_inputs, make_model
-from models import save_model
-from service.local import LocalService
+from qkan_orch.client import Client
+from qkan_orch.models import save_model
+from qkan_orch.service.local import LocalService
 from service_env import stack_env
 
 pytestmark = pytest.mark.usefixtures("plugin_backends")

@@ -9,8 +9,8 @@ job state in the database, so a second delivery does no harm.
 from celery import Celery
 from kombu import Queue
 
-from service.settings import Settings, get_settings
-from workers.routing import QUEUES
+from qkan_orch.service.settings import Settings, get_settings
+from qkan_orch.workers.routing import QUEUES
 
 _apps: dict[str, Celery] = {}
 
@@ -22,7 +22,7 @@ def celery_app(settings: Settings | None = None) -> Celery:
         raise RuntimeError("QKAN_REDIS_URL is not set (qkan-orch serve starts an embedded Redis and sets it)")
     if settings.redis_url in _apps:
         return _apps[settings.redis_url]
-    app = _apps[settings.redis_url] = Celery("qkan", broker=settings.redis_url, include=["workers.tasks"])
+    app = _apps[settings.redis_url] = Celery("qkan", broker=settings.redis_url, include=["qkan_orch.workers.tasks"])
     app.conf.update(
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue="local",

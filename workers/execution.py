@@ -27,19 +27,19 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backends import Handle, get_backend
-from backends.accounts import redact
-from backends.base import ProviderJobFailed, ProviderJobLost, TransientBackendError
-from circuits import FeedForwardPlan, PlanState
-from circuits.batch import ActivationBatch, BatchResult
-from models import Model, build_model, fit, model_from_bytes, parse_spec
-from models.errors import InputError
-from service.settings import Settings
-from service.store import jobs as store
-from service.store.arrays import pack_arrays, unpack_arrays
-from service.store.database import session_factory, session_scope
-from service.store.models import insert_model
-from service.store.tables import Job, StoredModel
+from qkan_orch.backends import Handle, get_backend
+from qkan_orch.backends.accounts import redact
+from qkan_orch.backends.base import ProviderJobFailed, ProviderJobLost, TransientBackendError
+from qkan_orch.circuits import FeedForwardPlan, PlanState
+from qkan_orch.circuits.batch import ActivationBatch, BatchResult
+from qkan_orch.models import Model, build_model, fit, model_from_bytes, parse_spec
+from qkan_orch.models.errors import InputError
+from qkan_orch.service.settings import Settings
+from qkan_orch.service.store import jobs as store
+from qkan_orch.service.store.arrays import pack_arrays, unpack_arrays
+from qkan_orch.service.store.database import session_factory, session_scope
+from qkan_orch.service.store.models import insert_model
+from qkan_orch.service.store.tables import Job, StoredModel
 
 log = logging.getLogger("qkan.worker")
 TRANSIENT = (TransientBackendError, ConnectionError, TimeoutError)

@@ -11,12 +11,12 @@ import logging
 from celery import Task
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready
 
-from backends.accounts import redact_logs
-from service.settings import get_settings
-from service.store import jobs as store
-from service.store.database import session_scope, upgrade
-from workers.app import celery_app
-from workers.execution import advance_job
+from qkan_orch.backends.accounts import redact_logs
+from qkan_orch.service.settings import get_settings
+from qkan_orch.service.store import jobs as store
+from qkan_orch.service.store.database import session_scope, upgrade
+from qkan_orch.workers.app import celery_app
+from qkan_orch.workers.execution import advance_job
 
 app = celery_app()
 log = logging.getLogger("qkan.worker")

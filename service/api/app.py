@@ -6,11 +6,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from backends.accounts import redact_logs
-from service.api import errors
-from service.api.limits import BodyLimit
-from service.api.routes import backends, health, jobs, models, queues
-from service.settings import Settings, get_settings
+from qkan_orch.backends.accounts import redact_logs
+from qkan_orch.service.api import errors
+from qkan_orch.service.api.limits import BodyLimit
+from qkan_orch.service.api.routes import backends, health, jobs, models, queues
+from qkan_orch.service.settings import Settings, get_settings
 
 DESCRIPTION = """Run trained QKAN models on quantum simulators and hardware.
 

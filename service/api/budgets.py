@@ -9,9 +9,9 @@ cannot both spend the last of a budget.
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from backends.base import Estimate
-from service.api.errors import ApiError
-from service.store.tables import ApiKey, Job
+from qkan_orch.backends.base import Estimate
+from qkan_orch.service.api.errors import ApiError
+from qkan_orch.service.store.tables import ApiKey, Job
 
 ENDED_UNUSED = ("failed", "cancelled")
 

@@ -9,11 +9,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.api.errors import ApiError
-from service.settings import Settings
-from service.store.database import session_scope
-from service.store.keys import find_key
-from service.store.tables import ApiKey
+from qkan_orch.service.api.errors import ApiError
+from qkan_orch.service.settings import Settings
+from qkan_orch.service.store.database import session_scope
+from qkan_orch.service.store.keys import find_key
+from qkan_orch.service.store.tables import ApiKey
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `qkan-orch keys create`")
 
@@ -52,7 +52,7 @@ def current_key(
 
 
 def broker_dep(request: Request) -> Celery:
-    from workers.app import celery_app
+    from qkan_orch.workers.app import celery_app
 
     return celery_app(request.app.state.settings)
 

@@ -8,9 +8,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from backends.accounts import redact
-from backends.base import TransientBackendError
-from models.errors import InputError
+from qkan_orch.backends.accounts import redact
+from qkan_orch.backends.base import TransientBackendError
+from qkan_orch.models.errors import InputError
 
 
 class ErrorBody(BaseModel):

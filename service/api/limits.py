@@ -2,7 +2,7 @@
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import error_response
+from qkan_orch.service.api.errors import error_response
 
 
 class BodyLimit:

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from models.errors import InputError
-from models.tables import parse_table
+from qkan_orch.models.errors import InputError
+from qkan_orch.models.tables import parse_table
 
 
 def read_table(data: bytes, field: str, filename: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.store.tables import Job, JobEvent, JobResult, Round
+from qkan_orch.service.store.tables import Job, JobEvent, JobResult, Round
 
 ACTIVE = ("queued", "running", "waiting_on_provider")
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -10,7 +10,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.store.tables import ApiKey
+from qkan_orch.service.store.tables import ApiKey
 
 PREFIX = "qk_"
 

@@ -7,9 +7,9 @@ import uuid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models import Model, model_to_bytes
-from models.spec import spec_to_json
-from service.store.tables import StoredModel
+from qkan_orch.models import Model, model_to_bytes
+from qkan_orch.models.spec import spec_to_json
+from qkan_orch.service.store.tables import StoredModel
 
 
 def insert_model(session: Session, owner_id: int, name: str, model: Model, source: str) -> StoredModel:

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Capabilities, Handle, Price, TransientBackendError
-from backends.exact import ExactBackend, exact_p0
-from circuits.batch import ActivationBatch, BatchResult, Segment, Template
+from qkan_orch.backends.base import Capabilities, Handle, Price, TransientBackendError
+from qkan_orch.backends.exact import ExactBackend, exact_p0
+from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Segment, Template
 
 
 class _TestBackend(ExactBackend):

@@ -7,12 +7,12 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 
-from backends import Capabilities, Status, get_backend, list_backends
-from service.api.deps import KeyDep, SessionDep
-from service.api.errors import ERROR_RESPONSES
-from service.api.schemas import BackendOut
-from service.store.tables import Job
-from workers.routing import queue_for
+from qkan_orch.backends import Capabilities, Status, get_backend, list_backends
+from qkan_orch.service.api.deps import KeyDep, SessionDep
+from qkan_orch.service.api.errors import ERROR_RESPONSES
+from qkan_orch.service.api.schemas import BackendOut
+from qkan_orch.service.store.tables import Job
+from qkan_orch.workers.routing import queue_for
 
 router = APIRouter(prefix="/v1/backends", tags=["backends"], responses=ERROR_RESPONSES)
 STATUS_SECONDS = 60.0  # a provider's status is asked at most this often

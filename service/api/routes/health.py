@@ -4,9 +4,9 @@ from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import BrokerDep, SettingsDep
-from service.metrics import registry_for
-from service.store.database import ping
+from qkan_orch.service.api.deps import BrokerDep, SettingsDep
+from qkan_orch.service.metrics import registry_for
+from qkan_orch.service.store.database import ping
 
 router = APIRouter(tags=["health"])
 

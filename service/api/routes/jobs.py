@@ -19,21 +19,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 from sse_starlette.sse import EventSourceResponse
 
-from backends import get_backend
-from circuits import validate_inputs
-from models.errors import InputError
-from service.api.budgets import check_budget
-from service.api.deps import BrokerDep, KeyDep, SessionDep, SettingsDep
-from service.api.errors import ERROR_RESPONSES, ERROR_RESPONSES_SUBMIT, ApiError, not_found
-from service.api.schemas import JobOut, JobPage, JobRequest, JobResultOut, JobState, RoundOut
-from service.api.uploads import read_table
-from service.settings import Settings
-from service.store import jobs as store
-from service.store.arrays import pack_arrays, unpack_arrays
-from service.store.database import session_scope
-from service.store.models import get_model
-from service.store.tables import ApiKey, Job, JobEvent, JobResult, Round
-from workers.routing import queue_for
+from qkan_orch.backends import get_backend
+from qkan_orch.circuits import validate_inputs
+from qkan_orch.models.errors import InputError
+from qkan_orch.service.api.budgets import check_budget
+from qkan_orch.service.api.deps import BrokerDep, KeyDep, SessionDep, SettingsDep
+from qkan_orch.service.api.errors import ERROR_RESPONSES, ERROR_RESPONSES_SUBMIT, ApiError, not_found
+from qkan_orch.service.api.schemas import JobOut, JobPage, JobRequest, JobResultOut, JobState, RoundOut
+from qkan_orch.service.api.uploads import read_table
+from qkan_orch.service.settings import Settings
+from qkan_orch.service.store import jobs as store
+from qkan_orch.service.store.arrays import pack_arrays, unpack_arrays
+from qkan_orch.service.store.database import session_scope
+from qkan_orch.service.store.models import get_model
+from qkan_orch.service.store.tables import ApiKey, Job, JobEvent, JobResult, Round
+from qkan_orch.workers.routing import queue_for
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 

@@ -7,18 +7,18 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from sqlalchemy import func, select
 
-from models import model_from_bytes, parse_spec
-from models.errors import InputError
-from models.functions import FUNCTIONS, get_function
-from models.training import OPTIMIZERS
-from service.api.deps import BrokerDep, KeyDep, SessionDep, SettingsDep
-from service.api.errors import ERROR_RESPONSES, ApiError, not_found
-from service.api.routes.jobs import create_job, job_out
-from service.api.schemas import JobOut, ModelOut, ModelPage
-from service.api.uploads import read_table
-from service.store.jobs import ACTIVE
-from service.store.models import get_model, insert_model, list_models
-from service.store.tables import Job
+from qkan_orch.models import model_from_bytes, parse_spec
+from qkan_orch.models.errors import InputError
+from qkan_orch.models.functions import FUNCTIONS, get_function
+from qkan_orch.models.training import OPTIMIZERS
+from qkan_orch.service.api.deps import BrokerDep, KeyDep, SessionDep, SettingsDep
+from qkan_orch.service.api.errors import ERROR_RESPONSES, ApiError, not_found
+from qkan_orch.service.api.routes.jobs import create_job, job_out
+from qkan_orch.service.api.schemas import JobOut, ModelOut, ModelPage
+from qkan_orch.service.api.uploads import read_table
+from qkan_orch.service.store.jobs import ACTIVE
+from qkan_orch.service.store.models import get_model, insert_model, list_models
+from qkan_orch.service.store.tables import Job
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 

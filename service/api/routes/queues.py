@@ -6,11 +6,11 @@ from celery import Celery
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-from service.api.deps import BrokerDep, KeyDep, SessionDep
-from service.api.errors import ERROR_RESPONSES
-from service.api.schemas import QueueOut, QueuesOut, WorkerOut
-from service.store import jobs as store
-from workers.routing import QUEUES
+from qkan_orch.service.api.deps import BrokerDep, KeyDep, SessionDep
+from qkan_orch.service.api.errors import ERROR_RESPONSES
+from qkan_orch.service.api.schemas import QueueOut, QueuesOut, WorkerOut
+from qkan_orch.service.store import jobs as store
+from qkan_orch.workers.routing import QUEUES
 
 router = APIRouter(prefix="/v1/queues", tags=["queues"], responses=ERROR_RESPONSES)
 
