@@ -113,7 +113,7 @@ def _sniff(data: bytes, source: str) -> str:
 def _read_safetensors(data: bytes, source: str) -> tuple[ModelSpec | None, dict[str, torch.Tensor]]:
     try:
         state = load_tensors(data)
-        metadata = _safetensors_metadata(data)
+        metadata = safetensors_metadata(data)
     except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError("model", f"{source} is not a valid safetensors file ({exc})") from None
     spec_json = metadata.get("spec")
@@ -125,7 +125,8 @@ def _read_safetensors(data: bytes, source: str) -> tuple[ModelSpec | None, dict[
         raise InputError("model", f"{source} has a corrupt spec in its metadata") from None
 
 
-def _safetensors_metadata(data: bytes) -> dict[str, str]:
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The string metadata of safetensors bytes, read from the header without loading a tensor."""
     header_len = int.from_bytes(data[:8], "little")
     return json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
 
