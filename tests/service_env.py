@@ -2,20 +2,27 @@
 
 On these machines Redis (127.0.0.1:6379) and PostgreSQL (127.0.0.1:5432) run;
 elsewhere those variants skip — unless QKAN_TEST_REQUIRE_SERVICES=1 (set by
-.ci/run), which turns "unreachable" into a failure so CI cannot skip silently.
+.ci/run), which turns "unavailable" into a failure so CI cannot skip silently.
+The databases themselves come from ``qkan_orch.service.devstack``.
 """
 
 import os
-import socket
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
-SYSTEM_REDIS = ("127.0.0.1", 6379)
-SYSTEM_POSTGRES = ("127.0.0.1", 5432)
+from qkan_orch.service.devstack import (
+    SYSTEM_POSTGRES,
+    SYSTEM_REDIS,
+    NoDatabase,
+    Server,
+    claimed_redis_database,
+    fresh_postgres_database,
+)
+
 TESTS = Path(__file__).resolve().parent
 
 # Fast recovery for the tests: a dead worker's task comes back after 4 s, its lease after 2 s.
@@ -31,55 +38,38 @@ FAST = {
 }
 
 
-def reachable(address: tuple[str, int]) -> bool:
-    try:
-        with socket.create_connection(address, timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def require(address: tuple[str, int], what: str) -> None:
-    if reachable(address):
-        return
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test — or fail it where QKAN_TEST_REQUIRE_SERVICES=1 says the services must be there."""
     if os.environ.get("QKAN_TEST_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{what} at {address[0]}:{address[1]} is required here (QKAN_TEST_REQUIRE_SERVICES=1)")
-    pytest.skip(f"no {what} at {address[0]}:{address[1]}")
+        pytest.fail(f"{reason} (QKAN_TEST_REQUIRE_SERVICES=1: required here)")
+    pytest.skip(reason)
+
+
+def require(server: Server) -> None:
+    if not server.reachable():
+        unavailable(f"no {server}")
 
 
 @contextmanager
 def system_redis_url() -> Iterator[str]:
-    """A Redis database of its own on the system server, emptied before and after."""
-    import redis
-
-    require(SYSTEM_REDIS, "Redis")
-    db = 10 + os.getpid() % 5
-    url = f"redis://{SYSTEM_REDIS[0]}:{SYSTEM_REDIS[1]}/{db}"
-    redis.Redis.from_url(url).flushdb()
-    try:
+    """An empty Redis database of its own on the system server, claimed for the test and flushed afterwards."""
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(claimed_redis_database(SYSTEM_REDIS))
+        except NoDatabase as exc:
+            unavailable(str(exc))
         yield url
-    finally:
-        redis.Redis.from_url(url).flushdb()
 
 
 @contextmanager
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database, dropped afterwards."""
-    import psycopg
-
-    require(SYSTEM_POSTGRES, "PostgreSQL")
-    name = f"qkan_test_{uuid.uuid4().hex[:10]}"
-    admin = f"host={SYSTEM_POSTGRES[0]} port={SYSTEM_POSTGRES[1]} user=postgres dbname=postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@{SYSTEM_POSTGRES[0]}:{SYSTEM_POSTGRES[1]}/{name}"
-    finally:
-        from qkan_orch.service.store.database import engine_for
-
-        engine_for.cache_clear()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(fresh_postgres_database("qkan_test", SYSTEM_POSTGRES))
+        except NoDatabase as exc:
+            unavailable(str(exc))
+        yield url
 
 
 STACKS = {
@@ -94,18 +84,11 @@ def stack_env(stack: str, tmp: Path) -> Iterator[dict[str, str]]:
     """QKAN_* settings for one (broker, database) combination."""
     broker, database = STACKS[stack]
     env = dict(FAST)
-    with _maybe(system_redis_url() if broker == "system" else None) as redis_url, \
-            _maybe(postgres_url() if database == "postgresql" else None) as db_url:
-        if redis_url:
-            env["QKAN_REDIS_URL"] = redis_url
-        env["QKAN_DATABASE_URL"] = db_url or f"sqlite:///{tmp / 'qkan.db'}"
+    with ExitStack() as resources:
+        if broker == "system":
+            env["QKAN_REDIS_URL"] = resources.enter_context(system_redis_url())
+        if database == "postgresql":
+            env["QKAN_DATABASE_URL"] = resources.enter_context(postgres_url())
+        else:
+            env["QKAN_DATABASE_URL"] = f"sqlite:///{tmp / 'qkan.db'}"
         yield env
-
-
-@contextmanager
-def _maybe(manager):  # type: ignore[no-untyped-def]
-    if manager is None:
-        yield None
-    else:
-        with manager as value:
-            yield value

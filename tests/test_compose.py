@@ -9,11 +9,8 @@ PostgreSQL. A misspelt setting, a wrong queue or a command that does not start f
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,16 +25,15 @@ from conftest import make_inputs, make_model
 from qkan_orch.backends.accounts import ProviderAccounts
 from qkan_orch.client import Client
 from qkan_orch.models import save_model
-from qkan_orch.service.embedded import free_port
+from qkan_orch.service.processes import free_port, stop_groups, wait_until
 from qkan_orch.service.settings import Settings
-from service_env import SYSTEM_POSTGRES, SYSTEM_REDIS, postgres_url, require
+from service_env import SYSTEM_POSTGRES, SYSTEM_REDIS, postgres_url, require, system_redis_url
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 BIN = Path(sys.executable).parent  # qkan-orch and celery of this environment
 OURS = ("api", "worker-local", "worker-ibm", "worker-braket", "flower")
 WORKER_QUEUES = {"worker-local": "local", "worker-ibm": "ibm", "worker-braket": "braket"}
-CLAIM = "qkan-test:compose"  # marks a Redis database as taken by a run of this module
 
 T = TypeVar("T")
 
@@ -103,32 +99,6 @@ def commands(service: dict[str, Any]) -> list[str]:
 
 
 # -- the stack as local processes -------------------------------------------------------------
-
-@contextmanager
-def spare_redis_url() -> Iterator[str]:
-    """An empty Redis database that nobody else uses, flushed afterwards.
-
-    Databases 10–14 are service_env's, which its tests flush at will; a claim key set with NX
-    keeps two runs of this module (other checkouts on this machine) out of each other's way.
-    """
-    import redis
-
-    require(SYSTEM_REDIS, "Redis")
-    token = uuid.uuid4().hex
-    for db in (15, *range(9, 0, -1)):
-        url = f"redis://{SYSTEM_REDIS[0]}:{SYSTEM_REDIS[1]}/{db}"
-        client = redis.Redis.from_url(url)
-        if client.set(CLAIM, token, nx=True, ex=900):
-            if client.dbsize() == 1:
-                break
-            client.delete(CLAIM)
-    else:
-        pytest.skip("no empty Redis database (1-9, 15) on the system Redis")
-    try:
-        yield url
-    finally:
-        client.flushdb()
-
 
 def localize(text: str, ports: dict[str, int]) -> str:
     """Published ports → free local ones (same container port, same local port), 0.0.0.0 → loopback."""
@@ -207,17 +177,10 @@ class Stack:
 
     def wait_for(self, what: str, predicate: Callable[[], T], timeout: float) -> T:
         """Poll ``predicate`` until it is truthy; fail with every log's tail after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_alive()
-            try:
-                value = predicate()
-            except (httpx.TransportError, OSError):
-                value = None
-            if value:
-                return value
-            assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}\n{self.tails()}"
-            time.sleep(0.25)
+        try:
+            return wait_until(predicate, what, timeout, check=self.check_alive, interval=0.25)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{self.tails()}") from None
 
     @contextmanager
     def logs_on_failure(self) -> Iterator[None]:
@@ -229,23 +192,8 @@ class Stack:
             raise
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM every group at once (warm shutdown), SIGKILL whatever is left at the deadline."""
-        for process in self.processes.values():
-            _signal_group(process, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for process in self.processes.values():
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(process, signal.SIGKILL)
-                process.wait()
-
-
-def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
+        """Warm shutdown of every service at once, SIGKILL whatever is left at the deadline."""
+        stop_groups(self.processes.values(), timeout)
 
 
 def _status(url: str) -> int:
@@ -255,10 +203,10 @@ def _status(url: str) -> int:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """API, three workers and Flower from docker-compose.yml, ready, with an API key."""
-    require(SYSTEM_REDIS, "Redis")
-    require(SYSTEM_POSTGRES, "PostgreSQL")
+    require(SYSTEM_REDIS)
+    require(SYSTEM_POSTGRES)
     services = load_compose()["services"]
-    with spare_redis_url() as redis_url, postgres_url() as database_url:
+    with system_redis_url() as redis_url, postgres_url() as database_url:
         stack = Stack(tmp_path_factory.mktemp("compose"), redis_url, database_url)
         try:
             for name in OURS:

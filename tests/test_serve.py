@@ -5,51 +5,53 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import numpy as np
 import psutil
 import pytest
 
 from conftest import make_inputs, make_model
 from qkan_orch.models import save_model
-from qkan_orch.service.embedded import free_port
+from qkan_orch.service.processes import free_port, stop_group, wait_for_api
 
 BIN = Path(sys.executable).parent
+DECOYS = ("models", "client", "service", "cli", "workers", "backends", "circuits")
 
 
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "qkan-orch"), *args], capture_output=True, text=True, env=env, timeout=300)
+def cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "qkan-orch"), *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=300)
+
+
+@contextmanager
+def serving(tmp: Path, cwd: Path | None = None) -> Iterator[tuple[dict[str, str], subprocess.Popen]]:
+    """``qkan-orch serve`` with only a data folder and a port set, ready, with an API key in the env it yields."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QKAN_")}
+    env.update(QKAN_DATA_DIR=str(tmp / "data"), QKAN_API_PORT=str(port), QKAN_URL=f"http://127.0.0.1:{port}")
+    with open(tmp / "serve.log", "wb") as log:
+        process = subprocess.Popen([str(BIN / "qkan-orch"), "serve"], env=env, cwd=cwd, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def still_running() -> None:
+            assert process.poll() is None, (tmp / "serve.log").read_text()
+
+        wait_for_api(env["QKAN_URL"], timeout=120, check=still_running)
+        created = cli("keys", "create", "--name", "cli", env=env, cwd=cwd)
+        assert created.returncode == 0, created.stderr
+        env["QKAN_API_KEY"] = created.stdout.strip()
+        yield env, process
+    finally:
+        stop_group(process, timeout=60)  # SIGTERM: serve stops its worker and Redis on the way out
 
 
 @pytest.fixture
-def served(tmp_path: Path):  # type: ignore[no-untyped-def]
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QKAN_")}
-    env.update(QKAN_DATA_DIR=str(tmp_path / "data"), QKAN_API_PORT=str(port), QKAN_URL=f"http://127.0.0.1:{port}")
-    log = open(tmp_path / "serve.log", "wb")  # closed below
-    process = subprocess.Popen([str(BIN / "qkan-orch"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{env['QKAN_URL']}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.2)
-        created = cli("keys", "create", "--name", "cli", env=env)
-        assert created.returncode == 0, created.stderr
-        env["QKAN_API_KEY"] = created.stdout.strip()
+def served(tmp_path: Path) -> Iterator[tuple[dict[str, str], subprocess.Popen, Path]]:
+    with serving(tmp_path) as (env, process):
         yield env, process, tmp_path
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
 
 
 def test_serve_embedded_default_and_the_cli_on_top(served) -> None:  # type: ignore[no-untyped-def]
@@ -86,4 +88,27 @@ def test_serve_embedded_default_and_the_cli_on_top(served) -> None:  # type: ign
     process.send_signal(signal.SIGINT)  # Ctrl-C: the API stops, then its worker and Redis
     process.wait(60)
     gone = psutil.wait_procs(children, timeout=30)[1]
+    assert not gone, f"left running: {[p.name() for p in gone]}"
+
+
+def test_serve_runs_our_code_from_a_folder_whose_own_packages_share_our_names(tmp_path: Path) -> None:
+    """A user's ``models/`` (or ``client/``, ``service/`` …) in the working directory never replaces ours."""
+    folder = tmp_path / "project"
+    for name in DECOYS:
+        (folder / name).mkdir(parents=True)
+        (folder / name / "__init__.py").write_text(f"raise ImportError('decoy {name} imported')\n")
+    save_model(make_model(width=[2, 2, 1], reps=1).float(), str(tmp_path / "m.safetensors"))
+    np.save(tmp_path / "x.npy", make_inputs(4, 2))
+    with serving(tmp_path, cwd=folder) as (env, process):
+        children = psutil.Process(process.pid).children(recursive=True)
+        uploaded = cli("models", "upload", "--file", str(tmp_path / "m.safetensors"), env=env, cwd=folder)
+        assert uploaded.returncode == 0, uploaded.stderr
+        submitted = cli("submit", "--model", json.loads(uploaded.stdout)["id"], "--inputs", str(tmp_path / "x.npy"),
+                        "--backend", "exact", "--wait", "--quiet", env=env, cwd=folder)
+        assert submitted.returncode == 0, submitted.stderr + (tmp_path / "data" / "worker.log").read_text()
+        status = json.loads(cli("status", submitted.stdout.strip(), env=env, cwd=folder).stdout)
+        assert status["state"] == "succeeded", status
+    logs = (tmp_path / "serve.log").read_text() + (tmp_path / "data" / "worker.log").read_text()
+    assert "decoy" not in logs
+    gone = psutil.wait_procs(children, timeout=30)[1]  # SIGTERM, as a process manager stops it
     assert not gone, f"left running: {[p.name() for p in gone]}"
