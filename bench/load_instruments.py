@@ -1,0 +1,378 @@
+"""The load benchmark's instruments: task events, SQL and publish meters, database and Redis counters, CPU.
+
+Each one watches the service from outside (Celery events, SQLAlchemy engine
+events, server statistics, psutil), so measuring changes nothing in the path
+being measured.
+"""
+
+import contextlib
+import os
+import re
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+from celery import Celery
+from celery.signals import after_task_publish, before_task_publish
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import Session
+
+from qkan_orch.service.devstack import postgres_admin_dsn
+from qkan_orch.service.local import LocalService
+
+JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+LOG_LINE = re.compile(r"Task ([\w.]+)\[([0-9a-f-]+)\] succeeded in ([0-9.e+-]+)s")
+
+
+@dataclass
+class TaskSeen:
+    """What the task events said about one Celery task (epoch seconds, worker/API clocks = ours)."""
+
+    name: str = ""
+    job_id: str | None = None
+    sent: float | None = None
+    received: float | None = None
+    done: float | None = None
+    runtime: float | None = None
+    ok: bool = True
+
+
+class EventWatcher(threading.Thread):
+    """Celery task events on a background thread: when each task was published, taken, finished.
+
+    The API and the worker already send these events (task_send_sent_event,
+    worker_send_task_events), so watching them changes nothing in the path
+    being measured, and it gives the baseline a "done" signal without a
+    result backend.
+    """
+
+    def __init__(self, app: Celery) -> None:
+        super().__init__(daemon=True, name="event-watcher")
+        self.app = app
+        self.cond = threading.Condition()
+        self.tasks: dict[str, TaskSeen] = defaultdict(TaskSeen)
+        self.by_job: dict[str, list[str]] = defaultdict(list)
+        self.receiver: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self.app.connection_for_read() as connection:
+                self.receiver = self.app.events.Receiver(connection, handlers={"*": self._on_event})
+                self.receiver.capture(limit=None, timeout=None, wakeup=False)
+        except BaseException as exc:  # surfaced by the waits, which would otherwise hang
+            self.error = exc
+            with self.cond:
+                self.cond.notify_all()
+
+    def stop(self) -> None:
+        if self.receiver is not None:
+            self.receiver.should_stop = True
+        self.join(5)
+
+    def _on_event(self, ev: dict[str, Any]) -> None:
+        kind, task_id = ev.get("type", ""), ev.get("uuid")
+        if not task_id or not kind.startswith("task-"):
+            return
+        with self.cond:
+            seen = self.tasks[task_id]
+            if ev.get("name"):
+                seen.name = ev["name"]
+            if seen.job_id is None and "args" in ev:
+                match = JOB_ID.search(str(ev["args"]))
+                if match:
+                    seen.job_id = match.group(0)
+                    self.by_job[seen.job_id].append(task_id)
+            if kind == "task-sent":
+                seen.sent = ev["timestamp"]
+            elif kind == "task-received":
+                seen.received = ev["timestamp"]
+            elif kind in ("task-succeeded", "task-failed", "task-rejected", "task-revoked"):
+                seen.done, seen.runtime, seen.ok = ev["timestamp"], ev.get("runtime"), kind == "task-succeeded"
+                self.cond.notify_all()
+
+    def wait(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
+        """Block until ``ready()`` (checked under the lock after every finished task)."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not ready():
+                if self.error is not None:
+                    raise RuntimeError(f"the event receiver died: {self.error!r}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{what}: not done after {timeout:.0f} s")
+                self.cond.wait(min(left, 1.0))
+
+    def task_done(self, task_id: str) -> bool:
+        seen = self.tasks.get(task_id)
+        return seen is not None and seen.done is not None
+
+    def job_tasks_done(self, job_id: str) -> bool:
+        """At least one of the job's tasks finished and none of its known tasks is still running."""
+        ids = self.by_job.get(job_id, [])
+        return bool(ids) and all(self.tasks[t].done is not None for t in ids)
+
+    def job_tasks(self, job_id: str) -> list[TaskSeen]:
+        with self.cond:
+            return [self.tasks[t] for t in self.by_job.get(job_id, [])]
+
+
+@dataclass
+class SqlCounts:
+    """Statements (by verb and table) and commits seen on one engine while measuring."""
+
+    statements: Counter = field(default_factory=Counter)
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    commits: int = 0
+    commit_seconds: float = 0.0
+    checkouts: int = 0
+    publishes: list[float] = field(default_factory=list)
+
+    def per(self, n: int) -> dict[str, Any]:
+        """Everything divided by ``n`` jobs (ms for times)."""
+        total = sum(self.seconds.values())
+        return {
+            "statements": sum(self.statements.values()) / n,
+            "statement_ms": 1000 * total / n,
+            "commits": self.commits / n,
+            "commit_ms": 1000 * self.commit_seconds / n,
+            "pool_checkouts": self.checkouts / n,
+            "publishes": len(self.publishes) / n,
+            "publish_ms": 1000 * sum(self.publishes) / n,
+            "by_kind": {k: {"count": c / n, "ms": 1000 * self.seconds[k] / n}
+                        for k, c in sorted(self.statements.items(), key=lambda kv: -kv[1])},
+        }
+
+
+class SqlMeter:
+    """Statements, commits, pool checkouts and broker publishes of this process, metered from outside.
+
+    LocalService runs the API on a thread of this process, and the profiled
+    worker path runs here too, so SQLAlchemy engine events and Celery's
+    publish signals see their database and broker work without any change to
+    the service. Off unless inside ``measure()``.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.counts: SqlCounts | None = None
+        event.listen(engine, "before_cursor_execute", self._before)
+        event.listen(engine, "after_cursor_execute", self._after)
+        event.listen(engine, "commit", self._commit_start)
+        event.listen(engine, "checkout", self._checkout)
+        event.listen(Session, "after_commit", self._commit_end)
+        before_task_publish.connect(self._publish_start, weak=False)
+        after_task_publish.connect(self._publish_end, weak=False)
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[SqlCounts]:
+        counts = SqlCounts()
+        self.counts = counts
+        try:
+            yield counts
+        finally:
+            self.counts = None
+
+    @staticmethod
+    def kind(statement: str) -> str:
+        words = statement.split()
+        verb = words[0].upper() if words else "?"
+        match = re.search(r"\b(?:INTO|UPDATE|FROM)\s+\"?(\w+)", statement, re.IGNORECASE)
+        return f"{verb} {match.group(1)}" if match else verb
+
+    def _before(self, *_: Any) -> None:
+        self.local.statement = time.perf_counter()
+
+    def _after(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        start = getattr(self.local, "statement", None)
+        counts = self.counts
+        if counts is None or start is None:
+            return
+        key = self.kind(statement)
+        with self.lock:
+            counts.statements[key] += 1
+            counts.seconds[key] += time.perf_counter() - start
+
+    def _checkout(self, *_: Any) -> None:
+        counts = self.counts
+        if counts is not None:
+            with self.lock:
+                counts.checkouts += 1
+
+    def _commit_start(self, *_: Any) -> None:
+        self.local.commit = time.perf_counter()
+
+    def _commit_end(self, *_: Any) -> None:
+        start, self.local.commit = getattr(self.local, "commit", None), None
+        counts = self.counts
+        if counts is None or start is None:
+            return
+        with self.lock:
+            counts.commits += 1
+            counts.commit_seconds += time.perf_counter() - start
+
+    def _publish_start(self, **_: Any) -> None:
+        self.local.publish = time.perf_counter()
+
+    def _publish_end(self, **_: Any) -> None:
+        start, self.local.publish = getattr(self.local, "publish", None), None
+        counts = self.counts
+        if counts is not None and start is not None:
+            with self.lock:
+                counts.publishes.append(time.perf_counter() - start)
+
+
+class PgStats:
+    """Transaction and row counters of the bench database over every process (PostgreSQL only).
+
+    Read from another database's connection so the reads do not count, and
+    only once the counters have stopped moving for a while: PostgreSQL 15
+    backends flush their counts at most once a second, and an idle one up to
+    10 s later.
+    """
+
+    FIELDS = ("xact_commit", "xact_rollback", "tup_inserted", "tup_updated", "tup_deleted", "tup_fetched")
+
+    def __init__(self, database_url: str) -> None:
+        self.name = database_url.rsplit("/", 1)[1]
+
+    def backends(self) -> list[int]:
+        """Server process ids of the connections to the bench database (the API's and the worker's pools)."""
+        import psycopg
+
+        with psycopg.connect(postgres_admin_dsn(), autocommit=True) as conn:
+            rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.name,)).fetchall()
+        return [pid for (pid,) in rows]
+
+    def read(self, settle: float = 11.0, limit: float = 60.0) -> dict[str, int]:
+        """The counters once unchanged for ``settle`` s: an idle backend may hold its share back 10 s."""
+        import psycopg
+
+        previous: dict[str, int] = {}
+        since = start = time.monotonic()
+        while True:
+            with psycopg.connect(postgres_admin_dsn(), autocommit=True) as conn:
+                row = conn.execute(f"SELECT {', '.join(self.FIELDS)} FROM pg_stat_database WHERE datname = %s",
+                                   (self.name,)).fetchone()
+            now = dict(zip(self.FIELDS, row or (0,) * len(self.FIELDS), strict=True))
+            if now != previous:
+                previous, since = now, time.monotonic()
+            elif time.monotonic() - since >= settle or time.monotonic() - start > limit:
+                return now
+            time.sleep(1.0)
+
+
+def redis_calls(url: str) -> Counter:
+    """Calls per Redis command so far (minus our own INFO)."""
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return Counter({k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items() if k != "cmdstat_info"})
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used; 0 once it is gone."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0.0
+    return times.user + times.system
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and every process below it (the worker and its prefork children)."""
+    try:
+        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    return sum(process_cpu(p.pid) for p in tree)
+
+
+def thread_cpu(native_id: int | None) -> float:
+    """CPU seconds of one thread of this process."""
+    for thread in psutil.Process().threads():
+        if thread.id == native_id:
+            return thread.user_time + thread.system_time
+    return 0.0
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores spent busy since boot: everything but idle and iowait."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
+
+
+class CpuMeter:
+    """CPU seconds per role over a phase (psutil): who burns the cores a job needs.
+
+    The bench process holds the API, the client threads and the event
+    receiver; the clients' share is summed by the client calls themselves
+    (``time.thread_time``) and the receiver's read from its thread, so the
+    API's share follows by difference. Worker = the ``qkan-orch worker``
+    process and its prefork children; Redis = the server's process (the
+    system one also serves others, but little while a phase runs); this
+    run's PostgreSQL backends. Whatever else the machine's cores did in the
+    phase is "other processes": on a shared machine that is the first thing
+    to check before believing a throughput.
+    """
+
+    def __init__(self, service: LocalService, watcher: threading.Thread, pg: PgStats | None) -> None:
+        self.service, self.watcher, self.pg = service, watcher, pg
+        self.client_seconds = 0.0
+        self.lock = threading.Lock()
+        info = redis.Redis.from_url(service.settings.redis_url or "").info("server")
+        self.redis_pid = int(info["process_id"])
+        self.redis_label = "redis-server (embedded)" if service.redis is not None else "redis-server (system)"
+
+    def add_client(self, seconds: float) -> None:
+        with self.lock:
+            self.client_seconds += seconds
+
+    def snapshot(self) -> dict[str, float]:
+        snap = {
+            "wall": time.monotonic(),
+            "machine": machine_busy(),
+            "bench process": process_cpu(os.getpid()),
+            "client calls": self.client_seconds,
+            "event receiver": thread_cpu(self.watcher.native_id),
+            "worker processes": sum(tree_cpu(worker.pid) for worker in self.service.workers),
+            "redis-server": process_cpu(self.redis_pid),
+        }
+        if self.pg is not None:
+            snap.update({f"pg:{pid}": process_cpu(pid) for pid in self.pg.backends()})
+        return snap
+
+    def per_item(self, before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+        """ms of CPU per job/noop by role; the API is the bench process minus clients and receiver."""
+        delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+        out = {
+            "API (bench process − clients − receiver)":
+                delta["bench process"] - delta["client calls"] - delta["event receiver"],
+            "client calls": delta["client calls"],
+            "event receiver": delta["event receiver"],
+            "worker processes": delta["worker processes"],
+            self.redis_label: delta["redis-server"],
+        }
+        pg = [v for k, v in delta.items() if k.startswith("pg:")]
+        if pg:
+            out["PostgreSQL backends"] = sum(pg)
+        ours = sum(out.values())
+        out["all of the above"] = ours
+        out["other processes on the machine"] = delta["machine"] - ours
+        out["idle"] = (os.cpu_count() or 1) * delta["wall"] - delta["machine"]
+        return {k: 1000 * v / n for k, v in out.items()}
+
+
+def worker_log_durations(path: Path, task_ids: set[str]) -> list[float]:
+    """Task run times from the worker log's ``succeeded in Xs`` lines, for the given task ids."""
+    durations = []
+    for line in path.read_text(errors="replace").splitlines():
+        match = LOG_LINE.search(line)
+        if match and match.group(2) in task_ids:
+            durations.append(float(match.group(3)))
+    return durations

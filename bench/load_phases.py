@@ -1,0 +1,141 @@
+"""The load benchmark's phases: bare noops through the worker, and jobs through the whole service."""
+
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from celery import Celery
+from load_instruments import CpuMeter, EventWatcher, TaskSeen
+from load_report import Phase
+from noop_task import NAME as NOOP
+
+from qkan_orch.client import Client
+
+
+def epoch(stamp: str | None) -> float | None:
+    """An API timestamp as epoch seconds; SQLite returns them without a zone, and they are UTC."""
+    if stamp is None:
+        return None
+    value = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def publish_noop(app: Celery, cpu: CpuMeter | None = None) -> tuple[str, float]:
+    start, cpu_start = time.time(), time.thread_time()
+    task_id = app.send_task(NOOP, queue="local").id
+    if cpu is not None:
+        cpu.add_client(time.thread_time() - cpu_start)
+    return task_id, start
+
+
+def warm_up_noops(app: Celery, watcher: EventWatcher, timeout: float) -> None:
+    """Until the worker is up and the receiver subscribed, then a few more so both processes have run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        task_id, _ = publish_noop(app)
+        try:
+            watcher.wait(lambda task_id=task_id: watcher.task_done(task_id), 2.0, "warm-up noop")
+            break
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+    ids = [publish_noop(app)[0] for _ in range(20)]
+    watcher.wait(lambda: all(watcher.task_done(t) for t in ids), timeout, "warm-up noops")
+
+
+def baseline_sequential(app: Celery, watcher: EventWatcher, cpu: CpuMeter, n: int, timeout: float) -> Phase:
+    starts, dones, ids = [], [], []
+    for _ in range(n):
+        task_id, start = publish_noop(app, cpu)
+        watcher.wait(lambda task_id=task_id: watcher.task_done(task_id), timeout, "noop")
+        starts.append(start)
+        dones.append(watcher.tasks[task_id].done)  # type: ignore[arg-type]
+        ids.append(task_id)
+    return Phase("bare celery, one at a time", starts, dones, {"task_ids": ids})
+
+
+def baseline_concurrent(app: Celery, watcher: EventWatcher, cpu: CpuMeter, n: int, threads: int,
+                        timeout: float) -> Phase:
+    with ThreadPoolExecutor(threads) as pool:
+        sent = list(pool.map(lambda _: publish_noop(app, cpu), range(n)))
+    watcher.wait(lambda: all(watcher.task_done(t) for t, _ in sent), timeout, f"{n} noops")
+    failed = sum(not watcher.tasks[t].ok for t, _ in sent)
+    return Phase(f"bare celery, {n} at once", [s for _, s in sent], [watcher.tasks[t].done for t, _ in sent],  # type: ignore[misc]
+                 {"failed": failed, "task_ids": [t for t, _ in sent]})
+
+
+@dataclass
+class Submitted:
+    """One job as the client saw it."""
+
+    job_id: str
+    start: float
+    returned: float
+
+
+def submit(qc: Client, model_id: str, inputs: np.ndarray, cpu: CpuMeter | None = None) -> Submitted:
+    start, cpu_start = time.time(), time.thread_time()
+    job_id = qc.submit(model_id, inputs, backend="exact")["id"]
+    returned = time.time()
+    if cpu is not None:
+        cpu.add_client(time.thread_time() - cpu_start)
+    return Submitted(job_id, start, returned)
+
+
+def wait_jobs(qc: Client, watcher: EventWatcher, ids: list[str], timeout: float) -> dict[str, dict]:
+    """Until every job is terminal: events first (no polling load), then the API's word for it."""
+    watcher.wait(lambda: all(watcher.job_tasks_done(j) for j in ids), timeout, f"{len(ids)} jobs")
+    deadline = time.monotonic() + timeout
+    wanted = set(ids)
+    while True:  # a job that needed a second step is not done when its first task is
+        found = all_jobs(qc)
+        pending = [j for j in wanted if found.get(j, {}).get("state") not in ("succeeded", "failed", "cancelled")]
+        if not pending:
+            return {j: found[j] for j in ids}
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} of {len(ids)} jobs still not finished")
+        time.sleep(0.5)
+
+
+def all_jobs(qc: Client) -> dict[str, dict]:
+    jobs: dict[str, dict] = {}
+    offset = 0
+    while True:
+        page = qc.jobs(limit=500, offset=offset)
+        jobs.update({j["id"]: j for j in page["items"]})
+        offset += len(page["items"])
+        if not page["items"] or offset >= page["total"]:
+            return jobs
+
+
+def service_phase(label: str, subs: list[Submitted], status: dict[str, dict], watcher: EventWatcher) -> Phase:
+    """Latencies from ``finished_at``, plus every timestamp of the per-job timeline."""
+    segments: dict[str, list[float]] = defaultdict(list)
+    failed = 0
+    for sub in subs:
+        job = status[sub.job_id]
+        failed += job["state"] != "succeeded"
+        created, started, finished = (epoch(job[k]) for k in ("created_at", "started_at", "finished_at"))
+        tasks = watcher.job_tasks(sub.job_id)
+        first = tasks[0] if tasks else TaskSeen()
+        last_done = max((t.done for t in tasks if t.done is not None), default=None)
+        marks = {
+            "POST → row inserted (created_at)": (sub.start, created),
+            "row inserted → published (task-sent)": (created, first.sent),
+            "published → POST returned": (first.sent, sub.returned),
+            "POST round trip (client)": (sub.start, sub.returned),
+            "published → worker took it (task-received)": (first.sent, first.received),
+            "worker took it → running (started_at)": (first.received, started),
+            "running → finished_at": (started, finished),
+            "finished_at → task returned (task-succeeded)": (finished, last_done),
+        }
+        for name, (a, b) in marks.items():
+            if a is not None and b is not None:
+                segments[name].append(b - a)
+        segments["tasks per job"].append(len(tasks))
+        segments["exact rounds, backend seconds"].append(sum(r["seconds"] or 0.0 for r in job["rounds"]))
+    dones = [epoch(status[s.job_id]["finished_at"]) or float("nan") for s in subs]
+    return Phase(label, [s.start for s in subs], dones, {"failed": failed, "segments": segments})

@@ -1,0 +1,184 @@
+"""The load benchmark's report: statistics, the goals, the readable table and the JSON line."""
+
+import argparse
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+THROUGHPUT_GOAL = 100.0  # jobs/s
+LATENCY_GOAL = 3.0  # service p50 / bare round-trip p50
+
+
+def log(message: str) -> None:
+    """Progress note on stderr, so stdout holds only the report."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def stats(values: list[float]) -> dict[str, float | int | None]:
+    """n, p50, p99, mean, max (seconds in, seconds out); None where there is nothing to summarise."""
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "mean": None, "max": None}
+    a = np.asarray(values, dtype=np.float64)
+    return {"n": len(values), "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
+            "mean": float(a.mean()), "max": float(a.max())}
+
+
+def ms(value: float | None, width: int = 8) -> str:
+    return f"{'—':>{width}}" if value is None else f"{1000 * value:{width}.1f}"
+
+
+@dataclass
+class Phase:
+    """One measured phase: per-item start (client clock) and done (worker clock) times."""
+
+    label: str
+    starts: list[float]
+    dones: list[float]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def latencies(self) -> list[float]:
+        return [d - s for s, d in zip(self.starts, self.dones, strict=True)]
+
+    @property
+    def rate(self) -> float:
+        return len(self.dones) / (max(self.dones) - min(self.starts))
+
+    def summary(self) -> dict[str, Any]:
+        return {"label": self.label, "latency_s": stats(self.latencies), "per_second": self.rate, **self.extra}
+
+
+def print_report(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """The readable part: results, goals, then where the time goes."""
+    out: list[str] = []
+    head = result["header"]
+    out.append(f"QKAN service load — stack {args.stack}, worker concurrency {args.concurrency} (prefork), "
+               f"{args.jobs} jobs at once from {args.threads} client threads, {args.samples} samples/job, "
+               f"backend exact")
+    out.append(f"host: {head['cpus']} CPUs, load average before {head['loadavg_before']}, after "
+               f"{head['loadavg_after']}; python {head['python']}, celery {head['celery']}; shared machine — "
+               f"other processes move these numbers")
+    out.append("the API runs on a thread of this process, sharing its GIL with the client threads and the "
+               "event receiver (as LocalService always does)")
+    out.append("")
+    out.append(f"{'':42}{'n':>5}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'per s':>9}")
+    for key in ("bare_sequential", "bare_concurrent", "service_sequential", "service_concurrent"):
+        phase = result[key]
+        lat = phase["latency_s"]
+        rate = f"{phase['per_second']:9.1f}" if "concurrent" in key else f"{'':9}"
+        out.append(f"{phase['label']:42}{lat['n']:5d}{ms(lat['p50'], 9)}{ms(lat['p99'], 9)}{ms(lat['max'], 9)}{rate}")
+    out.append("latency = done − client clock before publish/POST; done = task-succeeded event (bare) or the "
+               "job's finished_at (service)")
+    failed = result["service_concurrent"]["failed"] + result["service_sequential"]["failed"]
+    if failed or result["bare_concurrent"]["failed"]:
+        out.append(f"FAILURES: {failed} jobs, {result['bare_concurrent']['failed']} noops did not succeed")
+    out.append("")
+    out.append("goals")
+    for goal in result["goals"]:
+        verdict = "—" if goal["met"] is None else ("MET" if goal["met"] else "NOT MET")
+        out.append(f"  {goal['goal']:54}{goal['value']:>22}   {verdict}")
+    out.append("")
+    out.append("where a job's time goes (p50 / p99 ms; server stamps and events, one clock)")
+    out.append(f"{'':48}{'one at a time':>20}{'all at once':>20}")
+    seq, conc = result["service_sequential"]["segments"], result["service_concurrent"]["segments"]
+    for name in conc:
+        if name == "tasks per job":
+            continue
+        a, b = seq.get(name, {}), conc[name]
+        out.append(f"  {name:46}{ms(a.get('p50'), 9)} /{ms(a.get('p99'), 8)}{ms(b['p50'], 10)} /{ms(b['p99'], 8)}")
+    out.append(f"  {'Celery tasks per job (mean)':46}{seq['tasks per job']['mean']:18.2f}"
+               f"{conc['tasks per job']['mean']:20.2f}")
+    out.append("")
+    cpu = result["cpu_ms_per_item"]
+    roles = list(dict.fromkeys(role for phase in cpu.values() for role in phase))
+    out.append(f"CPU ms per noop / job, from psutil ({head['cpus']} cores = {head['cpus']}000 ms per second of wall "
+               f"time; the kernel counts 10 ms ticks, so one-at-a-time rows are coarse)")
+    width = max(len(name) for name in cpu) + 2
+    out.append(f"  {'':42}" + "".join(f"{name:>{width}}" for name in cpu))
+    for role in roles:
+        out.append(f"  {role:42}" + "".join(
+            f"{phase[role]:{width}.2f}" if role in phase else f"{'—':>{width}}" for phase in cpu.values()))
+    for name, phase in cpu.items():
+        if "at once" in name:
+            ceiling = head["cpus"] * 1000 / phase["all of the above"]
+            out.append(f"  {name}: the CPU alone caps this at {ceiling:.0f}/s on {head['cpus']} cores "
+                       f"(if nothing else ran and every core were busy)")
+            if phase["other processes on the machine"] > 0.25 * phase["all of the above"]:
+                share = phase["other processes on the machine"] / phase["all of the above"]
+                out.append(f"  WARNING: other processes used {share:.0%} as much CPU as this run during '{name}': "
+                           f"its rate is lower than this machine can do alone")
+    out.append("")
+    out.append("worker log, 'succeeded in Xs' (ms)   n      p50      p99     mean")
+    for name, values in result["worker_log"].items():
+        out.append(f"  {name:32}{values['n']:5d}{ms(values['p50'], 9)}{ms(values['p99'], 9)}{ms(values['mean'], 9)}")
+    out.append("")
+    for key, label in (("api_sql_sequential", "one at a time"), ("api_sql_concurrent", "all at once")):
+        api = result[key]
+        out.append(f"API process per submission ({label}): {api['statements']:.1f} SQL statements "
+                   f"{api['statement_ms']:.2f} ms, {api['commits']:.1f} commits {api['commit_ms']:.2f} ms, "
+                   f"{api['pool_checkouts']:.1f} pool checkouts, {api['publishes']:.1f} broker publish "
+                   f"{api['publish_ms']:.2f} ms")
+    out.append("  statements per submission: " + ", ".join(
+        f"{k} ×{v['count']:.1f}" for k, v in result["api_sql_concurrent"]["by_kind"].items()))
+    if result.get("pg_per_job"):
+        pg = result["pg_per_job"]
+        out.append(f"PostgreSQL per job, API + worker ({args.jobs} at once): "
+                   + ", ".join(f"{k} {v:.2f}" for k, v in pg.items()))
+    if result.get("redis_per_task"):
+        rd = result["redis_per_task"]
+        out.append(f"embedded Redis commands per noop {rd['noop']['total']:.1f}, per job {rd['job']['total']:.1f}")
+        out.append("  per job: " + ", ".join(f"{k} {v:.1f}" for k, v in rd["job"]["by_command"].items() if v >= 0.05))
+    prof = result.get("worker_profile")
+    if prof:
+        sql = prof["sql"]
+        out.append("")
+        out.append(f"worker path in this process (advance_job, {prof['jobs']} jobs, no queueing): "
+                   f"p50 {ms(prof['wall_s']['p50'], 0)} ms, mean {ms(prof['wall_s']['mean'], 0)} ms per job; "
+                   f"{sql['statements']:.1f} SQL statements {sql['statement_ms']:.2f} ms, "
+                   f"{sql['commits']:.1f} commits {sql['commit_ms']:.2f} ms, {sql['pool_checkouts']:.1f} pool "
+                   f"checkouts; end states {prof['states']}")
+        out.append("  statements per job: " + ", ".join(
+            f"{k} ×{v['count']:.1f} ({v['ms']:.2f} ms)" for k, v in sql["by_kind"].items()))
+        out.append("  cProfile (slows Python-heavy code ~2×), self ms per job by package: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in prof["cprofile"]["self_ms_by_package"].items() if v >= 0.05))
+        out.append("  cProfile, this repo's functions, cumulative ms per job:")
+        for row in prof["cprofile"]["repo_functions"]:
+            out.append(f"    {row['ms_per_job']:8.2f} ms {row['calls_per_job']:7.1f} calls  {row['function']}")
+    print("\n".join(out))
+
+
+def goals(bare_seq: Phase, bare_conc: Phase, svc_seq: Phase, svc_conc: Phase) -> list[dict[str, Any]]:
+    """The issue's two goals, the latency one like for like (unloaded and loaded), plus a reference ratio."""
+    p50 = {k: stats(p.latencies)["p50"] for k, p in
+           (("bs", bare_seq), ("bc", bare_conc), ("ss", svc_seq), ("sc", svc_conc))}
+    rate = svc_conc.rate
+    seq_ratio, conc_ratio, mixed = p50["ss"] / p50["bs"], p50["sc"] / p50["bc"], p50["sc"] / p50["bs"]
+    return [
+        {"goal": f"throughput ≥ {THROUGHPUT_GOAL:.0f} jobs/s ({len(svc_conc.starts)} at once)",
+         "value": f"{rate:.1f} jobs/s", "ratio": rate, "met": rate >= THROUGHPUT_GOAL},
+        {"goal": f"latency ≤ {LATENCY_GOAL:.0f}× bare, one at a time (p50)",
+         "value": f"{seq_ratio:.2f}×", "ratio": seq_ratio, "met": seq_ratio <= LATENCY_GOAL},
+        {"goal": f"latency ≤ {LATENCY_GOAL:.0f}× bare, all at once (p50)",
+         "value": f"{conc_ratio:.2f}×", "ratio": conc_ratio, "met": conc_ratio <= LATENCY_GOAL},
+        {"goal": "(reference) loaded service p50 / unloaded bare p50",
+         "value": f"{mixed:.1f}×", "ratio": mixed, "met": None},
+    ]
+
+
+def jsonable(value: Any) -> Any:
+    """Floats that JSON can carry (NaN → null), recursively."""
+    if isinstance(value, float):
+        return None if value != value else value
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def per_task(calls: Counter, n: int) -> dict[str, Any]:
+    by_command = {k: v / n for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v > 0}
+    return {"total": sum(v for v in calls.values() if v > 0) / n, "by_command": by_command}
