@@ -68,6 +68,8 @@ class ExecutionPlan(Protocol):
 
     def absorb(self, state: PlanState, result: BatchResult) -> PlanState: ...
 
+    def outputs(self, state: PlanState) -> tuple[np.ndarray, np.ndarray]: ...
+
 
 class FeedForwardPlan:
     """QKAN and HQKAN: stages in order, one round per QKAN layer."""

@@ -16,7 +16,7 @@ from qkan_orch.service.settings import get_settings
 from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.database import session_scope, upgrade
 from qkan_orch.workers.app import celery_app
-from qkan_orch.workers.execution import advance_job
+from qkan_orch.workers.step import advance_job
 
 app = celery_app()
 log = logging.getLogger("qkan.worker")

@@ -105,7 +105,12 @@ def store_result(session: Session, job_id: str, arrays: bytes, summary: dict[str
 
 
 def cancel_if_idle(session: Session, job_id: str) -> bool:
-    """Cancel a job no worker holds and no provider runs for; False if a worker must do it."""
+    """Cancel a job no worker holds and no provider runs for; False if a worker must do it.
+
+    Only the database decides: the session's copy of the job is left alone, because evaluating the condition on
+    a copy read before a worker claimed the job would mark it cancelled in memory, and the caller's flag for
+    the worker would then never be written.
+    """
     result = session.execute(
         update(Job)
         .where(
@@ -113,6 +118,7 @@ def cancel_if_idle(session: Session, job_id: str) -> bool:
             or_(Job.lease_owner.is_(None), Job.lease_until < time.time()),
         )
         .values(state="cancelled", cancel_requested=True, finished_at=datetime.now(UTC))
+        .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
 

@@ -1,0 +1,133 @@
+"""Inference rounds of a claimed job: poll the round in flight or submit the next, absorb, persist.
+
+A step never waits for a provider: a pending round means "again in
+poll_interval seconds". Local rounds finish inside ``submit`` and are absorbed
+at once; the step keeps running rounds until its time slice is used, then
+yields so other jobs get a turn. A finished round is written — plan state,
+round row, event, in one transaction — before anything else happens, except a
+local round cheaper than ``PERSIST_AFTER`` seconds: redoing it costs less than
+the transaction, so it goes out with the step's next write.
+"""
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from qkan_orch.backends import Backend, Handle, get_backend
+from qkan_orch.backends.base import ProviderJobLost
+from qkan_orch.circuits import ExecutionPlan, FeedForwardPlan, PlanState
+from qkan_orch.circuits.batch import ActivationBatch, BatchResult
+from qkan_orch.service.store import jobs as store
+from qkan_orch.service.store.arrays import pack_arrays, unpack_arrays
+from qkan_orch.service.store.states import JobState
+from qkan_orch.workers.claimed_job import ClaimedJob, Step
+from qkan_orch.workers.model_cache import MODELS
+
+log = logging.getLogger("qkan.worker")
+PERSIST_AFTER = 0.05  # seconds: a local round that took longer is written at once
+
+
+def infer(claimed: ClaimedJob) -> Step:
+    job = claimed.job
+    model = MODELS.get(claimed.session, job.model_id) if job.model_id else None
+    if model is None:
+        return claimed.fail("model_deleted", "the job's model was deleted")
+    plan = FeedForwardPlan(model, unpack_arrays(job.inputs)["inputs"])
+    return _Inference(claimed, plan, get_backend(job.backend)).run()
+
+
+class _Inference:
+    def __init__(self, claimed: ClaimedJob, plan: ExecutionPlan, backend: Backend) -> None:
+        self.claimed, self.plan, self.backend = claimed, plan, backend
+        self.job, self.writes, self.settings = claimed.job, claimed.writes, claimed.settings
+
+    def run(self) -> Step:
+        job = self.job
+        state = PlanState.from_bytes(job.plan_state) if job.plan_state else self.plan.initial_state()
+        deadline = time.monotonic() + self.settings.task_slice_seconds
+        in_flight = job.in_flight
+        while True:
+            if in_flight:
+                try:
+                    result = self.backend.poll(Handle.from_json(in_flight["handle"]))
+                except ProviderJobLost as exc:  # nothing was billed: run the round again
+                    log.warning("job %s: %s; resubmitting the round", job.id, exc)
+                    self.writes.event("resubmit", round=state.rounds_done + 1, message=str(exc))
+                    in_flight = None
+                    continue
+                if result is None:
+                    return self.claimed.again(self.settings.poll_interval, state=JobState.WAITING_ON_PROVIDER)
+                batch = self.plan.next_batch(state)
+                if batch is None:
+                    return self._finished_with_a_round_in_flight(in_flight["round"], state)
+                state, cancelled = self._absorb(state, batch, result, in_flight["submitted"], logged=True)
+                in_flight = None
+            else:
+                batch = self.plan.next_batch(state)
+                if batch is None:
+                    return self._succeed(state)
+                submitted = time.time()
+                handle = self.backend.submit(batch, shots=job.shots, pack=job.requested_pack, options=job.options)
+                if handle.result is None:  # a provider job: its ids are stored before any wait
+                    self._submitted(state, batch, handle, submitted)
+                    return self.claimed.again(self.settings.poll_interval)
+                state, cancelled = self._absorb(state, batch, handle.result, submitted, logged=False)
+            if cancelled:
+                return self.claimed.cancel()
+            if time.monotonic() > deadline:
+                return self.claimed.again(0.0)
+
+    def _submitted(self, state: PlanState, batch: ActivationBatch, handle: Handle, submitted: float) -> None:
+        number = state.rounds_done
+        self.writes.event("submitted", round=number + 1, provider_job_ids=handle.provider_job_ids)
+        store.add_round(self.claimed.session, self.job.id, number, rows=batch.num_rows,
+                        requested=batch.num_requested, provider_job_ids=handle.provider_job_ids)
+        self.writes.commit(state=JobState.WAITING_ON_PROVIDER,
+                           in_flight={"round": number, "submitted": submitted, "handle": handle.to_json()})
+
+    def _absorb(self, state: PlanState, batch: ActivationBatch, result: BatchResult,
+                submitted: float, logged: bool) -> tuple[PlanState, bool]:
+        """Absorb a finished round; write it now unless it is a cheap local one. Returns the cancel flag."""
+        number = state.rounds_done
+        state = self.plan.absorb(state, result)
+        seconds = time.time() - submitted
+        now = datetime.now(UTC)
+        self.writes.set(state=JobState.RUNNING, plan_state=state.to_bytes(), rounds_done=state.rounds_done,
+                        in_flight=None)
+        self.writes.add(shots_used=result.shots * result.executions, executions=result.executions,
+                        qpu_seconds=result.qpu_seconds, cost=result.cost)
+        if "placement" in result.metadata:
+            self.writes.set(placement={"pack": result.metadata.get("pack"), **result.metadata["placement"]})
+        values = {"rows": batch.num_rows, "requested": batch.num_requested, "executions": result.executions,
+                  "shots": result.shots, "provider_job_ids": list(result.provider_job_ids),
+                  "finished_at": now, "seconds": seconds}
+        if logged:
+            store.complete_round(self.claimed.session, self.job.id, number, **values)
+        else:
+            self.writes.round(number, submitted_at=now, **values)
+        self.writes.event("round", round=state.rounds_done, of=self.plan.total_rounds, rows=batch.num_rows,
+                          executions=result.executions, seconds=round(seconds, 4), **_placement_summary(result))
+        if logged or seconds >= PERSIST_AFTER:
+            return state, self.writes.commit()
+        return state, False
+
+    def _succeed(self, state: PlanState) -> Step:
+        outputs, stderr = self.plan.outputs(state)
+        arrays = {"outputs": outputs, "stderr": stderr}
+        arrays.update({f"layer.{k}": y for k, y in enumerate(state.layer_outputs)})
+        summary = {"samples": int(outputs.shape[0]), "outputs": int(outputs.shape[1])}
+        return self.claimed.succeed(pack_arrays(arrays), summary)
+
+    def _finished_with_a_round_in_flight(self, number: int, state: PlanState) -> Step:
+        """A bug, not a provider's doing: the stored plan state already absorbed the round the provider ran."""
+        message = (f"round {number + 1} is in flight but the plan state has absorbed all "
+                   f"{state.rounds_done} rounds; the job's stored state is inconsistent")
+        log.error("job %s: %s", self.job.id, message)
+        return self.claimed.fail("internal", message)
+
+
+def _placement_summary(result: BatchResult) -> dict[str, Any]:
+    """The qubits a round ran on, for its progress event (the full calibration is on the job)."""
+    placement = result.metadata.get("placement")
+    return {"qubits": placement["qubits"]} if placement else {}

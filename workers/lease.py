@@ -1,0 +1,68 @@
+"""A worker's lease on a job: claimed with one conditional UPDATE, renewed while a step works.
+
+Only the lease holder may change a running job (see ``service.store.jobs``);
+a worker that finds the lease taken comes back when it expires, in case its
+holder died.
+"""
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from qkan_orch.service.store import jobs as store
+from qkan_orch.service.store.database import session_scope
+from qkan_orch.service.store.states import TERMINAL
+from qkan_orch.service.store.tables import Job
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The claimed job as the claim left it, and the token every later write must present."""
+
+    job: Job
+    token: str
+
+
+def claim(session: Session, job_id: str, seconds: float) -> Lease | None:
+    """Take the job's lease (committed) if it is active and free; None if someone else holds it or it ended."""
+    token = uuid.uuid4().hex
+    job = store.claim(session, job_id, token, seconds)
+    session.commit()
+    return Lease(job, token) if job is not None else None
+
+
+def retry_after(session: Session, job_id: str) -> float | None:
+    """Seconds until another holder's lease runs out (and a bit), None if the job has ended."""
+    state, lease_until = store.lease_state(session, job_id)
+    if state is None or state in TERMINAL:
+        return None
+    return max(0.5, (lease_until or 0) - time.time() + 0.5)
+
+
+@contextmanager
+def kept(url: str, job_id: str, token: str, seconds: float) -> Iterator[None]:
+    """Renew the lease in the background for as long as the block runs (a long round, a training slice)."""
+    keeper = _Keeper(url, job_id, token, seconds)
+    keeper.start()
+    try:
+        yield
+    finally:
+        keeper.stopped.set()
+
+
+class _Keeper(threading.Thread):
+    def __init__(self, url: str, job_id: str, token: str, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.url, self.job_id, self.token, self.seconds = url, job_id, token, seconds
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.seconds / 3):
+            with session_scope(self.url) as session:
+                if not store.renew(session, self.job_id, self.token, self.seconds):
+                    return
