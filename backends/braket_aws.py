@@ -51,7 +51,6 @@ from braket.tasks.program_set_quantum_task_result import ProgramSetQuantumTaskRe
 
 from qkan_orch.backends.accounts import accounts, redact
 from qkan_orch.backends.base import (
-    Backend,
     Capabilities,
     Handle,
     Pack,
@@ -61,11 +60,11 @@ from qkan_orch.backends.base import (
     Status,
     TransientBackendError,
 )
-from qkan_orch.backends.calibration import Thresholds, choose_qubits, usable_qubits
+from qkan_orch.backends.calibration import CalibratedBackend, Placement, counts_result, round_width
 from qkan_orch.backends.pricing import braket_price
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Template
 from qkan_orch.circuits.lower_braket import braket_inputs, braket_template
-from qkan_orch.circuits.packing import binomial_p0, pack_params, unpack_counts
+from qkan_orch.circuits.packing import pack_params
 from qkan_orch.models.errors import InputError
 
 ARN = re.compile(
@@ -85,7 +84,7 @@ MICROSECONDS = {"s": 1e6, "ms": 1e3, "us": 1.0, "µs": 1.0, "ns": 1e-3}  # per u
 RB = ("RANDOMIZED_BENCHMARKING", "SIMULTANEOUS_RANDOMIZED_BENCHMARKING")  # preferred first
 
 
-class BraketDeviceBackend(Backend):
+class BraketDeviceBackend(CalibratedBackend):
     def __init__(self, arn: str, device: Device | None = None) -> None:
         match = ARN.fullmatch(arn) if isinstance(arn, str) else None
         if match is None:
@@ -177,7 +176,7 @@ class BraketDeviceBackend(Backend):
         except (AttributeError, ClientError, BotoCoreError, KeyError, TypeError, ValueError):
             pass  # the queue length is informative only
         return Status(online=state in ("ONLINE", "AVAILABLE"), queue_length=queue,
-                      calibration_time=_calibration_time(device.properties), message=state)
+                      calibration_time=self.calibration_time(), message=state)
 
     def validate(self, shots: int | None, pack: Pack, options: dict[str, Any] | None
                  ) -> tuple[int | None, int, dict[str, Any]]:
@@ -191,29 +190,18 @@ class BraketDeviceBackend(Backend):
             raise InputError("shots", f"{shots} is below the minimum of {low} on '{self.name}'")
         if not isinstance(options.get("program_set", True), bool):
             raise InputError("options.program_set", f"must be true or false, got {options['program_set']!r}")
-        Thresholds.from_options(options)
         if not self.local and not accounts().braket_s3_bucket:
             raise InputError("QKAN_BRAKET_S3_BUCKET", f"set an S3 bucket for the results of '{self.name}'")
         return shots, width, options
 
-    def _calibration(self) -> list[dict]:
+    def calibration(self) -> list[dict]:
         table = braket_calibration(self.device.properties)
         if table is None:
             raise InputError("pack", f"{self.name} publishes no calibration; give pack=<W>")
         return table
 
-    def auto_pack(self, options: dict[str, Any]) -> int:
-        limits = Thresholds.from_options(options)
-        good = usable_qubits(self._calibration(), limits)
-        if not good:
-            raise InputError("pack", f"no qubit of {self.name} passes the calibration thresholds {limits}")
-        return min(len(good), limits.max_width)
-
-    def placement(self, width: int, options: dict[str, Any]) -> dict[str, Any]:
-        """The ``width`` best qubits and their calibration, in the JSON shape IBM's placements have."""
-        chosen = choose_qubits(self._calibration(), width, Thresholds.from_options(options))
-        return {"qubits": [c["qubit"] for c in chosen], "calibration": chosen,
-                "calibration_time": _calibration_time(self.device.properties)}
+    def calibration_time(self) -> str | None:
+        return _calibration_time(self.device.properties)
 
     def _check_gates(self, template: Template) -> None:
         action = self.device.properties.action.get(OPENQASM)
@@ -256,12 +244,11 @@ class BraketDeviceBackend(Backend):
         shots, width, options = self.validate(shots, pack, options)
         assert shots is not None
         self._check_gates(batch.template)
-        place = None
-        if pack == "auto":  # never more copies than rows: an idle copy buys nothing
-            width = max(1, min(width, batch.num_rows))
-            place = self.placement(width, options)
+        width = round_width(width, pack, batch.num_rows)
+        # pack="auto": copies on the chosen qubits; an explicit width: Braket places qubits 0..W−1 itself
+        place = self.placement(width, options) if pack == "auto" else None
         circuit = (braket_template(batch.template, width) if place is None
-                   else placed_template(batch.template, tuple(place["qubits"])))
+                   else placed_template(batch.template, place.qubits))
         inputs = braket_inputs(batch.template, width, pack_params(batch.params, width))
         sizes, program_set = self._plan(len(inputs), shots, options.get("program_set", True) and place is None)
         tasks: list[Any] = []
@@ -282,7 +269,7 @@ class BraketDeviceBackend(Backend):
         data = {"rows": batch.num_rows, "width": width, "shots": shots, "program_set": program_set,
                 "sizes": sizes}
         if place is not None:
-            data["placement"] = place
+            data["placement"] = place.to_json()
         if all(isinstance(t, LocalQuantumTask) for t in tasks):
             shots_read = [c for t in tasks for c in _local_counts(t.result())]
             return Handle(self.name, data=data, result=self._batch_result(shots_read, len(tasks), [], data))
@@ -326,8 +313,8 @@ class BraketDeviceBackend(Backend):
                       ) -> BatchResult:
         """Counts per packed circuit → p0 per row; measured qubit ``qubits[w]`` is copy w."""
         width, shots = int(data["width"]), int(data["shots"])
-        place = data.get("placement")
-        qubits = [int(q) for q in place["qubits"]] if place else list(range(width))
+        place = Placement.from_json(data["placement"]) if "placement" in data else None
+        qubits = list(place.qubits) if place else list(range(width))
         copy = {q: w for w, q in enumerate(qubits)}
         ones = np.zeros((len(counts), width), dtype=np.int64)
         for k, (ones_read, measured, shots_read) in enumerate(counts):
@@ -335,14 +322,11 @@ class BraketDeviceBackend(Backend):
                 raise ProviderJobFailed(f"{self.name}: a task returned {shots_read} shots on qubits {measured}, "
                                         f"expected {shots} shots on qubits {sorted(qubits)}")
             ones[k, [copy[q] for q in measured]] = ones_read
-        p0, se = binomial_p0(unpack_counts(shots - ones, int(data["rows"])), shots)
         seconds = self._billed_seconds(tasks)
         price = self.capabilities().price
-        return BatchResult(
-            p0=p0, p0_stderr=se, shots=shots, executions=len(counts), provider_job_ids=arns,
-            qpu_seconds=seconds, cost=price.cost(tasks, len(counts) * shots, seconds),
-            metadata={"pack": width, "program_set": bool(data["program_set"]), "tasks": tasks,
-                      **({"placement": place} if place else {})},
+        return counts_result(
+            ones, int(data["rows"]), shots, place, provider_job_ids=arns, qpu_seconds=seconds,
+            cost=price.cost(tasks, len(counts) * shots, seconds), program_set=bool(data["program_set"]), tasks=tasks,
         )
 
     def cancel(self, handle: Handle) -> None:

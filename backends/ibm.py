@@ -22,7 +22,6 @@ import tempfile
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ from qiskit_ibm_runtime import Batch, QiskitRuntimeService, SamplerV2
 
 from qkan_orch.backends.accounts import accounts, redact
 from qkan_orch.backends.base import (
-    Backend,
     Capabilities,
     Handle,
     Pack,
@@ -45,7 +43,7 @@ from qkan_orch.backends.base import (
     Status,
     TransientBackendError,
 )
-from qkan_orch.backends.calibration import Thresholds, choose_qubits, usable_qubits
+from qkan_orch.backends.calibration import CalibratedBackend, Placement, counts_result, round_width
 from qkan_orch.backends.pricing import ibm_price
 from qkan_orch.backends.qiskit_common import (
     check_fake_name,
@@ -57,7 +55,7 @@ from qkan_orch.backends.qiskit_common import (
     qubit_calibration,
 )
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult
-from qkan_orch.circuits.packing import binomial_p0, pack_params, unpack_counts
+from qkan_orch.circuits.packing import pack_params
 from qkan_orch.models.errors import InputError
 
 log = logging.getLogger("qkan.ibm")
@@ -71,7 +69,6 @@ NO_ACCOUNT = (
     "needs an IBM Quantum account: set QKAN_IBM_TOKEN (and QKAN_IBM_INSTANCE), or save one with "
     "QiskitRuntimeService.save_account(); ibm:fake_<device> runs offline"
 )
-ANY_QUBIT = Thresholds(max_readout_error=1.0, max_sx_error=1.0, min_t2_us=0.0, max_width=10**6)
 SPOOL = Path(tempfile.gettempdir()) / f"qkan-local-runtime-{os.getuid()}"
 SPOOL_KEEP_SECONDS = 86_400
 
@@ -131,20 +128,7 @@ def _used_qubit_noise(device: str, qubits: tuple[int, ...]) -> NoiseModel:
     return model
 
 
-@dataclass(frozen=True)
-class Placement:
-    """The qubits a batch runs on, with the calibration they were chosen by."""
-
-    qubits: tuple[int, ...]
-    calibration: tuple[dict, ...]
-    calibration_time: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"qubits": list(self.qubits), "calibration": list(self.calibration),
-                "calibration_time": self.calibration_time}
-
-
-class IBMBackend(Backend):
+class IBMBackend(CalibratedBackend):
     def __init__(self, device: str) -> None:
         if not device:
             raise InputError("backend", "name an IBM device: ibm:<backend> or ibm:fake_<device>")
@@ -190,38 +174,30 @@ class IBMBackend(Backend):
             max_pack=qubits, options=OPTIONS, price=price,
         )
 
-    def _calibration_time(self) -> str | None:
+    def calibration_time(self) -> str | None:
         """When the device was calibrated; its properties are read once per backend instance (one step)."""
         if self._props is None:
             self._props = self._backend().properties() or False
         return self._props.last_update_date.isoformat() if self._props else None
 
-    def _calibration(self) -> list[dict]:
+    def calibration(self) -> list[dict]:
         """The device's per-qubit calibration table, built once per backend instance."""
         if self._table is None:
-            self._calibration_time()
+            self.calibration_time()
             self._table = qubit_calibration(self._backend().target, self._props or None)
         return self._table
 
     def status(self) -> Status:
-        calibrated = self._calibration_time()
+        calibrated = self.calibration_time()
         if self.local:
             return Status(online=True, calibration_time=calibrated, message="local testing mode")
         state = self._backend().status()
         return Status(online=bool(state.operational), queue_length=int(state.pending_jobs),
                       calibration_time=calibrated, message=state.status_msg)
 
-    def auto_pack(self, options: dict[str, Any]) -> int:
-        limits = Thresholds.from_options(options)
-        good = usable_qubits(self._calibration(), limits)
-        if not good:
-            raise InputError("pack", f"no qubit of {self.device} passes the calibration thresholds {limits}")
-        return min(len(good), limits.max_width)
-
     def validate(self, shots: int | None, pack: Pack, options: dict[str, Any] | None
                  ) -> tuple[int | None, int, dict[str, Any]]:
         shots, width, options = super().validate(shots, pack, options)
-        Thresholds.from_options(options)
         if not isinstance(options.get("twirling", False), bool):
             raise InputError("options.twirling", f"must be true or false, got {options['twirling']!r}")
         dd = options.get("dynamical_decoupling", False)
@@ -239,21 +215,15 @@ class IBMBackend(Backend):
         per_shot = 250e-6  # IBM's default repetition delay dominates a short circuit
         return tasks * JOB_OVERHEAD_SECONDS + executions * shots * per_shot
 
-    def placement(self, width: int, options: dict[str, Any], calibrated: bool) -> Placement:
-        """The ``width`` best qubits: within the thresholds for pack="auto", any operational ones otherwise."""
-        limits = Thresholds.from_options(options) if calibrated else ANY_QUBIT
-        chosen = choose_qubits(self._calibration(), width, limits)
-        return Placement(tuple(c["qubit"] for c in chosen), tuple(chosen), self._calibration_time())
-
     # -- jobs --------------------------------------------------------------------------------------
 
     def submit(self, batch: ActivationBatch, shots: int | None = None, pack: Pack = None,
                options: dict[str, Any] | None = None) -> Handle:
         shots, width, options = self.validate(shots, pack, options)
         assert shots is not None
-        if pack == "auto":  # never more copies than rows: an idle copy buys nothing
-            width = max(1, min(width, batch.num_rows))
+        width = round_width(width, pack, batch.num_rows)
         backend = self._backend(width)
+        # pack="auto": qubits within the thresholds; an explicit width: the best operational ones
         place = self.placement(width, options, calibrated=pack == "auto")
         circuit = isa_template(batch.template, width, backend.target, key=(self.name,), layout=place.qubits)
         packed = pack_params(batch.params, width)
@@ -288,13 +258,10 @@ class IBMBackend(Backend):
                 return None
             ones.append(found[0])
             seconds += found[1]
-        zeros = shots - np.concatenate(ones, axis=0)
-        p0, se = binomial_p0(unpack_counts(zeros, data["rows"]), shots)
         price = Price() if self.local else ibm_price()
-        return BatchResult(
-            p0=p0, p0_stderr=se, shots=shots, executions=int(zeros.shape[0]),
-            provider_job_ids=list(handle.provider_job_ids), qpu_seconds=seconds,
-            cost=price.cost(0, 0, seconds), metadata={"pack": width, "placement": data["placement"]},
+        return counts_result(
+            np.concatenate(ones, axis=0), data["rows"], shots, Placement.from_json(data["placement"]),
+            provider_job_ids=list(handle.provider_job_ids), qpu_seconds=seconds, cost=price.cost(0, 0, seconds),
         )
 
     def _remote_counts(self, job_id: str, width: int) -> tuple[np.ndarray, float] | None:

@@ -521,8 +521,8 @@ def test_auto_pack_chooses_the_qubits_within_the_thresholds_best_read_out_first(
     backend = aws.backend
     assert backend.auto_pack({}) == len(PASSING) == 16
     place = backend.placement(16, {})
-    assert place["qubits"] == PASSING and place["calibration_time"] == UPDATED
-    for entry in place["calibration"]:
+    assert list(place.qubits) == PASSING and place.calibration_time == UPDATED
+    for entry in place.calibration:
         q = entry["qubit"]
         assert entry["readout_error"] == pytest.approx(READOUT_ERROR[q])
         assert entry["sx_error"] == pytest.approx(RB_ERROR[q])  # RB preferred; q15 from simultaneous RB
@@ -546,7 +546,7 @@ def test_auto_pack_is_capped_by_the_max_width_setting(monkeypatch: pytest.Monkey
     accounts.cache_clear()
     backend = Aws(calibrated=True).backend
     assert backend.auto_pack({}) == 5
-    assert backend.placement(5, {})["qubits"] == PASSING[:5]
+    assert list(backend.placement(5, {}).qubits) == PASSING[:5]
 
 
 @pytest.mark.parametrize("program_set", [None, 100])
