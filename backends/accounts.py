@@ -1,4 +1,7 @@
-"""Provider accounts, read from the environment (``QKAN_`` prefix) or the SDKs' own config files.
+"""The backends' settings: provider accounts, packing thresholds and backend plugins.
+
+Read from the environment (``QKAN_`` prefix) or, for accounts, the SDKs' own
+config files; the API and the workers both read them through ``accounts()``.
 
 Secrets are ``SecretStr``: they print as ``**********``, and ``redact`` scrubs
 them from any message before it can reach a log, a response or the database.
@@ -24,6 +27,7 @@ class ProviderAccounts(BaseSettings):
     pack_max_sx_error: float = Field(1e-3, description="pack=auto: largest √X error of a qubit used")
     pack_min_t2_us: float = Field(50.0, description="pack=auto: shortest T2 (µs) of a qubit used")
     pack_max_width: int = Field(32, description="pack=auto: most template copies per circuit")
+    backend_plugins: str = Field("", description="Comma-separated modules that register extra backends")
 
     def secrets(self) -> list[str]:
         """Every secret value that must never be shown, including the AWS keys boto3 reads."""

@@ -6,10 +6,10 @@ backend's module is imported only when its name is asked for.
 
 import importlib
 import logging
-import os
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
+from qkan_orch.backends.accounts import accounts
 from qkan_orch.backends.base import Backend, Capabilities
 from qkan_orch.models.errors import InputError
 
@@ -68,7 +68,7 @@ def get_backend(name: str) -> Backend:
 
 def _plugins() -> list[Callable[[str], Backend | None]]:
     """``get_backend(name) -> Backend | None`` of each module named in QKAN_BACKEND_PLUGINS."""
-    names = [n.strip() for n in os.environ.get("QKAN_BACKEND_PLUGINS", "").split(",") if n.strip()]
+    names = [n.strip() for n in accounts().backend_plugins.split(",") if n.strip()]
     plugins = []
     for name in names:
         try:
@@ -92,7 +92,6 @@ def backend_names() -> list[str]:
 
 def hardware_names() -> list[str]:
     """IBM devices of the configured account and Braket QPUs with a price, when their accounts are set up."""
-    from qkan_orch.backends.accounts import accounts
     from qkan_orch.backends.pricing import BRAKET_PER_SHOT, BRAKET_REGIONS
 
     names = []

@@ -1,7 +1,9 @@
 """All service settings in one place: environment variables with the ``QKAN_`` prefix.
 
 Every field is documented in the README's settings table; defaults make
-``qkan-orch serve`` work on a bare machine (SQLite, embedded Redis).
+``qkan-orch serve`` work on a bare machine (SQLite, embedded Redis). What
+the backends read (accounts, packing thresholds, backend plugins) is in
+``backends.accounts``: backends never import the service.
 """
 
 from functools import lru_cache
@@ -29,7 +31,6 @@ class Settings(BaseSettings):
     retry_backoff_seconds: float = Field(2.0, description="First retry delay; doubles each retry")
     broker_visibility_timeout: int = Field(300, description="Seconds before a dead worker's task is redelivered")
     worker_concurrency: int | None = Field(None, description="Worker processes (default: CPU count)")
-    backend_plugins: str = Field("", description="Comma-separated modules that register extra backends")
     log_level: str = Field("INFO", description="Logging level of API and workers")
 
     @property

@@ -37,10 +37,12 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="module")
 def plugin_backends() -> Iterator[None]:
     """Let this process (the API under test) resolve the test backends of support/; undone afterwards."""
+    from qkan_orch.backends.accounts import accounts
     from service_env import FAST
 
     old = os.environ.get("QKAN_BACKEND_PLUGINS")
     os.environ["QKAN_BACKEND_PLUGINS"] = FAST["QKAN_BACKEND_PLUGINS"]
+    accounts.cache_clear()  # the registry reads the plugins from the backends' settings
     try:
         yield
     finally:
@@ -48,3 +50,4 @@ def plugin_backends() -> Iterator[None]:
             os.environ.pop("QKAN_BACKEND_PLUGINS", None)
         else:
             os.environ["QKAN_BACKEND_PLUGINS"] = old
+        accounts.cache_clear()
