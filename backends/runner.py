@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from qkan_orch.backends.base import Backend, Pack
-from qkan_orch.circuits.plan import FeedForwardPlan, PlanState
+from qkan_orch.circuits.plan import ExecutionPlan, PlanState
 
 
 @dataclass
@@ -52,7 +52,7 @@ class RunReport:
 
 
 def run_plan(
-    plan: FeedForwardPlan,
+    plan: ExecutionPlan,
     backend: Backend,
     shots: int | None = None,
     pack: Pack = None,

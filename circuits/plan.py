@@ -58,7 +58,7 @@ class PlanState:
 
 
 class ExecutionPlan(Protocol):
-    """What workers drive: any model whose inference is rounds of activation batches."""
+    """What workers and ``run_plan`` drive: any model whose inference is rounds of activation batches."""
 
     total_rounds: int
 
