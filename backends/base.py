@@ -15,6 +15,7 @@ from qkan_orch.circuits.batch import ActivationBatch, BatchResult
 from qkan_orch.models.errors import InputError
 
 Pack = int | Literal["auto"] | None
+DEFAULT_SHOTS = 1000  # shots per circuit on a sampling backend when a run names none (CLI and API alike)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,12 @@ class Capabilities:
     @property
     def shot_based(self) -> bool:
         return self.kind != "analytic"
+
+    def shots_for(self, shots: int | None) -> int | None:
+        """The shots a run uses here: none on an analytic backend, ``DEFAULT_SHOTS`` when not given."""
+        if not self.shot_based:
+            return None
+        return DEFAULT_SHOTS if shots is None else shots
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Plugin devices work by name with their own options in ``device_options``:
 ``braket.local.qubit`` offline, ``braket.aws.qubit`` with ``{"device_arn": ...}``
 and AWS credentials. A cloud device executes inside the call — PennyLane waits
 for its results — so such names run on the provider's own worker queue
-(``workers.routing``), where waiting blocks no simulator; for hardware prefer
+(``backends.queues``), where waiting blocks no simulator; for hardware prefer
 ``ibm:`` / ``braket:``, which never wait.
 """
 

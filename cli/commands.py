@@ -9,14 +9,13 @@ import numpy as np
 import torch
 
 from qkan_orch.backends import get_backend, list_backends, run_plan
+from qkan_orch.backends.base import DEFAULT_SHOTS, Capabilities
 from qkan_orch.circuits import FeedForwardPlan
 from qkan_orch.cli.arrays import pack_arg, read_array, write_array
 from qkan_orch.models import build_model, fit, load_model, parse_spec, save_model
 from qkan_orch.models.errors import InputError
 from qkan_orch.models.functions import FUNCTIONS, get_function
 from qkan_orch.models.spec import load_spec_file
-
-DEFAULT_SHOTS = 1000
 
 
 def parse_options(text: str | None) -> dict:
@@ -31,12 +30,11 @@ def parse_options(text: str | None) -> dict:
     return options
 
 
-def resolve_shots(backend_shot_based: bool, shots: int | None) -> int | None:
+def resolve_shots(caps: Capabilities, shots: int | None) -> int | None:
+    """``--shots`` checked even where the backend ignores it, then the backend's default."""
     if shots is not None and shots <= 0:
         raise InputError("shots", f"must be a positive integer, got {shots}")
-    if not backend_shot_based:
-        return None
-    return shots or DEFAULT_SHOTS
+    return caps.shots_for(shots)
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -44,7 +42,7 @@ def predict(args: argparse.Namespace) -> int:
         raise InputError("out", f"{args.out}: use a .npy or .csv file")
     model = load_model(args.model, args.spec)
     backend = get_backend(args.backend)
-    shots = resolve_shots(backend.capabilities().shot_based, args.shots)
+    shots = resolve_shots(backend.capabilities(), args.shots)
     options = parse_options(args.options)
     backend.validate(shots, args.pack, options)
     plan = FeedForwardPlan(model, read_array(args.inputs))

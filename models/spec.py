@@ -50,6 +50,12 @@ class QKANSpec:
     def out_dim(self) -> int:
         return self.width[-1]
 
+    @property
+    def quantum_layers(self) -> tuple[tuple[int, int], ...]:
+        """(inputs, outputs) of each QKAN layer in order, one quantum round each; is_map's tail is classical."""
+        width = self.width
+        return tuple((width[k], width[k + 1]) for k in range(len(width) - (2 if self.is_map else 1)))
+
     def with_reps(self, reps: int) -> "QKANSpec":
         return replace(self, reps=reps)
 
@@ -62,6 +68,10 @@ class HQKANSpec:
     out_dim: int
     qkan: QKANSpec
     kind: str = field(default="hqkan", init=False)
+
+    @property
+    def quantum_layers(self) -> tuple[tuple[int, int], ...]:
+        return self.qkan.quantum_layers
 
     def with_reps(self, reps: int) -> "HQKANSpec":
         return replace(self, qkan=self.qkan.with_reps(reps))

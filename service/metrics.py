@@ -12,9 +12,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import case, func, select
 
+from qkan_orch.service.broker import queue_depths
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store.database import session_scope
-from qkan_orch.service.store.jobs import ACTIVE, TERMINAL
+from qkan_orch.service.store.states import JobState
 from qkan_orch.service.store.tables import Job, Round
 
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
@@ -25,8 +26,6 @@ class ServiceCollector(Collector):
         self.url, self.broker = settings.resolved_database_url, broker
 
     def collect(self) -> Iterator[Metric]:
-        from qkan_orch.service.api.routes.queues import queue_depths
-
         with session_scope(self.url) as session:
             by_state = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
             shots, executions = session.execute(
@@ -36,7 +35,7 @@ class ServiceCollector(Collector):
                 func.coalesce(func.sum(case((Round.seconds <= b, 1), else_=0)), 0) for b in LATENCY_BUCKETS
             ], func.count(Round.seconds), func.coalesce(func.sum(Round.seconds), 0.0))).one()
         jobs = GaugeMetricFamily("qkan_jobs", "Jobs by state", labels=["state"])
-        for state in (*ACTIVE, *TERMINAL):
+        for state in JobState:
             jobs.add_metric([state], by_state.get(state, 0))
         yield jobs
         depth = GaugeMetricFamily("qkan_queue_depth", "Messages waiting per queue", labels=["queue"])

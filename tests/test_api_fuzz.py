@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 from qkan_orch.service.api.app import create_app
+from qkan_orch.service.broker import celery_app
 from qkan_orch.service.local import LocalService
 from qkan_orch.service.settings import Settings
 from service_env import stack_env
@@ -28,7 +29,8 @@ def fuzzed(tmp_path_factory) -> tuple[LocalService, str]:  # type: ignore[misc]
 
 
 # The schema is static: read it from the app; the requests go to the live service below.
-schema = schemathesis.openapi.from_dict(create_app(Settings(redis_url="redis://unused")).openapi())
+unused = Settings(redis_url="redis://unused")
+schema = schemathesis.openapi.from_dict(create_app(unused, celery=celery_app(unused)).openapi())
 
 
 @schema.parametrize()

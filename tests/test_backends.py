@@ -142,8 +142,8 @@ def test_unknown_backends_are_refused(name: str) -> None:
 def test_cloud_plugin_devices_fail_as_provider_errors_and_wait_on_their_provider_queue() -> None:
     """braket.aws.qubit without region or credentials: a provider or input error naming the device, not a crash."""
     from qkan_orch.backends.base import TransientBackendError
+    from qkan_orch.backends.queues import queue_for
     from qkan_orch.models.errors import InputError
-    from qkan_orch.workers.routing import queue_for
 
     backend = get_backend("pennylane:braket.aws.qubit")
     with pytest.raises((TransientBackendError, InputError), match=r"braket\.aws\.qubit"):

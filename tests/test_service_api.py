@@ -8,6 +8,8 @@ import json
 import os
 import pickle
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -15,14 +17,15 @@ import numpy as np
 import pytest
 import qkan
 import torch
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from conftest import make_inputs, make_model
 from qkan_orch.client import ApiError, Client
 from qkan_orch.models import save_model
 from qkan_orch.service.local import LocalService
-from qkan_orch.service.store.database import session_scope
-from qkan_orch.service.store.tables import Job, JobEvent, StoredModel
+from qkan_orch.service.store.database import engine_for, session_scope
+from qkan_orch.service.store.keys import find_key
+from qkan_orch.service.store.tables import Job, JobEvent, Round, StoredModel
 from service_env import STACKS, stack_env
 
 pytestmark = pytest.mark.usefixtures("plugin_backends")
@@ -314,3 +317,68 @@ def test_bad_model_uploads_are_refused_and_store_nothing(svc, qc: Client, tmp_pa
     assert qc.http.post("/v1/models", data={"name": "no file"}).status_code == 422
     assert counts(svc) == before
     assert not (tmp_path / "PWNED").exists()
+
+
+def _finished_jobs(svc: LocalService, token: str, count: int) -> None:
+    """``count`` succeeded jobs of two rounds each for the key ``token``, written straight to the database."""
+    with session_scope(svc.settings.resolved_database_url) as session:
+        owner = find_key(session, token).id  # type: ignore[union-attr]
+        ids = [str(uuid.uuid4()) for _ in range(count)]
+        session.add_all(Job(id=i, owner_id=owner, kind="inference", backend="exact", queue="local", request_hash="",
+                            state="succeeded", rounds_done=2, rounds_total=2, samples=1, inputs=b"") for i in ids)
+        session.flush()
+        session.add_all(Round(job_id=i, number=k, rows=1, requested=1, provider_job_ids=[f"{i}/{k}"])
+                        for i in ids for k in range(2))
+
+
+def test_listing_jobs_takes_the_same_few_statements_however_many_are_listed(svc: LocalService) -> None:
+    token = svc.create_key("many jobs")
+    engine = engine_for(svc.settings.resolved_database_url)  # the engine of the API running in this process
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    def statements_of_a_page() -> tuple[int, dict]:
+        statements.clear()
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            page = httpx.get(f"{svc.url}/v1/jobs", params={"limit": 500}, headers={"Authorization": f"Bearer {token}"},
+                             timeout=60).json()
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        return len(statements), page
+
+    _finished_jobs(svc, token, 5)
+    few, page = statements_of_a_page()
+    assert page["total"] == len(page["items"]) == 5
+    _finished_jobs(svc, token, 495)
+    many, page = statements_of_a_page()
+    assert page["total"] == len(page["items"]) == 500
+    assert all([r["number"] for r in j["rounds"]] == [0, 1] and len(j["provider_job_ids"]) == 2 for j in page["items"])
+    # the key (unless cached), the count, the jobs, all their rounds: never a query per job
+    assert many == few <= 4, statements
+
+
+def test_concurrent_first_backend_listings_list_the_backends_once(svc: LocalService, monkeypatch) -> None:
+    from qkan_orch.backends import get_backend
+    from qkan_orch.service.api.routes import backends as route
+
+    calls = []
+
+    def slow_listing() -> list:
+        calls.append(time.monotonic())
+        time.sleep(0.5)  # long enough for every request below to arrive while it runs
+        return [get_backend("exact").capabilities()]
+
+    token = svc.create_key("backends")
+    monkeypatch.setattr(route, "list_backends", slow_listing)
+    route._listed.cache_clear()  # as on a fresh API process
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: httpx.get(f"{svc.url}/v1/backends", timeout=60,
+                                                        headers={"Authorization": f"Bearer {token}"}), range(4)))
+    finally:
+        route._listed.cache_clear()  # the next test lists the real backends again
+    assert len(calls) == 1
+    assert all(a.status_code == 200 and [b["name"] for b in a.json()] == ["exact"] for a in answers)

@@ -4,13 +4,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from celery import Celery
 from fastapi import FastAPI
 
 from qkan_orch.backends.accounts import redact_logs
 from qkan_orch.service.api import errors
 from qkan_orch.service.api.limits import BodyLimit
 from qkan_orch.service.api.routes import backends, health, jobs, models, queues
-from qkan_orch.service.settings import Settings, get_settings
+from qkan_orch.service.settings import Settings
 
 DESCRIPTION = """Run trained QKAN models on quantum simulators and hardware.
 
@@ -27,10 +28,9 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(settings: Settings, *, celery: Celery) -> FastAPI:
     app = FastAPI(title="QKAN Orchestrator", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
-    app.state.settings = settings
+    app.state.settings, app.state.celery = settings, celery
     errors.install(app)
     for router in (models.router, jobs.router, backends.router, queues.router, health.router):
         app.include_router(router)

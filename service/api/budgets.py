@@ -10,10 +10,11 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from qkan_orch.backends.base import Estimate
-from qkan_orch.service.api.errors import ApiError
+from qkan_orch.service.api.errors import HTTPProblem
+from qkan_orch.service.store.states import JobState
 from qkan_orch.service.store.tables import ApiKey, Job
 
-ENDED_UNUSED = ("failed", "cancelled")
+ENDED_UNUSED = (JobState.FAILED, JobState.CANCELLED)
 
 
 def committed(session: Session, key_id: int) -> tuple[int, float]:
@@ -34,12 +35,12 @@ def check_budget(session: Session, key: ApiKey, estimate: Estimate) -> None:
     session.execute(select(ApiKey.id).where(ApiKey.id == key.id).with_for_update())
     shots, cost = committed(session, key.id)
     if key.max_shots is not None and shots + estimate.shots > key.max_shots:
-        raise ApiError(
+        raise HTTPProblem(
             402, "budget_exceeded",
             f"this job needs up to {estimate.shots:,} shots ({estimate.executions:,} circuit executions); "
             f"the key has {max(0, key.max_shots - shots):,} of its {key.max_shots:,} left", "shots")
     if key.max_cost is not None and cost + estimate.cost > key.max_cost:
-        raise ApiError(
+        raise HTTPProblem(
             402, "budget_exceeded",
             f"this job is estimated at up to ${estimate.cost:,.2f} ({estimate.tasks} tasks, {estimate.shots:,} shots); "
             f"the key has ${max(0.0, key.max_cost - cost):,.2f} of its ${key.max_cost:,.2f} left", "budget")

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from qkan_orch.service.api.errors import ApiError
+from qkan_orch.service.api.errors import HTTPProblem
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store.database import session_scope
 from qkan_orch.service.store.keys import find_key
@@ -38,23 +38,22 @@ def current_key(
 ) -> ApiKey:
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None:
-        raise ApiError(401, "unauthorized", "send an API key: 'Authorization: Bearer <key>'", headers=challenge)
+        raise HTTPProblem(401, "unauthorized", "send an API key: 'Authorization: Bearer <key>'", headers=challenge)
     token = credentials.credentials
     cached = _known_keys.get(token)
     if cached is not None and cached[1] > time.monotonic():
         return cached[0]
     key = find_key(session, token)
     if key is None:
-        raise ApiError(401, "unauthorized", "the API key is not valid", headers=challenge)
+        raise HTTPProblem(401, "unauthorized", "the API key is not valid", headers=challenge)
     session.expunge(key)
     _known_keys[token] = (key, time.monotonic() + _KEY_TTL)
     return key
 
 
 def broker_dep(request: Request) -> Celery:
-    from qkan_orch.workers.app import celery_app
-
-    return celery_app(request.app.state.settings)
+    """The Celery app the API was created with (``create_app(…, celery=…)``)."""
+    return request.app.state.celery
 
 
 SettingsDep = Annotated[Settings, Depends(settings_dep)]

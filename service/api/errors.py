@@ -23,15 +23,17 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-class ApiError(Exception):
+class HTTPProblem(Exception):
+    """Raised by the service to answer with a status and the error body (the client's ``ApiError`` reads it)."""
+
     def __init__(self, status: int, code: str, message: str, field: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.field, self.headers = status, code, message, field, headers
 
 
-def not_found(what: str, ident: str) -> ApiError:
-    return ApiError(404, "not_found", f"no {what} '{ident}'", field=f"{what}_id")
+def not_found(what: str, ident: str) -> HTTPProblem:
+    return HTTPProblem(404, "not_found", f"no {what} '{ident}'", field=f"{what}_id")
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None,
@@ -56,8 +58,8 @@ ERROR_RESPONSES_SUBMIT: dict[int | str, dict[str, Any]] = {
 
 
 def install(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+    @app.exception_handler(HTTPProblem)
+    async def _api(_: Request, exc: HTTPProblem) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
 
     @app.exception_handler(InputError)

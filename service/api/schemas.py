@@ -5,7 +5,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JobState = Literal["queued", "running", "waiting_on_provider", "succeeded", "failed", "cancelled"]
+from qkan_orch.backends.base import DEFAULT_SHOTS
+from qkan_orch.service.store.states import JobState
 
 
 class ModelOut(BaseModel):
@@ -50,7 +51,8 @@ class JobRequest(BaseModel):
     model_id: str = Field(min_length=1, max_length=64)
     inputs: list[list[float]] = Field(description="One sample per row; width = the model's input width")
     backend: str = Field("exact", min_length=1, max_length=200, description="See GET /v1/backends")
-    shots: int | None = Field(None, ge=1, description="Shots per circuit (default 1000 on sampling backends)")
+    shots: int | None = Field(None, ge=1,
+                              description=f"Shots per circuit (default {DEFAULT_SHOTS} on sampling backends)")
     pack: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] | None = Field(
         None, description='Template copies per circuit; "auto" picks them from calibration (default: backend\'s)')
     options: dict[str, Any] = Field(default_factory=dict, description="Backend options, e.g. {\"seed\": 1}")

@@ -15,10 +15,9 @@ from typing import Any
 from sqlalchemy import case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from qkan_orch.service.store.states import ACTIVE, JobState
+from qkan_orch.service.store.states import TERMINAL as TERMINAL  # re-exported for callers holding ``store``
 from qkan_orch.service.store.tables import Job, JobEvent, JobResult, Round
-
-ACTIVE = ("queued", "running", "waiting_on_provider")
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class LeaseLost(RuntimeError):
@@ -46,7 +45,7 @@ def claim(session: Session, job_id: str, token: str, lease_seconds: float) -> Jo
         .where(Job.id == job_id, Job.state.in_(ACTIVE), or_(Job.lease_owner.is_(None), Job.lease_until < now))
         .values(
             lease_owner=token, lease_until=now + lease_seconds,
-            state=case((Job.state == "queued", "running"), else_=Job.state),
+            state=case((Job.state == JobState.QUEUED, JobState.RUNNING), else_=Job.state),
             started_at=func.coalesce(Job.started_at, datetime.now(UTC)),
         )
         .returning(Job),
@@ -117,7 +116,7 @@ def cancel_if_idle(session: Session, job_id: str) -> bool:
             Job.id == job_id, Job.state.in_(ACTIVE), Job.in_flight.is_(None),
             or_(Job.lease_owner.is_(None), Job.lease_until < time.time()),
         )
-        .values(state="cancelled", cancel_requested=True, finished_at=datetime.now(UTC))
+        .values(state=JobState.CANCELLED, cancel_requested=True, finished_at=datetime.now(UTC))
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1

@@ -1,34 +1,48 @@
 """/v1/backends: what can run — capabilities, price, online state, calibration age, pending jobs."""
 
+import threading
 import time
 from datetime import UTC, datetime
+from functools import cache
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 
 from qkan_orch.backends import Capabilities, Status, get_backend, list_backends
+from qkan_orch.backends.queues import queue_for
 from qkan_orch.service.api.deps import KeyDep, SessionDep
 from qkan_orch.service.api.errors import ERROR_RESPONSES
 from qkan_orch.service.api.schemas import BackendOut
+from qkan_orch.service.store.states import JobState
 from qkan_orch.service.store.tables import Job
-from qkan_orch.workers.routing import queue_for
 
 router = APIRouter(prefix="/v1/backends", tags=["backends"], responses=ERROR_RESPONSES)
 STATUS_SECONDS = 60.0  # a provider's status is asked at most this often
-_capabilities: list[Capabilities] = []
 _status: dict[str, tuple[float, Status]] = {}
+_listing = threading.Lock()
 
 
 @router.get("", response_model=list[BackendOut], summary="Backends: capabilities, price, status, pending jobs")
 async def backends(_: KeyDep, session: SessionDep) -> list[BackendOut]:
-    if not _capabilities:  # listing imports every SDK once (seconds); capabilities do not change at run time
-        _capabilities.extend(await run_in_threadpool(list_backends))
-    statuses = await run_in_threadpool(lambda: [_fresh_status(c.name) for c in _capabilities])
+    capabilities = await run_in_threadpool(all_capabilities)
+    statuses = await run_in_threadpool(lambda: [_fresh_status(c.name) for c in capabilities])
     pending = dict(session.execute(
-        select(Job.backend, func.count()).where(Job.state == "waiting_on_provider").group_by(Job.backend)
+        select(Job.backend, func.count()).where(Job.state == JobState.WAITING_ON_PROVIDER).group_by(Job.backend)
     ).all())
-    return [_out(caps, status, pending.get(caps.name, 0)) for caps, status in zip(_capabilities, statuses, strict=True)]
+    return [_out(caps, status, pending.get(caps.name, 0)) for caps, status in zip(capabilities, statuses, strict=True)]
+
+
+def all_capabilities() -> tuple[Capabilities, ...]:
+    """Every backend's capabilities, listed once per process: listing imports every SDK (seconds), and
+    capabilities do not change at run time. Concurrent first requests wait for the one listing."""
+    with _listing:
+        return _listed()
+
+
+@cache
+def _listed() -> tuple[Capabilities, ...]:
+    return tuple(list_backends())
 
 
 def _fresh_status(name: str) -> Status:

@@ -5,8 +5,9 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from qkan_orch.service.api.deps import BrokerDep, SettingsDep
+from qkan_orch.service.broker import ping as ping_broker
 from qkan_orch.service.metrics import registry_for
-from qkan_orch.service.store.database import ping
+from qkan_orch.service.store.database import ping as ping_database
 
 router = APIRouter(tags=["health"])
 
@@ -21,22 +22,16 @@ def healthz() -> dict[str, str]:
 async def readyz(settings: SettingsDep, broker: BrokerDep, response: Response) -> dict[str, str]:
     checks = {"database": "ok", "broker": "ok"}
     try:
-        await run_in_threadpool(ping, settings.resolved_database_url)
+        await run_in_threadpool(ping_database, settings.resolved_database_url)
     except Exception as exc:
         checks["database"] = type(exc).__name__
     try:
-        await run_in_threadpool(_ping_broker, broker)
+        await run_in_threadpool(ping_broker, broker)
     except Exception as exc:
         checks["broker"] = type(exc).__name__
     if any(v != "ok" for v in checks.values()):
         response.status_code = 503
     return checks
-
-
-def _ping_broker(broker) -> None:  # type: ignore[no-untyped-def]
-    with broker.connection_for_read() as connection:
-        connection.ensure_connection(max_retries=1)
-        connection.default_channel.client.ping()
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,

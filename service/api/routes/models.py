@@ -12,12 +12,13 @@ from qkan_orch.models.errors import InputError
 from qkan_orch.models.functions import FUNCTIONS, get_function
 from qkan_orch.models.training import OPTIMIZERS
 from qkan_orch.service.api.deps import BrokerDep, KeyDep, SessionDep, SettingsDep
-from qkan_orch.service.api.errors import ERROR_RESPONSES, ApiError, not_found
-from qkan_orch.service.api.routes.jobs import create_job, job_out
+from qkan_orch.service.api.errors import ERROR_RESPONSES, HTTPProblem, not_found
+from qkan_orch.service.api.job_records import create_job
+from qkan_orch.service.api.job_views import job_out
 from qkan_orch.service.api.schemas import JobOut, ModelOut, ModelPage
 from qkan_orch.service.api.uploads import read_table
-from qkan_orch.service.store.jobs import ACTIVE
 from qkan_orch.service.store.models import get_model, insert_model, list_models
+from qkan_orch.service.store.states import ACTIVE
 from qkan_orch.service.store.tables import Job
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
@@ -72,7 +73,7 @@ def delete(model_id: str, key: KeyDep, session: SessionDep) -> Response:
         select(func.count()).select_from(Job).where(Job.model_id == model_id, Job.state.in_(ACTIVE))
     )
     if active:
-        raise ApiError(409, "model_in_use", f"{active} active job(s) use this model; cancel them first", "model_id")
+        raise HTTPProblem(409, "model_in_use", f"{active} active job(s) use this model; cancel them first", "model_id")
     session.delete(row)
     return Response(status_code=204)
 
@@ -117,7 +118,7 @@ async def train(
         raise InputError("csv", f"has {x.shape[0]} rows; the limit is {settings.max_samples}")
     options = {"spec": spec_obj, "optimizer": optimizer, "steps": steps, "lr": lr, "seed": seed, "name": name}
     job = create_job(
-        session, broker, key, kind="train", model_id=None, backend="train", queue="local", shots=None, pack=None,
-        options=options, arrays={"x": np.asarray(x), "y": np.asarray(y)}, rounds_total=0, idempotency_key=None,
+        session, broker, key, kind="train", model_id=None, backend="train", shots=None, pack=None,
+        options=options, arrays={"x": np.asarray(x), "y": np.asarray(y)}, rounds_total=0,
     )
     return job_out(session, job)

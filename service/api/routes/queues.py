@@ -9,21 +9,10 @@ from fastapi.concurrency import run_in_threadpool
 from qkan_orch.service.api.deps import BrokerDep, KeyDep, SessionDep
 from qkan_orch.service.api.errors import ERROR_RESPONSES
 from qkan_orch.service.api.schemas import QueueOut, QueuesOut, WorkerOut
+from qkan_orch.service.broker import queue_depths
 from qkan_orch.service.store import jobs as store
-from qkan_orch.workers.routing import QUEUES
 
 router = APIRouter(prefix="/v1/queues", tags=["queues"], responses=ERROR_RESPONSES)
-
-
-def queue_depths(broker: Celery) -> dict[str, int]:
-    """Messages waiting per queue (kombu keeps priority levels in sibling Redis lists)."""
-    with broker.connection_for_read() as connection:
-        client = connection.default_channel.client
-        depths = {}
-        for name in QUEUES:
-            keys = [name] + [f"{name}\x06\x16{p}" for p in range(1, 10)]
-            depths[name] = sum(client.llen(k) for k in keys)
-    return depths
 
 
 def live_workers(broker: Celery, timeout: float = 1.0) -> list[WorkerOut]:

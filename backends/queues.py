@@ -1,4 +1,8 @@
-"""Which queue serves a backend: one per provider family, so a slow QPU never starves simulators."""
+"""Which queue serves a backend: one per provider family, so a slow QPU never starves simulators.
+
+The backends know which of them wait on a provider; the API routes a job here
+and the workers subscribe to these queues.
+"""
 
 QUEUES = ("local", "ibm", "braket")
 
