@@ -8,7 +8,7 @@ The databases themselves come from ``qkan_orch.service.devstack``.
 
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -51,25 +51,24 @@ def require(server: Server) -> None:
 
 
 @contextmanager
-def system_redis_url() -> Iterator[str]:
+def available(database: AbstractContextManager[str]) -> Iterator[str]:
+    """The URL ``database`` hands out; the test skips (or fails, see ``unavailable``) if it has none."""
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(database)
+        except NoDatabase as exc:
+            unavailable(str(exc))
+        yield url
+
+
+def system_redis_url() -> AbstractContextManager[str]:
     """An empty Redis database of its own on the system server, claimed for the test and flushed afterwards."""
-    with ExitStack() as stack:
-        try:
-            url = stack.enter_context(claimed_redis_database(SYSTEM_REDIS))
-        except NoDatabase as exc:
-            unavailable(str(exc))
-        yield url
+    return available(claimed_redis_database(SYSTEM_REDIS))
 
 
-@contextmanager
-def postgres_url() -> Iterator[str]:
+def postgres_url() -> AbstractContextManager[str]:
     """A fresh PostgreSQL database, dropped afterwards."""
-    with ExitStack() as stack:
-        try:
-            url = stack.enter_context(fresh_postgres_database("qkan_test", SYSTEM_POSTGRES))
-        except NoDatabase as exc:
-            unavailable(str(exc))
-        yield url
+    return available(fresh_postgres_database("qkan_test", SYSTEM_POSTGRES))
 
 
 STACKS = {
