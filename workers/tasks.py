@@ -30,11 +30,6 @@ def advance(self: Task, job_id: str) -> None:
         advance.apply_async((job_id,), queue=queue, countdown=step.again_in or None, task_id=step.task_id)
 
 
-@app.task(name="qkan.noop")
-def noop() -> None:
-    """A bare round trip, the baseline bench/service_load.py compares jobs against."""
-
-
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _redact(logger: logging.Logger, **_: object) -> None:
