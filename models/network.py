@@ -56,14 +56,14 @@ class QKAN(StagedModel):
         width = spec.width
         self.layers = nn.ModuleList(
             QKANLayer(
-                width[k], width[k + 1], reps=spec.reps, ansatz=spec.ansatz,
+                n_in, n_out, reps=spec.reps, ansatz=spec.ansatz,
                 preact_trainable=spec.preact_trainable,
                 postact_weight_trainable=spec.postact_weight_trainable,
                 postact_bias_trainable=spec.postact_bias_trainable,
                 ba_trainable=spec.ba_trainable, base_activation=spec.base_activation,
                 fast_measure=spec.fast_measure,
             )
-            for k in range(len(width) - (2 if spec.is_map else 1))
+            for n_in, n_out in spec.quantum_layers
         )
         if spec.is_map:  # qkan appends Linear · SiLU · Linear into the same list
             self.layers.extend(
