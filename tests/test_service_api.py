@@ -357,7 +357,7 @@ def test_listing_jobs_takes_the_same_few_statements_however_many_are_listed(svc:
     assert page["total"] == len(page["items"]) == 500
     assert all([r["number"] for r in j["rounds"]] == [0, 1] and len(j["provider_job_ids"]) == 2 for j in page["items"])
     # the key (unless cached), the count, the jobs, all their rounds: never a query per job
-    assert many == few <= 4, statements
+    assert few <= 4 and many <= 4, statements
 
 
 def test_concurrent_first_backend_listings_list_the_backends_once(svc: LocalService, monkeypatch) -> None:
