@@ -8,16 +8,23 @@ import pytest
 import torch
 from sqlalchemy import select
 
+from conftest import make_inputs, make_model
+from qkan_orch.backends import get_backend
+from qkan_orch.circuits import FeedForwardPlan
 from qkan_orch.client import Client
 from qkan_orch.models import build_model, fit, parse_spec
 from qkan_orch.models.functions import get_function
 from qkan_orch.models.training import Trainer
 from qkan_orch.service.local import LocalService
+from qkan_orch.service.settings import Settings
 from qkan_orch.service.store import jobs as store
+from qkan_orch.service.store.arrays import pack_arrays
 from qkan_orch.service.store.database import session_factory, session_scope, upgrade
 from qkan_orch.service.store.keys import create_key
+from qkan_orch.service.store.models import insert_model
 from qkan_orch.service.store.states import JobState
 from qkan_orch.service.store.tables import Job, JobEvent
+from qkan_orch.workers.step import advance_job
 from service_env import stack_env
 
 SPEC = {"width": [1, 2, 1], "reps": 2, "preact_trainable": True}
@@ -136,3 +143,33 @@ def test_a_cancel_racing_a_claim_still_reaches_the_worker(tmp_path) -> None:  # 
         api.commit()
     with session_scope(url) as session:
         assert session.get(Job, "j").cancel_requested
+
+
+# -- the worker step in this process, without a broker ---------------------------------------------------------
+
+
+@pytest.mark.usefixtures("plugin_backends")
+def test_a_finished_plan_with_a_round_in_flight_fails_the_job_plainly(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A stored state that already absorbed the round its provider ran is a bug: fail, say so, do not guess."""
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    upgrade(url)
+    model = make_model(width=[2, 1], reps=1).float()
+    x = make_inputs(3, 2)
+    plan = FeedForwardPlan(model, x)
+    state, last = plan.initial_state(), None
+    while (batch := plan.next_batch(state)) is not None:
+        last = batch
+        state = plan.absorb(state, get_backend("exact").submit(batch).result)
+    handle = get_backend("test:pending").submit(last, options={"pending_polls": 0, "log": str(tmp_path / "p.log")})
+    with session_scope(url) as session:
+        key, _ = create_key(session, "k")
+        stored = insert_model(session, key.id, "m", model, source="upload")
+        session.add(Job(id="j", owner_id=key.id, kind="inference", model_id=stored.id, backend="test:pending",
+                        queue="local", request_hash="h", state=JobState.WAITING_ON_PROVIDER,
+                        inputs=pack_arrays({"inputs": x}), plan_state=state.to_bytes(), rounds_total=1,
+                        in_flight={"round": 0, "submitted": time.time(), "handle": handle.to_json()}))
+    assert advance_job("j", Settings(database_url=url)).again_in is None
+    with session_scope(url) as session:
+        job = session.get(Job, "j")
+        assert (job.state, job.error_code, job.lease_owner) == (JobState.FAILED, "internal", None)
+        assert "round 1 is in flight" in job.error_message
