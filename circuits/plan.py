@@ -26,6 +26,7 @@ from qkan_orch.circuits.readout import activation_stderr, activation_values
 from qkan_orch.models.errors import InputError
 from qkan_orch.models.layer import QKANLayer
 from qkan_orch.models.network import Model
+from qkan_orch.models.storage import safetensors_metadata
 
 
 @dataclass
@@ -47,7 +48,7 @@ class PlanState:
     @classmethod
     def from_bytes(cls, data: bytes) -> "PlanState":
         arrays = load_arrays(data)
-        meta = json.loads(_metadata(data)["plan_state"])
+        meta = json.loads(safetensors_metadata(data)["plan_state"])
         return cls(
             stage=meta["stage"],
             rounds_done=meta["rounds_done"],
@@ -171,8 +172,3 @@ def _propagate(fn: torch.nn.Module, x: torch.Tensor, var: np.ndarray) -> np.ndar
         ]
     jac = torch.stack(rows, dim=1).double().numpy()  # (B, out, in)
     return np.einsum("boi,bi->bo", jac**2, var)
-
-
-def _metadata(data: bytes) -> dict[str, str]:
-    header_len = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
