@@ -4,7 +4,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numpy as np
 from celery import Celery
@@ -12,15 +12,12 @@ from load_instruments import CpuMeter, EventWatcher, TaskSeen
 from load_report import Phase
 from noop_task import NAME as NOOP
 
-from qkan_orch.client import Client
+from qkan_orch.client import Client, Job, JobState
 
 
-def epoch(stamp: str | None) -> float | None:
-    """An API timestamp as epoch seconds; SQLite returns them without a zone, and they are UTC."""
-    if stamp is None:
-        return None
-    value = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+def epoch(stamp: datetime | None) -> float | None:
+    """An API timestamp (timezone-aware, from the client) as epoch seconds."""
+    return None if stamp is None else stamp.timestamp()
 
 
 def publish_noop(app: Celery, cpu: CpuMeter | None = None) -> tuple[str, float]:
@@ -78,21 +75,21 @@ class Submitted:
 
 def submit(qc: Client, model_id: str, inputs: np.ndarray, cpu: CpuMeter | None = None) -> Submitted:
     start, cpu_start = time.time(), time.thread_time()
-    job_id = qc.submit(model_id, inputs, backend="exact")["id"]
+    job_id = qc.submit(model_id, inputs, backend="exact").id
     returned = time.time()
     if cpu is not None:
         cpu.add_client(time.thread_time() - cpu_start)
     return Submitted(job_id, start, returned)
 
 
-def wait_jobs(qc: Client, watcher: EventWatcher, ids: list[str], timeout: float) -> dict[str, dict]:
+def wait_jobs(qc: Client, watcher: EventWatcher, ids: list[str], timeout: float) -> dict[str, Job]:
     """Until every job is terminal: events first (no polling load), then the API's word for it."""
     watcher.wait(lambda: all(watcher.job_tasks_done(j) for j in ids), timeout, f"{len(ids)} jobs")
     deadline = time.monotonic() + timeout
     wanted = set(ids)
     while True:  # a job that needed a second step is not done when its first task is
         found = all_jobs(qc)
-        pending = [j for j in wanted if found.get(j, {}).get("state") not in ("succeeded", "failed", "cancelled")]
+        pending = [j for j in wanted if j not in found or not found[j].state.terminal]
         if not pending:
             return {j: found[j] for j in ids}
         if time.monotonic() > deadline:
@@ -100,25 +97,25 @@ def wait_jobs(qc: Client, watcher: EventWatcher, ids: list[str], timeout: float)
         time.sleep(0.5)
 
 
-def all_jobs(qc: Client) -> dict[str, dict]:
-    jobs: dict[str, dict] = {}
+def all_jobs(qc: Client) -> dict[str, Job]:
+    jobs: dict[str, Job] = {}
     offset = 0
     while True:
         page = qc.jobs(limit=500, offset=offset)
-        jobs.update({j["id"]: j for j in page["items"]})
-        offset += len(page["items"])
-        if not page["items"] or offset >= page["total"]:
+        jobs.update({j.id: j for j in page.items})
+        offset += len(page.items)
+        if not page.items or offset >= page.total:
             return jobs
 
 
-def service_phase(label: str, subs: list[Submitted], status: dict[str, dict], watcher: EventWatcher) -> Phase:
+def service_phase(label: str, subs: list[Submitted], status: dict[str, Job], watcher: EventWatcher) -> Phase:
     """Latencies from ``finished_at``, plus every timestamp of the per-job timeline."""
     segments: dict[str, list[float]] = defaultdict(list)
     failed = 0
     for sub in subs:
         job = status[sub.job_id]
-        failed += job["state"] != "succeeded"
-        created, started, finished = (epoch(job[k]) for k in ("created_at", "started_at", "finished_at"))
+        failed += job.state != JobState.SUCCEEDED
+        created, started, finished = epoch(job.created_at), epoch(job.started_at), epoch(job.finished_at)
         tasks = watcher.job_tasks(sub.job_id)
         first = tasks[0] if tasks else TaskSeen()
         last_done = max((t.done for t in tasks if t.done is not None), default=None)
@@ -136,6 +133,6 @@ def service_phase(label: str, subs: list[Submitted], status: dict[str, dict], wa
             if a is not None and b is not None:
                 segments[name].append(b - a)
         segments["tasks per job"].append(len(tasks))
-        segments["exact rounds, backend seconds"].append(sum(r["seconds"] or 0.0 for r in job["rounds"]))
-    dones = [epoch(status[s.job_id]["finished_at"]) or float("nan") for s in subs]
+        segments["exact rounds, backend seconds"].append(sum(r.seconds or 0.0 for r in job.rounds))
+    dones = [epoch(status[s.job_id].finished_at) or float("nan") for s in subs]
     return Phase(label, [s.start for s in subs], dones, {"failed": failed, "segments": segments})

@@ -33,7 +33,7 @@ def profile_worker_path(service: LocalService, qc: Client, meter: SqlMeter, mode
     for process in service.workers:
         stop_group(process)
     settings = service.settings
-    ids = [qc.submit(model_id, inputs[k % len(inputs)], backend="exact")["id"] for k in range(2 + 2 * jobs)]
+    ids = [qc.submit(model_id, inputs[k % len(inputs)], backend="exact").id for k in range(2 + 2 * jobs)]
     for job_id in ids[:2]:  # the model cache and the backend import are per process: not per job
         advance_job(job_id, settings)
     walls = []
@@ -50,7 +50,7 @@ def profile_worker_path(service: LocalService, qc: Client, meter: SqlMeter, mode
         advance_job(job_id, settings)
     profiler.disable()
     wanted = set(ids)
-    states = Counter(j["state"] for j in all_jobs(qc).values() if j["id"] in wanted)
+    states = Counter(str(j.state) for j in all_jobs(qc).values() if j.id in wanted)
     return {"jobs": jobs, "wall_s": stats(walls), "sql": counts.per(jobs), "states": dict(states),
             "cprofile": top_functions(profiler, jobs)}
 

@@ -212,7 +212,7 @@ def measure(args: argparse.Namespace, service: LocalService, app: Celery, watche
     after_noops = redis_calls(redis_url) if redis_url else None
 
     with Client(service.url, service.create_key("bench")) as qc:
-        model_id = qc.upload_model(model_path)["id"]
+        model_id = qc.upload_model(model_path).id
         log("[service] warming up (model cache and backend import in every worker process) ...")
         with ThreadPoolExecutor(args.threads) as pool:
             warm = list(pool.map(lambda x: submit(qc, model_id, x), inputs[:4 * args.concurrency]))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qkan_orch.client import Client
+from qkan_orch.client import Client, JobState
 from qkan_orch.models import build_model, fit, parse_spec, save_model
 from qkan_orch.models.functions import get_function
 
@@ -50,21 +50,19 @@ def demo(args: argparse.Namespace) -> int:
 
     with ExitStack() as stack:
         qc = stack.enter_context(_service(args, out, stack))
-        model_id = qc.upload_model(out / "model.safetensors", name="demo")["id"]
+        model_id = qc.upload_model(out / "model.safetensors", name="demo").id
         entries, outputs = [], {}
         for name in args.backends.split(","):
             job = qc.submit(model_id, inputs, backend=name, shots=args.shots)
-            status = qc.wait(job["id"], progress=progress)
-            if status["state"] != "succeeded":
-                error = status["error"] or {}
-                raise RuntimeError(f"{name}: job {status['state']}: {error.get('message', '')}")
-            values, errors = qc.result(job["id"])
+            status = qc.wait(job.id, progress=progress)
+            if status.state != JobState.SUCCEEDED:
+                raise RuntimeError(f"{name}: job {status.state}: {status.error.message if status.error else ''}")
+            values, errors = qc.result(job.id)
             outputs[name] = (values[:, 0], errors[:, 0])
-            rounds = status["rounds"]
             entries.append({
-                "backend": name, "job_id": job["id"], "shots": status["shots"] or 0,
-                "rows": sum(r["rows"] for r in rounds), "requested": sum(r["requested"] for r in rounds),
-                "executions": status["executions"], "seconds": round(status["run_seconds"] or 0.0, 3),
+                "backend": name, "job_id": job.id, "shots": status.shots or 0,
+                "rows": sum(r.rows for r in status.rounds), "requested": sum(r.requested for r in status.rounds),
+                "executions": status.executions, "seconds": round(status.run_seconds or 0.0, 3),
             })
     _score(entries, outputs, target)
     _print_table(entries)

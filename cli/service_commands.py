@@ -3,10 +3,17 @@
 import argparse
 import json
 import sys
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qkan_orch.cli.arrays import pack_arg, write_array
 from qkan_orch.models.errors import InputError
+from qkan_orch.service.store.states import JobState
+
+if TYPE_CHECKING:
+    from qkan_orch.client import Client, Job, Model
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -70,7 +77,7 @@ def keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _client(args: argparse.Namespace) -> "Client":
     from qkan_orch.client import Client
 
     return Client(args.url, args.api_key)
@@ -87,8 +94,8 @@ def models_cmd(args: argparse.Namespace) -> int:
         elif args.id:
             _print(qc.model(args.id))
         else:
-            for m in qc.models(limit=500)["items"]:
-                print(f"{m['id']}  {m['name']:<24} {m['spec'].get('kind')} {m['parameter_count']:>6} params")
+            for m in qc.models(limit=500).items:
+                print(f"{m.id}  {m.name:<24} {m.spec.get('kind')} {m.parameter_count:>6} params")
     return 0
 
 
@@ -99,15 +106,15 @@ def submit(args: argparse.Namespace) -> int:
     with _client(args) as qc:  # the file is uploaded as is; the service parses and checks it
         job = qc.submit(args.model, Path(args.inputs), args.backend, args.shots, args.pack, options,
                         args.idempotency_key)
-        print(job["id"])
-        estimate = job.get("estimate")
-        if estimate and estimate["executions"] and not args.quiet:
-            print(f"estimate: at most {estimate['executions']:,} circuit executions, {estimate['shots']:,} shots, "
-                  f"{estimate['tasks']} provider jobs, USD {estimate['cost']:,.2f}", file=sys.stderr)
+        print(job.id)
+        estimate = job.estimate
+        if estimate and estimate.executions and not args.quiet:
+            print(f"estimate: at most {estimate.executions:,} circuit executions, {estimate.shots:,} shots, "
+                  f"{estimate.tasks} provider jobs, USD {estimate.cost:,.2f}", file=sys.stderr)
         if args.wait:
-            status = qc.wait(job["id"], progress=not args.quiet)
-            print(f"{status['state']}", file=sys.stderr)
-            return 0 if status["state"] == "succeeded" else 1
+            status = qc.wait(job.id, progress=not args.quiet)
+            print(status.state, file=sys.stderr)
+            return 0 if status.state == JobState.SUCCEEDED else 1
     return 0
 
 
@@ -132,12 +139,13 @@ def result(args: argparse.Namespace) -> int:
 
 def cancel(args: argparse.Namespace) -> int:
     with _client(args) as qc:
-        print(qc.cancel(args.job)["state"])
+        print(qc.cancel(args.job).state)
     return 0
 
 
-def _print(obj: object) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+def _print(record: "Job | Model") -> None:
+    """A client record as the JSON the API sent: states as their strings, timestamps in ISO 8601 (UTC)."""
+    print(json.dumps(asdict(record), indent=2, default=datetime.isoformat))
 
 
 def add_service_commands(sub: argparse._SubParsersAction) -> None:

@@ -1,13 +1,30 @@
-"""Python client of the QKAN Orchestrator REST API.
+"""Python client of the QKAN Orchestrator REST API; its answers are typed, frozen records.
 
     from qkan_orch.client import Client
     with Client("http://127.0.0.1:8000", api_key="qk_...") as qc:
         model = qc.upload_model("model.safetensors")
-        job = qc.submit(model["id"], x, backend="aer:fake_sherbrooke", shots=4000)
-        qc.wait(job["id"])
-        outputs, stderr = qc.result(job["id"])
+        job = qc.submit(model.id, x, backend="aer:fake_sherbrooke", shots=4000)
+        done = qc.wait(job.id)  # a Job: done.state is a JobState, done.rounds its rounds
+        outputs, stderr = qc.result(job.id)
 """
 
 from qkan_orch.client.api import ApiError, Client
+from qkan_orch.client.responses import (
+    Backend,
+    Estimate,
+    Job,
+    JobError,
+    JobResult,
+    Model,
+    Page,
+    Queue,
+    Queues,
+    Round,
+    Worker,
+)
+from qkan_orch.service.store.states import JobState
 
-__all__ = ["ApiError", "Client"]
+__all__ = [
+    "ApiError", "Backend", "Client", "Estimate", "Job", "JobError", "JobResult", "JobState", "Model", "Page", "Queue",
+    "Queues", "Round", "Worker",
+]

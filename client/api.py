@@ -1,9 +1,10 @@
-"""``Client``: a thin, typed wrapper over the REST API (httpx underneath)."""
+"""``Client``: a thin, typed wrapper over the REST API (httpx underneath); answers are ``responses`` records."""
 
 import io
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import httpx
 import numpy as np
 from tqdm.auto import tqdm
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+from qkan_orch.client.responses import Backend, Job, JobResult, Model, Page, Queues
+from qkan_orch.service.store.states import JobState
 
 
 class ApiError(Exception):
@@ -40,29 +42,30 @@ class Client:
 
     # -- models ----------------------------------------------------------------------------------
 
-    def upload_model(self, path: str | Path, spec: str | Path | None = None, name: str | None = None) -> dict:
+    def upload_model(self, path: str | Path, spec: str | Path | None = None, name: str | None = None) -> Model:
         path = Path(path)
         files: dict[str, Any] = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
         if spec is not None:
             files["spec"] = (Path(spec).name, Path(spec).read_bytes(), "application/json")
-        return self._call("POST", "/v1/models", files=files, data={"name": name} if name else None)
+        return Model.from_json(self._call("POST", "/v1/models", files=files, data={"name": name} if name else None))
 
-    def models(self, limit: int = 50, offset: int = 0) -> dict:
-        return self._call("GET", "/v1/models", params={"limit": limit, "offset": offset})
+    def models(self, limit: int = 50, offset: int = 0) -> Page[Model]:
+        return Page.from_json(self._call("GET", "/v1/models", params={"limit": limit, "offset": offset}),
+                              Model.from_json)
 
-    def model(self, model_id: str) -> dict:
-        return self._call("GET", f"/v1/models/{model_id}")
+    def model(self, model_id: str) -> Model:
+        return Model.from_json(self._call("GET", f"/v1/models/{model_id}"))
 
     def delete_model(self, model_id: str) -> None:
         self._call("DELETE", f"/v1/models/{model_id}")
 
-    def train(self, spec: dict, function: str | None = None, csv: str | Path | None = None, **params: Any) -> dict:
+    def train(self, spec: dict, function: str | None = None, csv: str | Path | None = None, **params: Any) -> Job:
         """Start a training job (``optimizer``, ``steps``, ``lr``, ``seed``, ``samples``, ``name``)."""
         data = {"spec": json.dumps(spec), **{k: str(v) for k, v in params.items() if v is not None}}
         if function:
             data["function"] = function
         files = {"csv": (Path(csv).name, Path(csv).read_bytes(), "text/csv")} if csv else None
-        return self._call("POST", "/v1/models/train", data=data, files=files)
+        return Job.from_json(self._call("POST", "/v1/models/train", data=data, files=files))
 
     # -- jobs ------------------------------------------------------------------------------------
 
@@ -75,7 +78,7 @@ class Client:
         pack: int | str | None = None,
         options: dict | None = None,
         idempotency_key: str | None = None,
-    ) -> dict:
+    ) -> Job:
         """Submit inference; ``inputs`` is an array, or the path of a .npy/.csv to upload."""
         fields = {"model_id": model_id, "backend": backend, "shots": shots, "pack": pack,
                   "options": options or {}, "idempotency_key": idempotency_key}
@@ -84,35 +87,40 @@ class Client:
             path = Path(inputs)
             form = {k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in fields.items()}
             files = {"inputs_file": (path.name, path.read_bytes(), "application/octet-stream")}
-            return self._call("POST", "/v1/jobs", data=form, files=files)
-        return self._call("POST", "/v1/jobs", json={**fields, "inputs": np.asarray(inputs, dtype=float).tolist()})
+            return Job.from_json(self._call("POST", "/v1/jobs", data=form, files=files))
+        body = {**fields, "inputs": np.asarray(inputs, dtype=float).tolist()}
+        return Job.from_json(self._call("POST", "/v1/jobs", json=body))
 
-    def status(self, job_id: str) -> dict:
-        return self._call("GET", f"/v1/jobs/{job_id}")
+    def status(self, job_id: str) -> Job:
+        return Job.from_json(self._call("GET", f"/v1/jobs/{job_id}"))
 
-    def jobs(self, **filters: Any) -> dict:
-        return self._call("GET", "/v1/jobs", params={k: v for k, v in filters.items() if v is not None})
+    def jobs(self, state: JobState | str | None = None, backend: str | None = None, model_id: str | None = None,
+             limit: int = 50, offset: int = 0) -> Page[Job]:
+        """Your jobs, newest first, those matching every filter given."""
+        filters = {"state": state, "backend": backend, "model_id": model_id, "limit": limit, "offset": offset}
+        params = {k: v for k, v in filters.items() if v is not None}
+        return Page.from_json(self._call("GET", "/v1/jobs", params=params), Job.from_json)
 
-    def cancel(self, job_id: str) -> dict:
-        return self._call("DELETE", f"/v1/jobs/{job_id}")
+    def cancel(self, job_id: str) -> Job:
+        return Job.from_json(self._call("DELETE", f"/v1/jobs/{job_id}"))
 
-    def wait(self, job_id: str, timeout: float | None = None, progress: bool = True, interval: float = 0.2) -> dict:
+    def wait(self, job_id: str, timeout: float | None = None, progress: bool = True, interval: float = 0.2) -> Job:
         """Poll until the job ends; a progress bar counts its rounds. Returns the final status."""
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = None
         try:
             while True:
                 status = self.status(job_id)
-                if progress and bar is None and status["rounds_total"]:
-                    bar = tqdm(total=status["rounds_total"], desc=f"job {job_id[:8]} {status['backend']}",
+                if progress and bar is None and status.rounds_total:
+                    bar = tqdm(total=status.rounds_total, desc=f"job {job_id[:8]} {status.backend}",
                                unit="round", leave=False)
                 if bar is not None:
-                    bar.update(status["rounds_done"] - bar.n)
-                    bar.set_postfix(state=status["state"])
-                if status["state"] in TERMINAL:
+                    bar.update(status.rounds_done - bar.n)
+                    bar.set_postfix(state=status.state)
+                if status.state.terminal:
                     return status
                 if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"job {job_id} is still {status['state']} after {timeout} s")
+                    raise TimeoutError(f"job {job_id} is still {status.state} after {timeout} s")
                 time.sleep(interval)
         finally:
             if bar is not None:
@@ -120,16 +128,18 @@ class Client:
 
     def result(self, job_id: str, layers: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Outputs and their standard errors as arrays (``layers=True``: also each layer's output)."""
-        body = self.result_json(job_id, layers)
-        outputs, stderr = np.asarray(body["outputs"]), np.asarray(body["stderr"])
+        body = self.job_result(job_id, layers)
+        outputs, stderr = np.asarray(body.outputs), np.asarray(body.stderr)
         if layers:
-            return outputs, stderr, [np.asarray(layer) for layer in body["layers"]]  # type: ignore[return-value]
+            return outputs, stderr, [np.asarray(layer) for layer in body.layers or ()]  # type: ignore[return-value]
         return outputs, stderr
 
-    def result_json(self, job_id: str, layers: bool = False) -> dict:
-        return self._call("GET", f"/v1/jobs/{job_id}/result", params={"layers": str(layers).lower()})
+    def job_result(self, job_id: str, layers: bool = False) -> JobResult:
+        """The result as sent: an inference job's outputs, or a training job's ``model_id`` and ``losses``."""
+        return JobResult.from_json(
+            self._call("GET", f"/v1/jobs/{job_id}/result", params={"layers": str(layers).lower()}))
 
-    def events(self, job_id: str) -> Any:
+    def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (event, data) pairs from the server-sent event stream until the job ends."""
         with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=None) as response:
             self._raise(response, response.read() if response.status_code >= 400 else b"")
@@ -145,11 +155,11 @@ class Client:
 
     # -- service ---------------------------------------------------------------------------------
 
-    def backends(self) -> list[dict]:
-        return self._call("GET", "/v1/backends")
+    def backends(self) -> list[Backend]:
+        return [Backend.from_json(entry) for entry in self._call("GET", "/v1/backends")]
 
-    def queues(self) -> dict:
-        return self._call("GET", "/v1/queues")
+    def queues(self) -> Queues:
+        return Queues.from_json(self._call("GET", "/v1/queues"))
 
     def ready(self) -> bool:
         try:

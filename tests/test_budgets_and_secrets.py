@@ -8,7 +8,7 @@ from sqlalchemy import create_engine, text
 
 from conftest import make_inputs, make_model
 from qkan_orch.backends.accounts import accounts
-from qkan_orch.client import ApiError, Client
+from qkan_orch.client import ApiError, Client, Estimate, JobState
 from qkan_orch.models import save_model
 from qkan_orch.service.local import LocalService
 from service_env import stack_env
@@ -43,7 +43,7 @@ def service(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
 
 def client_with_budget(local: LocalService, tmp: Path, **budget: float) -> tuple[Client, str]:
     qc = Client(local.url, local.create_key(**budget))  # type: ignore[arg-type]
-    return qc, qc.upload_model(tmp / "m.safetensors")["id"]
+    return qc, qc.upload_model(tmp / "m.safetensors").id
 
 
 def test_a_shot_budget_refuses_the_job_that_would_exceed_it(service) -> None:  # type: ignore[no-untyped-def]
@@ -54,19 +54,19 @@ def test_a_shot_budget_refuses_the_job_that_would_exceed_it(service) -> None:  #
         qc.submit(model_id, x, backend="test:priced", shots=1000)
     assert err.value.status == 402 and err.value.field == "shots"
     assert "18,000 shots" in err.value.message and "10,000" in err.value.message
-    assert qc.jobs()["total"] == 0  # nothing was written or queued
+    assert qc.jobs().total == 0  # nothing was written or queued
     for _ in range(5):  # 5 × 1,800 = 9,000 ≤ 10,000
         job = qc.submit(model_id, x, backend="test:priced", shots=100)
-        assert job["estimate"] == {"tasks": 2, "executions": 18, "shots": 1800, "qpu_seconds": 0.0,
-                                   "cost": pytest.approx(2 * 0.30 + 1800 * 0.001)}
-        assert qc.wait(job["id"], timeout=60, progress=False)["state"] == "succeeded"
+        assert job.estimate == Estimate(tasks=2, executions=18, shots=1800, qpu_seconds=0.0,
+                                        cost=pytest.approx(2 * 0.30 + 1800 * 0.001))
+        assert qc.wait(job.id, timeout=60, progress=False).state == JobState.SUCCEEDED
     with pytest.raises(ApiError) as err:  # the sixth would make 10,800
         qc.submit(model_id, x, backend="test:priced", shots=100)
     assert err.value.status == 402 and "1,000 of its 10,000 left" in err.value.message
     packed = qc.submit(model_id, x, backend="test:priced", shots=100, pack=4)  # ⌈12/4⌉ + ⌈6/4⌉ = 5 circuits
-    assert packed["estimate"]["shots"] == 500
-    final = qc.wait(packed["id"], timeout=60, progress=False)
-    assert final["shots_used"] == 500 and final["cost"] == pytest.approx(2 * 0.30 + 500 * 0.001)
+    assert packed.estimate and packed.estimate.shots == 500
+    final = qc.wait(packed.id, timeout=60, progress=False)
+    assert final.shots_used == 500 and final.cost == pytest.approx(2 * 0.30 + 500 * 0.001)
 
 
 def test_a_cost_budget_quotes_the_estimate(service) -> None:  # type: ignore[no-untyped-def]
@@ -76,7 +76,7 @@ def test_a_cost_budget_quotes_the_estimate(service) -> None:  # type: ignore[no-
         qc.submit(model_id, make_inputs(2, 2), backend="test:priced", shots=1000)
     assert err.value.status == 402 and err.value.field == "budget"
     assert "$18.60" in err.value.message and "$2.00" in err.value.message  # 2 × 0.30 + 18,000 × 0.001
-    assert qc.jobs()["total"] == 0
+    assert qc.jobs().total == 0
 
 
 def test_planted_secret_reaches_no_log_response_or_row(service) -> None:  # type: ignore[no-untyped-def]
@@ -86,9 +86,9 @@ def test_planted_secret_reaches_no_log_response_or_row(service) -> None:  # type
     seen: list[str] = []
     for options in ({}, {"transient": True}):  # an SDK error with the token, raised and retried
         job = qc.submit(model_id, x, backend="test:leaky", options=options)
-        final = qc.wait(job["id"], timeout=60, progress=False)
-        assert final["state"] == "failed" and "***" in final["error"]["message"]
-        seen += [repr(final), repr(list(qc.events(job["id"])))]
+        final = qc.wait(job.id, timeout=60, progress=False)
+        assert final.state == JobState.FAILED and final.error and "***" in final.error.message
+        seen += [repr(final), repr(list(qc.events(job.id)))]
     with pytest.raises(ApiError) as err:  # a real device: the SDK is handed the token and fails offline
         qc.submit(model_id, x, backend="ibm:ibm_brisbane", shots=100)
     assert err.value.status in (422, 503) and err.value.field == "backend"

@@ -23,7 +23,7 @@ import yaml
 
 from conftest import make_inputs, make_model
 from qkan_orch.backends.accounts import ProviderAccounts
-from qkan_orch.client import Client
+from qkan_orch.client import Client, JobState
 from qkan_orch.models import save_model
 from qkan_orch.service.processes import free_port, stop_groups, wait_until
 from qkan_orch.service.settings import Settings
@@ -286,11 +286,11 @@ def test_the_api_answers_and_worker_local_runs_an_exact_job(stack: Stack, tmp_pa
         assert (ready.status_code, ready.json()) == (200, {"database": "ok", "broker": "ok"})
         save_model(make_model(width=[2, 2, 1], reps=1).float(), str(tmp_path / "m.safetensors"))
         with Client(stack.url(8000), stack.token) as qc:
-            model_id = qc.upload_model(tmp_path / "m.safetensors")["id"]
+            model_id = qc.upload_model(tmp_path / "m.safetensors").id
             job = qc.submit(model_id, make_inputs(4, 2), backend="exact")
-            final = qc.wait(job["id"], timeout=120, progress=False)
-            assert final["state"] == "succeeded", final
-            outputs, _ = qc.result(job["id"])
+            final = qc.wait(job.id, timeout=120, progress=False)
+            assert final.state == JobState.SUCCEEDED, final
+            outputs, _ = qc.result(job.id)
         assert outputs.shape == (4, 1)
         received = re.compile(r"Task qkan\.advance\[[\w-]+\] received")
         stack.wait_for("worker-local to log the task", lambda: received.search(stack.log("worker-local")), 10)
@@ -301,7 +301,7 @@ def test_the_api_answers_and_worker_local_runs_an_exact_job(stack: Stack, tmp_pa
 def test_each_worker_listens_on_its_own_queue(stack: Stack) -> None:
     with stack.logs_on_failure(), Client(stack.url(8000), stack.token) as qc:
         def queues_of_workers() -> list[tuple[str, ...]]:
-            found = sorted(tuple(w["queues"]) for w in qc.queues()["workers"])
+            found = sorted(tuple(w.queues) for w in qc.queues().workers)
             return found if len(found) == len(WORKER_QUEUES) else []
 
         found = stack.wait_for("/v1/queues to list three live workers", queues_of_workers, timeout=30)

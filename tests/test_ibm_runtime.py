@@ -23,7 +23,7 @@ from qkan_orch.backends import get_backend, run_plan
 from qkan_orch.backends.qiskit_common import isa_template
 from qkan_orch.circuits import FeedForwardPlan
 from qkan_orch.circuits.batch import ActivationBatch, Segment, Template
-from qkan_orch.client import ApiError, Client
+from qkan_orch.client import ApiError, Client, JobState
 from qkan_orch.models import save_model
 from qkan_orch.models.errors import InputError
 from qkan_orch.models.network import qkan_layers
@@ -43,7 +43,7 @@ def service(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
             with Client(local.url, local.create_key()) as qc:
                 model = make_model(width=[3, 2], reps=2, fast_measure=False)
                 save_model(model.float(), str(tmp / "m.safetensors"))
-                yield qc, qc.upload_model(tmp / "m.safetensors")["id"], model
+                yield qc, qc.upload_model(tmp / "m.safetensors").id, model
         finally:
             local.stop()
 
@@ -61,12 +61,13 @@ def test_fake_devices_run_through_api_worker_and_runtime(service, device: str) -
     x = make_inputs(6, 3, seed=1)
     exact = run_plan(FeedForwardPlan(model, x), get_backend("exact")).outputs
     job = qc.submit(model_id, x, backend=f"ibm:{device}", shots=SHOTS, pack=1, options={"seed": 7})
-    assert job["queue"] == "ibm" and job["estimate"]["executions"] == 6 * 3 * 2
-    final = qc.wait(job["id"], timeout=300, progress=False)
-    assert final["state"] == "succeeded", final["error"]
-    assert len(final["provider_job_ids"]) == 1  # one Runtime job, one PUB for the round
-    outputs, stderr = qc.result(job["id"])
-    placement = final["placement"]
+    assert job.queue == "ibm" and job.estimate and job.estimate.executions == 6 * 3 * 2
+    final = qc.wait(job.id, timeout=300, progress=False)
+    assert final.state == JobState.SUCCEEDED, final.error
+    assert len(final.provider_job_ids) == 1  # one Runtime job, one PUB for the round
+    outputs, stderr = qc.result(job.id)
+    placement = final.placement
+    assert placement is not None
     assert placement["pack"] == 1 and len(placement["qubits"]) == 1 and placement["calibration_time"]
     backend = get_backend(f"ibm:{device}")
     isa = isa_template(FeedForwardPlan(model, x).next_batch(FeedForwardPlan(model, x).initial_state()).template,
@@ -80,17 +81,18 @@ def test_auto_packing_uses_calibrated_qubits_and_records_them(service) -> None: 
     qc, model_id, model = service
     x = make_inputs(8, 3, seed=2)
     job = qc.submit(model_id, x, backend="ibm:fake_sherbrooke", shots=1000, pack="auto", options={"seed": 3})
-    assert job["pack"] == "auto"
-    final = qc.wait(job["id"], timeout=300, progress=False)
-    assert final["state"] == "succeeded", final["error"]
-    placement = final["placement"]
+    assert job.pack == "auto"
+    final = qc.wait(job.id, timeout=300, progress=False)
+    assert final.state == JobState.SUCCEEDED, final.error
+    placement = final.placement
+    assert placement is not None
     qubits = placement["qubits"]
     assert placement["pack"] == len(qubits) >= 20 and len(set(qubits)) == len(qubits)
     for q in placement["calibration"]:  # every chosen qubit passes the default thresholds
         assert q["operational"] and q["readout_error"] <= 0.03 and q["sx_error"] <= 1e-3 and q["t2_us"] >= 50
-    assert final["executions"] == -(-48 // len(qubits))  # 48 rows on ⌈48/W⌉ circuits
+    assert final.executions == -(-48 // len(qubits))  # 48 rows on ⌈48/W⌉ circuits
     exact = run_plan(FeedForwardPlan(model, x), get_backend("exact")).outputs
-    outputs, stderr = qc.result(job["id"])
+    outputs, stderr = qc.result(job.id)
     assert np.all(np.abs(outputs - exact) <= 5 * stderr + noise_bound(model, placement, 8))
 
 
@@ -110,7 +112,7 @@ def test_refusals_happen_before_any_submission(service) -> None:  # type: ignore
         (dict(backend="ibm:fake_sherbrooke", shots=100, options={"twirling": "yes"}), "options.twirling"),
     ]
     cases.append((dict(backend="braket:arn:aws:braket:eu-north-1::device/iqm/Garnet", shots=100), "backend"))
-    before = qc.jobs()["total"]
+    before = qc.jobs().total
     for kwargs, field in cases:
         with pytest.raises(ApiError) as err:
             qc.submit(model_id, x, **kwargs)
@@ -119,7 +121,7 @@ def test_refusals_happen_before_any_submission(service) -> None:  # type: ignore
     with pytest.raises(ApiError) as err:
         qc.submit(model_id, x, backend="braket:arn:aws:braket:eu-north-1::device/qpu/iqm/Garnet", shots=100)
     assert err.value.status == 503 and err.value.field == "backend", err.value
-    assert qc.jobs()["total"] == before
+    assert qc.jobs().total == before
 
 
 def test_real_ibm_device_without_an_account_is_refused_with_how_to(monkeypatch: pytest.MonkeyPatch,
@@ -159,16 +161,16 @@ def test_backends_list_price_calibration_and_jobs_waiting_on_the_provider(servic
     qc, model_id, _ = service
     job = qc.submit(model_id, make_inputs(8, 3, seed=4), backend="ibm:fake_sherbrooke", shots=4000, pack="auto")
     deadline = time.monotonic() + 120
-    while qc.status(job["id"])["state"] != "waiting_on_provider":
+    while qc.status(job.id).state != JobState.WAITING_ON_PROVIDER:
         assert time.monotonic() < deadline, "the job never reached its provider"
         time.sleep(0.05)
-    listed = {b["name"]: b for b in qc.backends()}
+    listed = {b.name: b for b in qc.backends()}
     entry = listed["ibm:fake_sherbrooke"]
-    assert entry["queue"] == "ibm" and entry["qubits"] == 127 and entry["online"]
-    assert entry["pending_jobs"] >= 1  # this job, in the provider's hands (it may finish right after)
-    assert entry["calibration_time"].startswith("20") and entry["calibration_age_hours"] > 0
-    assert entry["price"]["source"].startswith("free") and listed["exact"]["pending_jobs"] == 0
-    assert qc.wait(job["id"], timeout=300, progress=False)["state"] == "succeeded"
+    assert entry.queue == "ibm" and entry.qubits == 127 and entry.online
+    assert entry.pending_jobs >= 1  # this job, in the provider's hands (it may finish right after)
+    assert (entry.calibration_time or "").startswith("20") and (entry.calibration_age_hours or 0) > 0
+    assert entry.price["source"].startswith("free") and listed["exact"].pending_jobs == 0
+    assert qc.wait(job.id, timeout=300, progress=False).state == JobState.SUCCEEDED
 
 
 class _RemoteJob:

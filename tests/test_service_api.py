@@ -20,12 +20,13 @@ import torch
 from sqlalchemy import event, func, select
 
 from conftest import make_inputs, make_model
-from qkan_orch.client import ApiError, Client
+from qkan_orch.client import ApiError, Client, Job, JobState
 from qkan_orch.models import save_model
 from qkan_orch.service.local import LocalService
 from qkan_orch.service.store.database import engine_for, session_scope
 from qkan_orch.service.store.keys import find_key
-from qkan_orch.service.store.tables import Job, JobEvent, Round, StoredModel
+from qkan_orch.service.store.tables import Job as JobRow
+from qkan_orch.service.store.tables import JobEvent, Round, StoredModel
 from service_env import STACKS, stack_env
 
 pytestmark = pytest.mark.usefixtures("plugin_backends")
@@ -59,28 +60,29 @@ def model_file(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
 
 @pytest.fixture(scope="module")
 def model_id(qc: Client, model_file) -> str:  # type: ignore[no-untyped-def]
-    return qc.upload_model(model_file[0], name="three-layer")["id"]
+    return qc.upload_model(model_file[0], name="three-layer").id
 
 
 def counts(svc: LocalService) -> tuple[int, int, int]:
     with session_scope(svc.settings.resolved_database_url) as session:
-        return tuple(session.scalar(select(func.count()).select_from(t)) for t in (StoredModel, Job, JobEvent))
+        return tuple(session.scalar(select(func.count()).select_from(t)) for t in (StoredModel, JobRow, JobEvent))
 
 
-def run(qc: Client, model: str, inputs, **kwargs) -> dict:  # type: ignore[no-untyped-def]
+def run(qc: Client, model: str, inputs, **kwargs) -> Job:  # type: ignore[no-untyped-def]
     job = qc.submit(model, inputs, **kwargs)
-    return qc.wait(job["id"], timeout=120, progress=False)
+    return qc.wait(job.id, timeout=120, progress=False)
 
 
 def test_inference_through_the_service_matches_the_model(qc: Client, model_id: str, model_file) -> None:
     _, model = model_file
     x = make_inputs(16, 2)
     status = run(qc, model_id, x)
-    assert status["state"] == "succeeded", status["error"]
-    assert status["rounds_done"] == status["rounds_total"] == 3
-    assert [r["number"] for r in status["rounds"]] == [0, 1, 2]
-    assert status["started_at"] and status["finished_at"] and status["run_seconds"] >= 0
-    outputs, stderr, layers = qc.result(status["id"], layers=True)
+    assert status.state == JobState.SUCCEEDED, status.error
+    assert status.rounds_done == status.rounds_total == 3
+    assert [r.number for r in status.rounds] == [0, 1, 2]
+    assert status.started_at and status.finished_at and status.run_seconds >= 0
+    assert status.created_at <= status.started_at <= status.finished_at  # timezone-aware on every store
+    outputs, stderr, layers = qc.result(status.id, layers=True)
     with torch.no_grad():
         want = model(torch.from_numpy(x).float()).numpy()
     assert np.max(np.abs(outputs - want)) < 1e-5 and not stderr.any()
@@ -89,11 +91,11 @@ def test_inference_through_the_service_matches_the_model(qc: Client, model_id: s
 
 def test_sampling_backend_reports_shots_and_errors(qc: Client, model_id: str) -> None:
     status = run(qc, model_id, make_inputs(8, 2), backend="aer", shots=2000, pack=4, options={"seed": 5})
-    assert status["state"] == "succeeded", status["error"]
-    rows = sum(r["rows"] for r in status["rounds"])
-    assert status["executions"] == sum(-(-r["rows"] // 4) for r in status["rounds"]) and rows > 0
-    assert status["shots_used"] == 2000 * status["executions"]
-    _, stderr = qc.result(status["id"])
+    assert status.state == JobState.SUCCEEDED, status.error
+    rows = sum(r.rows for r in status.rounds)
+    assert status.executions == sum(-(-r.rows // 4) for r in status.rounds) and rows > 0
+    assert status.shots_used == 2000 * status.executions
+    _, stderr = qc.result(status.id)
     assert (stderr > 0).all()
 
 
@@ -104,8 +106,8 @@ def test_inputs_upload_as_npy_and_csv(qc: Client, model_id: str, tmp_path: Path)
     results = []
     for path in (tmp_path / "x.npy", tmp_path / "x.csv"):
         status = run(qc, model_id, path)
-        assert status["state"] == "succeeded" and status["samples"] == 5
-        results.append(qc.result(status["id"])[0])
+        assert status.state == JobState.SUCCEEDED and status.samples == 5
+        results.append(qc.result(status.id)[0])
     assert np.allclose(results[0], results[1], atol=1e-12)
 
 
@@ -115,13 +117,13 @@ def test_qkan_state_dict_upload(qc: Client, tmp_path: Path) -> None:
     torch.save(ref.state_dict(), tmp_path / "m.pt")
     (tmp_path / "kwargs.json").write_text(json.dumps(kwargs))
     stored = qc.upload_model(tmp_path / "m.pt", tmp_path / "kwargs.json")
-    assert stored["parameter_count"] == ref.param_size and len(stored["content_hash"]) == 64
+    assert stored.parameter_count == ref.param_size and len(stored.content_hash) == 64
     x = make_inputs(6, 2)
-    status = run(qc, stored["id"], x)
+    status = run(qc, stored.id, x)
     with torch.no_grad():
         ref.eval()
         want = ref(torch.from_numpy(x).float()).numpy()
-    assert np.max(np.abs(qc.result(status["id"])[0] - want)) <= 1e-5
+    assert np.max(np.abs(qc.result(status.id)[0] - want)) <= 1e-5
 
 
 def test_idempotency_key_returns_the_same_job(svc: LocalService, qc: Client, model_id: str) -> None:
@@ -129,7 +131,7 @@ def test_idempotency_key_returns_the_same_job(svc: LocalService, qc: Client, mod
     first = qc.submit(model_id, x, idempotency_key="once")
     before = counts(svc)
     again = qc.http.post("/v1/jobs", json={"model_id": model_id, "inputs": x.tolist(), "idempotency_key": "once"})
-    assert again.status_code == 200 and again.json()["id"] == first["id"]
+    assert again.status_code == 200 and again.json()["id"] == first.id
     other = qc.http.post("/v1/jobs", json={"model_id": model_id, "inputs": (x + 1).tolist(),
                                            "idempotency_key": "once"})
     assert other.status_code == 409 and other.json()["error"]["field"] == "idempotency_key"
@@ -139,7 +141,7 @@ def test_idempotency_key_returns_the_same_job(svc: LocalService, qc: Client, mod
 def test_events_stream_progress_until_the_end(qc: Client, model_id: str) -> None:
     job = qc.submit(model_id, make_inputs(4, 2), backend="test:counting",
                     options={"delay": 0.2, "log": os.devnull})
-    events = list(qc.events(job["id"]))
+    events = list(qc.events(job.id))
     kinds = [kind for kind, _ in events]
     assert kinds[0] == "state" and events[0][1]["state"] == "queued"
     assert [data["round"] for kind, data in events if kind == "round"] == [1, 2, 3]
@@ -151,50 +153,51 @@ def test_cancel_reaches_the_provider(qc: Client, model_id: str, tmp_path: Path) 
     job = qc.submit(model_id, make_inputs(4, 2), backend="test:pending",
                     options={"pending_polls": 10_000, "log": str(log)})
     deadline = time.monotonic() + 60
-    while qc.status(job["id"])["state"] != "waiting_on_provider":
+    while qc.status(job.id).state != JobState.WAITING_ON_PROVIDER:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    assert qc.status(job["id"])["provider_job_ids"][0].startswith("pending-")
-    qc.cancel(job["id"])
-    final = qc.wait(job["id"], timeout=60, progress=False)
-    assert final["state"] == "cancelled"
-    assert Path(str(log) + ".cancelled").read_text().split() == final["provider_job_ids"]
+    assert qc.status(job.id).provider_job_ids[0].startswith("pending-")
+    qc.cancel(job.id)
+    final = qc.wait(job.id, timeout=60, progress=False)
+    assert final.state == JobState.CANCELLED
+    assert Path(str(log) + ".cancelled").read_text().split() == final.provider_job_ids
     with pytest.raises(ApiError) as err:
-        qc.result(job["id"])
+        qc.result(job.id)
     assert err.value.status == 409
     done = run(qc, model_id, make_inputs(2, 2))
     with pytest.raises(ApiError) as err:
-        qc.cancel(done["id"])
+        qc.cancel(done.id)
     assert err.value.status == 409 and err.value.code == "already_finished"
 
 
 def test_transient_errors_retry_then_succeed_or_fail_with_the_reason(qc: Client, model_id: str, tmp_path: Path):
     ok = run(qc, model_id, make_inputs(2, 2), backend="test:flaky",
              options={"failures": 2, "log": str(tmp_path / "a.log")})
-    assert ok["state"] == "succeeded"
+    assert ok.state == JobState.SUCCEEDED
     assert len((tmp_path / "a.log").read_text().splitlines()) == 2 + 3  # two refusals, then three rounds
     bad = run(qc, model_id, make_inputs(2, 2), backend="test:flaky",
               options={"failures": 100, "log": str(tmp_path / "b.log")})
-    assert bad["state"] == "failed" and bad["error"]["code"] == "provider_error"
-    assert "provider busy" in bad["error"]["message"]
+    assert bad.state == JobState.FAILED and bad.error and bad.error.code == "provider_error"
+    assert "provider busy" in bad.error.message
 
 
 def test_training_runs_as_a_job_and_yields_a_usable_model(qc: Client) -> None:
     job = qc.train({"width": [1, 2, 1], "reps": 2}, function="sin", steps=5, optimizer="lbfgs", name="sine")
-    status = qc.wait(job["id"], timeout=120, progress=False)
-    assert status["state"] == "succeeded", status["error"]
-    body = qc.result_json(job["id"])
-    assert body["model_id"] and len(body["losses"]) == 5 and body["losses"][-1] < body["losses"][0]
-    assert qc.model(body["model_id"])["name"] == "sine"
-    assert run(qc, body["model_id"], [[0.5]])["state"] == "succeeded"
+    assert job.kind == "train" and job.state == JobState.QUEUED
+    status = qc.wait(job.id, timeout=120, progress=False)
+    assert status.state == JobState.SUCCEEDED, status.error
+    body = qc.job_result(job.id)
+    assert body.model_id and body.losses and len(body.losses) == 5 and body.losses[-1] < body.losses[0]
+    assert body.outputs is None and qc.model(body.model_id).name == "sine"
+    assert run(qc, body.model_id, [[0.5]]).state == JobState.SUCCEEDED
 
 
 def test_training_from_an_uploaded_csv(qc: Client, tmp_path: Path) -> None:
     x = make_inputs(64, 2, seed=9)
     np.savetxt(tmp_path / "d.csv", np.hstack([x, 0.5 * x[:, :1] * x[:, 1:]]), delimiter=",")
     job = qc.train({"width": [2, 2, 1], "reps": 2}, csv=tmp_path / "d.csv", steps=3, name="from-csv")
-    assert qc.wait(job["id"], timeout=120, progress=False)["state"] == "succeeded"
-    assert qc.model(qc.result_json(job["id"])["model_id"])["spec"]["width"] == [2, 2, 1]
+    assert qc.wait(job.id, timeout=120, progress=False).state == JobState.SUCCEEDED
+    assert qc.model(qc.job_result(job.id).model_id).spec["width"] == [2, 2, 1]  # type: ignore[arg-type]
     with pytest.raises(ApiError) as err:  # four columns cannot be 2 inputs + 1 target
         np.savetxt(tmp_path / "bad.csv", np.hstack([x, x]), delimiter=",")
         qc.train({"width": [2, 2, 1]}, csv=tmp_path / "bad.csv")
@@ -206,21 +209,22 @@ def test_training_from_an_uploaded_csv(qc: Client, tmp_path: Path) -> None:
 
 def test_listing_filters_and_pages(qc: Client, model_id: str) -> None:
     page = qc.jobs(model_id=model_id, state="succeeded", limit=2)
-    assert page["total"] >= 3 and len(page["items"]) == 2
-    assert all(j["state"] == "succeeded" and j["model_id"] == model_id for j in page["items"])
+    assert page.total >= 3 and len(page.items) == 2 and (page.limit, page.offset) == (2, 0)
+    assert all(j.state == JobState.SUCCEEDED and j.model_id == model_id for j in page.items)
     second = qc.jobs(model_id=model_id, state="succeeded", limit=2, offset=2)
-    assert {j["id"] for j in page["items"]}.isdisjoint(j["id"] for j in second["items"])
-    assert qc.models()["total"] >= 1
+    assert {j.id for j in page.items}.isdisjoint(j.id for j in second.items)
+    models = qc.models()
+    assert models.total >= 1 and {m.source for m in models.items} <= {"upload", "train"}
 
 
 def test_backends_queues_health_and_metrics(svc: LocalService, qc: Client) -> None:
-    names = {b["name"]: b for b in qc.backends()}
+    names = {b.name: b for b in qc.backends()}
     assert {"exact", "aer", "aer:fake_sherbrooke", "braket:local", "pennylane:default.qubit"} <= set(names)
-    assert names["aer:fake_sherbrooke"]["queue"] == "local" and names["aer"]["online"]
+    assert names["aer:fake_sherbrooke"].queue == "local" and names["aer"].online
     queues = qc.queues()
-    assert {q["name"] for q in queues["queues"]} == {"local", "ibm", "braket"}
-    assert len(queues["workers"]) == 1 and queues["workers"][0]["queues"] == ["local", "ibm", "braket"]
-    assert queues["jobs_by_state"]["succeeded"] >= 1 and queues["finished_last_minute"] >= 1
+    assert {q.name for q in queues.queues} == {"local", "ibm", "braket"}
+    assert len(queues.workers) == 1 and queues.workers[0].queues == ["local", "ibm", "braket"]
+    assert queues.jobs_by_state["succeeded"] >= 1 and queues.finished_last_minute >= 1
     assert httpx.get(f"{svc.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{svc.url}/readyz").json() == {"database": "ok", "broker": "ok"}
     metrics = httpx.get(f"{svc.url}/metrics").text
@@ -235,13 +239,13 @@ def test_keys_see_only_their_own_models_and_jobs(svc: LocalService, qc: Client, 
     wrong = httpx.get(f"{url}/v1/jobs", headers={"Authorization": "Bearer qk_not-a-real-key"})
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
     with Client(url, svc.create_key("other")) as other:
-        for call in (lambda: other.model(model_id), lambda: other.status(job["id"]),
-                     lambda: other.result(job["id"]), lambda: other.cancel(job["id"]),
+        for call in (lambda: other.model(model_id), lambda: other.status(job.id),
+                     lambda: other.result(job.id), lambda: other.cancel(job.id),
                      lambda: other.submit(model_id, [[0.1, 0.2]])):
             with pytest.raises(ApiError) as err:
                 call()
             assert err.value.status == 404
-        assert other.jobs()["total"] == 0 and other.models()["total"] == 0
+        assert other.jobs().total == 0 and other.models().total == 0
 
 
 class _Evil:
@@ -324,8 +328,9 @@ def _finished_jobs(svc: LocalService, token: str, count: int) -> None:
     with session_scope(svc.settings.resolved_database_url) as session:
         owner = find_key(session, token).id  # type: ignore[union-attr]
         ids = [str(uuid.uuid4()) for _ in range(count)]
-        session.add_all(Job(id=i, owner_id=owner, kind="inference", backend="exact", queue="local", request_hash="",
-                            state="succeeded", rounds_done=2, rounds_total=2, samples=1, inputs=b"") for i in ids)
+        session.add_all(JobRow(id=i, owner_id=owner, kind="inference", backend="exact", queue="local", request_hash="",
+                               state=JobState.SUCCEEDED, rounds_done=2, rounds_total=2, samples=1, inputs=b"")
+                        for i in ids)
         session.flush()
         session.add_all(Round(job_id=i, number=k, rows=1, requested=1, provider_job_ids=[f"{i}/{k}"])
                         for i in ids for k in range(2))

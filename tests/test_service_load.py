@@ -10,7 +10,7 @@ import torch
 from sqlalchemy import func, select
 
 from conftest import make_inputs, make_model
-from qkan_orch.client import Client
+from qkan_orch.client import Client, JobState
 from qkan_orch.models import save_model
 from qkan_orch.service.local import LocalService
 from qkan_orch.service.store.database import session_scope
@@ -27,15 +27,15 @@ def test_500_concurrent_jobs_finish_once_each(stack: str, tmp_path: Path) -> Non
     inputs = [make_inputs(2, 2, seed=k) for k in range(JOBS)]
     with stack_env(stack, tmp_path) as env, LocalService(tmp_path, env, concurrency=2) as service, \
             Client(service.url, service.create_key()) as qc:
-        model_id = qc.upload_model(tmp_path / "m.safetensors")["id"]
+        model_id = qc.upload_model(tmp_path / "m.safetensors").id
         with ThreadPoolExecutor(16) as pool:
-            ids = list(pool.map(lambda x: qc.submit(model_id, x)["id"], inputs))
+            ids = list(pool.map(lambda x: qc.submit(model_id, x).id, inputs))
         assert len(set(ids)) == JOBS
 
         deadline = time.monotonic() + 300
-        while qc.jobs(state="succeeded", limit=1)["total"] < JOBS:
-            assert qc.jobs(state="failed", limit=1)["total"] == 0
-            assert time.monotonic() < deadline, f"{qc.jobs(state='succeeded', limit=1)['total']} of {JOBS} done"
+        while qc.jobs(state=JobState.SUCCEEDED, limit=1).total < JOBS:
+            assert qc.jobs(state=JobState.FAILED, limit=1).total == 0
+            assert time.monotonic() < deadline, f"{qc.jobs(state=JobState.SUCCEEDED, limit=1).total} of {JOBS} done"
             time.sleep(0.5)
 
         with ThreadPoolExecutor(8) as pool:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import make_inputs, make_model
-from qkan_orch.client import Client
+from qkan_orch.client import Client, JobState
 from qkan_orch.models import save_model
 from qkan_orch.service.local import LocalService
 from service_env import stack_env
@@ -25,7 +25,7 @@ def single_worker(request, tmp_path: Path):  # type: ignore[no-untyped-def]
             with Client(service.url, service.create_key()) as qc:
                 model = make_model(width=[2, 3, 3, 1], reps=2).float()
                 save_model(model, str(tmp_path / "m.safetensors"))
-                yield service, qc, qc.upload_model(tmp_path / "m.safetensors")["id"]
+                yield service, qc, qc.upload_model(tmp_path / "m.safetensors").id
         finally:
             service.stop()
 
@@ -41,25 +41,25 @@ def wait_for(predicate, timeout: float = 60.0, every: float = 0.05):  # type: ig
 def test_a_worker_killed_between_rounds_is_resumed_without_repeating_a_round(single_worker, tmp_path: Path) -> None:
     service, qc, model_id = single_worker
     x = make_inputs(12, 2)
-    reference = qc.wait(qc.submit(model_id, x)["id"], timeout=60, progress=False)
-    want, _ = qc.result(reference["id"])
+    reference = qc.wait(qc.submit(model_id, x).id, timeout=60, progress=False)
+    want, _ = qc.result(reference.id)
 
     log = tmp_path / "rounds.log"
     job = qc.submit(model_id, x, backend="test:counting", options={"delay": 1.5, "log": str(log)})
-    wait_for(lambda: qc.status(job["id"])["rounds_done"] == 1)
+    wait_for(lambda: qc.status(job.id).rounds_done == 1)
     service.kill_worker(service.workers[0])  # SIGKILL while round 2 is starting: nothing acknowledged
-    status = qc.status(job["id"])
-    assert status["state"] == "running" and status["rounds_done"] == 1
+    status = qc.status(job.id)
+    assert status.state == JobState.RUNNING and status.rounds_done == 1
     assert len(log.read_text().splitlines()) == 1
 
     service.start_worker()
-    final = qc.wait(job["id"], timeout=120, progress=False)
-    assert final["state"] == "succeeded", final["error"]
-    got, _ = qc.result(job["id"])
+    final = qc.wait(job.id, timeout=120, progress=False)
+    assert final.state == JobState.SUCCEEDED, final.error
+    got, _ = qc.result(job.id)
     assert np.array_equal(got, want)
     rounds = log.read_text().splitlines()
     assert len(rounds) == 3 and len(set(rounds)) == 3  # the backend saw each round exactly once
-    assert [r["number"] for r in final["rounds"]] == [0, 1, 2]
+    assert [r.number for r in final.rounds] == [0, 1, 2]
 
 
 def test_a_job_waiting_on_its_provider_does_not_hold_the_worker(single_worker, tmp_path: Path) -> None:
@@ -67,12 +67,12 @@ def test_a_job_waiting_on_its_provider_does_not_hold_the_worker(single_worker, t
     log = tmp_path / "pending.log"
     slow = qc.submit(model_id, make_inputs(4, 2), backend="test:pending",
                      options={"pending_polls": 15, "log": str(log)})
-    wait_for(lambda: qc.status(slow["id"])["state"] == "waiting_on_provider")
+    wait_for(lambda: qc.status(slow.id).state == JobState.WAITING_ON_PROVIDER)
     quick = [qc.submit(model_id, make_inputs(3, 2, seed=k)) for k in range(5)]
     for job in quick:
-        assert qc.wait(job["id"], timeout=60, progress=False)["state"] == "succeeded"
-    assert qc.status(slow["id"])["state"] == "waiting_on_provider"  # still queued at its provider
-    final = qc.wait(slow["id"], timeout=120, progress=False)
-    assert final["state"] == "succeeded" and final["rounds_done"] == 3
+        assert qc.wait(job.id, timeout=60, progress=False).state == JobState.SUCCEEDED
+    assert qc.status(slow.id).state == JobState.WAITING_ON_PROVIDER  # still queued at its provider
+    final = qc.wait(slow.id, timeout=120, progress=False)
+    assert final.state == JobState.SUCCEEDED and final.rounds_done == 3
     polls = Path(str(log) + ".polls").read_text().splitlines()
     assert len(polls) >= 3 * 15  # every round was polled, each poll a short task

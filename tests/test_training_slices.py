@@ -97,32 +97,32 @@ def test_a_sliced_training_job_ends_where_an_uninterrupted_fit_ends(sliced) -> N
     service, qc = sliced
     spec, steps = {"width": [1, 2, 1], "reps": 2}, 30
     job = qc.train(spec, function="sin", samples=64, steps=steps, optimizer="lbfgs", seed=0)
-    status = qc.wait(job["id"], timeout=120, progress=False)
-    assert status["state"] == "succeeded", status["error"]
+    status = qc.wait(job.id, timeout=120, progress=False)
+    assert status.state == JobState.SUCCEEDED, status.error
     # every slice reports the step it stopped at, so all 30 steps appear (one run would report every third)
-    assert train_events(service, job["id"]) == list(range(1, steps + 1))
+    assert train_events(service, job.id) == list(range(1, steps + 1))
 
     f = get_function("sin")
     x = f.sample(64, seed=0)
     whole = fit(build_model(parse_spec(spec), seed=0), x.float(), f(x).float(), optimizer="lbfgs", steps=steps,
                 seed=0, progress=False)
-    assert qc.result_json(job["id"])["losses"] == whole.losses
+    assert qc.job_result(job.id).losses == whole.losses
 
 
 def test_a_cancel_between_slices_ends_the_training_job(sliced) -> None:  # type: ignore[no-untyped-def]
     service, qc = sliced
     job = qc.train({"width": [1, 2, 1], "reps": 2}, function="sin", samples=64, steps=10_000, optimizer="adam")
     deadline = time.monotonic() + 60
-    while len(train_events(service, job["id"])) < 3:
+    while len(train_events(service, job.id)) < 3:
         assert time.monotonic() < deadline, "the training job made no progress"
         time.sleep(0.05)
-    qc.cancel(job["id"])
-    final = qc.wait(job["id"], timeout=60, progress=False)
-    assert final["state"] == "cancelled"
-    done = train_events(service, job["id"])
+    qc.cancel(job.id)
+    final = qc.wait(job.id, timeout=60, progress=False)
+    assert final.state == JobState.CANCELLED
+    done = train_events(service, job.id)
     assert done == list(range(1, len(done) + 1)) and len(done) < 10_000
     time.sleep(0.5)
-    assert train_events(service, job["id"]) == done  # no step ran after the cancel
+    assert train_events(service, job.id) == done  # no step ran after the cancel
 
 
 def test_a_cancel_racing_a_claim_still_reaches_the_worker(tmp_path) -> None:  # type: ignore[no-untyped-def]
