@@ -34,6 +34,14 @@ from qkan_orch.service.store.states import JobState
 from qkan_orch.service.store.tables import ApiKey, Job
 
 
+class DuplicateSubmission(HTTPProblem):
+    """A concurrent submission with the same idempotency key committed first: submitting again replays its job."""
+
+    def __init__(self) -> None:
+        super().__init__(409, "idempotency_conflict", "a job with this idempotency_key is being created",
+                         "idempotency_key")
+
+
 def submit_inference(session: Session, broker: Celery, settings: Settings, key: ApiKey, body: JobRequest,
                      inputs: np.ndarray) -> tuple[JobOut, bool]:
     """The new job, or the earlier one this idempotency key made (True: a replay)."""
@@ -94,8 +102,7 @@ def create_job(session: Session, broker: Celery, key: ApiKey, *, kind: str, mode
         session.commit()
     except IntegrityError:  # a concurrent submission with the same idempotency key won the race
         session.rollback()
-        raise HTTPProblem(409, "idempotency_conflict", "a job with this idempotency_key is being created",
-                          "idempotency_key") from None
+        raise DuplicateSubmission() from None
     try:
         broker.send_task("qkan.advance", args=[job.id], queue=job.queue, task_id=job.task_id)
     except Exception as exc:
