@@ -122,6 +122,15 @@ def cancel_if_idle(session: Session, job_id: str) -> bool:
     return result.rowcount == 1
 
 
+def request_cancel(session: Session, job_id: str) -> bool:
+    """Flag an active job for its worker (the next write of its step returns the flag); False if it has ended."""
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.state.in_(ACTIVE)).values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
 def finished_since(session: Session, seconds: float) -> int:
     since = datetime.now(UTC) - timedelta(seconds=seconds)
     return session.scalar(select(func.count()).select_from(Job).where(Job.finished_at >= since)) or 0
