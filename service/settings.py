@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     broker_visibility_timeout: int = Field(300, description="Seconds before a dead worker's task is redelivered")
     worker_concurrency: int | None = Field(None, description="Worker processes (default: CPU count)")
     log_level: str = Field("INFO", description="Logging level of API and workers")
+    max_streams_per_key: int = Field(20, ge=1, description="Open event streams one API key may hold per API "
+                                     "process (429 above)")
 
     @property
     def resolved_database_url(self) -> str:
