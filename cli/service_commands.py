@@ -138,8 +138,10 @@ def result(args: argparse.Namespace) -> int:
 
 
 def cancel(args: argparse.Namespace) -> int:
+    """``cancelled`` once the job has ended; until then ``cancel requested`` (a worker stops it after its step)."""
     with _client(args) as qc:
-        print(qc.cancel(args.job).state)
+        job = qc.cancel(args.job)
+    print(job.state if job.state.terminal else "cancel requested")
     return 0
 
 

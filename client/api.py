@@ -102,6 +102,7 @@ class Client:
         return Page.from_json(self._call("GET", "/v1/jobs", params=params), Job.from_json)
 
     def cancel(self, job_id: str) -> Job:
+        """The job as the cancel left it: ``cancelled`` if no worker held it, else still active, cancel requested."""
         return Job.from_json(self._call("DELETE", f"/v1/jobs/{job_id}"))
 
     def wait(self, job_id: str, timeout: float | None = None, progress: bool = True, interval: float = 0.2) -> Job:

@@ -9,8 +9,10 @@ from fastapi import FastAPI
 
 from qkan_orch.backends.accounts import redact_logs
 from qkan_orch.service.api import errors
+from qkan_orch.service.api.event_hub import EventHub
 from qkan_orch.service.api.limits import BodyLimit
 from qkan_orch.service.api.routes import backends, health, jobs, models, queues
+from qkan_orch.service.broker import Courier
 from qkan_orch.service.settings import Settings
 
 DESCRIPTION = """Run trained QKAN models on quantum simulators and hardware.
@@ -22,15 +24,20 @@ sees only its own models and jobs. Errors are `{"error": {"code", "message", "fi
 
 
 @asynccontextmanager
-async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
-    """Once the server has set up logging: no provider secret reaches its log, whatever an SDK says."""
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Once the server has set up logging: no provider secret reaches its log, whatever an SDK says.
+    At shutdown the event streams' poller and the broker courier stop."""
     redact_logs(*map(logging.getLogger, ("", "uvicorn", "uvicorn.error", "uvicorn.access")))
     yield
+    await app.state.event_hub.close()
+    app.state.courier.close()
 
 
 def create_app(settings: Settings, *, celery: Celery) -> FastAPI:
     app = FastAPI(title="QKAN Orchestrator", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
     app.state.settings, app.state.celery = settings, celery
+    app.state.event_hub = EventHub(settings.resolved_database_url, settings.max_streams_per_key)
+    app.state.courier = Courier(celery)
     errors.install(app)
     for router in (models.router, jobs.router, backends.router, queues.router, health.router):
         app.include_router(router)

@@ -1,4 +1,4 @@
-"""Request dependencies: settings, a database session, the caller's API key, the broker."""
+"""Request dependencies: settings, a database session, the caller's API key, the broker, the event hub."""
 
 import time
 from collections.abc import Iterator
@@ -10,6 +10,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from qkan_orch.service.api.errors import HTTPProblem
+from qkan_orch.service.api.event_hub import EventHub
+from qkan_orch.service.broker import Courier
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store.database import session_scope
 from qkan_orch.service.store.keys import find_key
@@ -33,9 +35,11 @@ _known_keys: dict[str, tuple[ApiKey, float]] = {}
 
 
 def current_key(
-    session: Annotated[Session, Depends(session_dep)],
+    settings: Annotated[Settings, Depends(settings_dep)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
+    """The caller's key, looked up in a short session of its own: a route that holds no session (an event
+    stream) holds no connection either."""
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None:
         raise HTTPProblem(401, "unauthorized", "send an API key: 'Authorization: Bearer <key>'", headers=challenge)
@@ -43,10 +47,12 @@ def current_key(
     cached = _known_keys.get(token)
     if cached is not None and cached[1] > time.monotonic():
         return cached[0]
-    key = find_key(session, token)
+    with session_scope(settings.resolved_database_url) as session:
+        key = find_key(session, token)
+        if key is not None:
+            session.expunge(key)
     if key is None:
         raise HTTPProblem(401, "unauthorized", "the API key is not valid", headers=challenge)
-    session.expunge(key)
     _known_keys[token] = (key, time.monotonic() + _KEY_TTL)
     return key
 
@@ -56,7 +62,19 @@ def broker_dep(request: Request) -> Celery:
     return request.app.state.celery
 
 
+def courier_dep(request: Request) -> Courier:
+    """What the API owes the broker after the database has decided (revokes, wake-ups), sent in the background."""
+    return request.app.state.courier
+
+
+def event_hub_dep(request: Request) -> EventHub:
+    """The one poller of this API process's event streams (``create_app`` makes it)."""
+    return request.app.state.event_hub
+
+
 SettingsDep = Annotated[Settings, Depends(settings_dep)]
 SessionDep = Annotated[Session, Depends(session_dep)]
 KeyDep = Annotated[ApiKey, Depends(current_key)]
 BrokerDep = Annotated[Celery, Depends(broker_dep)]
+CourierDep = Annotated[Courier, Depends(courier_dep)]
+EventHubDep = Annotated[EventHub, Depends(event_hub_dep)]

@@ -1,17 +1,22 @@
-"""Every error leaves the API as ``{"error": {"code", "message", "field"}}``."""
+"""Every error leaves the API as ``{"error": {"code", "message", "field"}}`` — a busy database and a bug too."""
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from qkan_orch.backends.accounts import redact
 from qkan_orch.backends.base import TransientBackendError
 from qkan_orch.models.errors import InputError
 
+log = logging.getLogger("qkan.api")
+DATABASE_RETRY_AFTER = "5"  # seconds: a pool wait or a database restart is usually over by then
 
 class ErrorBody(BaseModel):
     code: str
@@ -43,7 +48,8 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-               409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 503: "unavailable"}
+               409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 429: "too_many_requests",
+               503: "unavailable"}
 
 # Documented on every route so clients (and schemathesis) know the error shape.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -82,3 +88,21 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool(_: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("database connection pool exhausted: %s", exc)
+        return error_response(503, "database_busy", "every database connection is in use; try again shortly",
+                              headers={"Retry-After": DATABASE_RETRY_AFTER})
+
+    @app.exception_handler(OperationalError)
+    async def _database(_: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", redact(str(exc.orig)))
+        return error_response(503, "database_unavailable", "the database cannot be reached or is locked; "
+                              "try again shortly", headers={"Retry-After": DATABASE_RETRY_AFTER})
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        """Starlette re-raises after answering, so the traceback still reaches the server's log."""
+        return error_response(500, "internal", f"internal error ({type(exc).__name__}) while serving "
+                              f"{request.method} {request.url.path}; it is logged")

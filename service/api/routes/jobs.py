@@ -1,12 +1,12 @@
 """/v1/jobs: submit inference, follow it (status, events), fetch results, cancel."""
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -14,17 +14,25 @@ from sqlalchemy.orm import Session, defer
 from sse_starlette.sse import EventSourceResponse
 
 from qkan_orch.models.errors import InputError
-from qkan_orch.service.api.deps import BrokerDep, KeyDep, SessionDep, SettingsDep
-from qkan_orch.service.api.errors import ERROR_RESPONSES, ERROR_RESPONSES_SUBMIT, HTTPProblem, not_found
-from qkan_orch.service.api.job_records import submit_inference
+from qkan_orch.service.api.deps import BrokerDep, CourierDep, EventHubDep, KeyDep, SessionDep, SettingsDep
+from qkan_orch.service.api.errors import (
+    ERROR_RESPONSES,
+    ERROR_RESPONSES_SUBMIT,
+    ErrorResponse,
+    HTTPProblem,
+    not_found,
+)
+from qkan_orch.service.api.event_hub import SlotStream
+from qkan_orch.service.api.job_records import DuplicateSubmission, submit_inference
 from qkan_orch.service.api.job_views import job_out, jobs_out
 from qkan_orch.service.api.schemas import JobOut, JobPage, JobRequest, JobResultOut
 from qkan_orch.service.api.uploads import read_table
+from qkan_orch.service.broker import PublishStep, Revoke
 from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.arrays import unpack_arrays
 from qkan_orch.service.store.database import session_scope
 from qkan_orch.service.store.states import TERMINAL, JobState
-from qkan_orch.service.store.tables import ApiKey, Job, JobEvent, JobResult
+from qkan_orch.service.store.tables import ApiKey, Job, JobResult
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -42,6 +50,9 @@ _MULTIPART_BODY = {
     },
 }
 
+IdempotencyHeader = Annotated[str | None, Header(alias="Idempotency-Key",
+                                                 description="The body's idempotency_key, as a header")]
+
 
 @router.post(
     "",
@@ -56,41 +67,57 @@ _MULTIPART_BODY = {
     }}},
 )
 async def submit(request: Request, response: Response, key: KeyDep, session: SessionDep,
-                 settings: SettingsDep, broker: BrokerDep) -> JobOut:
-    """Inputs as a JSON array in the body, or as an uploaded .npy/.csv (multipart)."""
-    body, inputs = await _read_submission(request)
-    job, replayed = await run_in_threadpool(submit_inference, session, broker, settings, key, body, inputs)
+                 settings: SettingsDep, broker: BrokerDep, idempotency_key: IdempotencyHeader = None) -> JobOut:
+    """Inputs as a JSON array in the body, or as an uploaded .npy/.csv (multipart).
+
+    Of concurrent submissions with one idempotency key (header or body field) one creates the job; the others
+    lose the insert to the unique constraint and, submitting again, replay it.
+    """
+    body, inputs = await _read_submission(request, idempotency_key)
+    try:
+        job, replayed = await run_in_threadpool(submit_inference, session, broker, settings, key, body, inputs)
+    except DuplicateSubmission:
+        job, replayed = await run_in_threadpool(submit_inference, session, broker, settings, key, body, inputs)
     if replayed:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job
 
 
-async def _read_submission(request: Request) -> tuple[JobRequest, np.ndarray]:
+async def _read_submission(request: Request, idempotency_key: str | None) -> tuple[JobRequest, np.ndarray]:
+    """Receive the body here, parse it on a thread: a large upload never stalls the event loop (/healthz)."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         form = await request.form()
         upload = form.get("inputs_file")
         if upload is None or isinstance(upload, str):
             raise InputError("inputs_file", "upload the inputs as a .npy or .csv file part")
-        inputs = read_table(await upload.read(), "inputs_file", upload.filename or "inputs")
+        data = await upload.read()
         fields: dict[str, Any] = {k: v for k, v in form.items() if k != "inputs_file" and isinstance(v, str)}
-        if "options" in fields:
-            try:
-                fields["options"] = json.loads(fields["options"])
-            except json.JSONDecodeError:
-                raise InputError("options", "is not valid JSON") from None
-        fields["inputs"] = []
-        body = _validate(fields)
-        return body, inputs
+        return await run_in_threadpool(_parse_form, fields, data, upload.filename or "inputs", idempotency_key)
     if not content_type.startswith("application/json"):
         raise HTTPProblem(415, "unsupported_media_type", "send application/json or multipart/form-data")
-    raw = await request.body()
+    return await run_in_threadpool(_parse_json, await request.body(), idempotency_key)
+
+
+def _parse_form(fields: dict[str, Any], data: bytes, filename: str,
+                idempotency_key: str | None) -> tuple[JobRequest, np.ndarray]:
+    inputs = read_table(data, "inputs_file", filename)
+    if "options" in fields:
+        try:
+            fields["options"] = json.loads(fields["options"])
+        except json.JSONDecodeError:
+            raise InputError("options", "is not valid JSON") from None
+    fields["inputs"] = []
+    return _validate(fields, idempotency_key), inputs
+
+
+def _parse_json(raw: bytes, idempotency_key: str | None) -> tuple[JobRequest, np.ndarray]:
     try:
         obj = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HTTPProblem(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
-    body = _validate(obj)
+    body = _validate(obj, idempotency_key)
     rows = body.inputs
     if not rows:
         raise InputError("inputs", "is empty: at least one sample is needed")
@@ -99,7 +126,12 @@ async def _read_submission(request: Request) -> tuple[JobRequest, np.ndarray]:
     return body, np.asarray(rows, dtype=np.float64)
 
 
-def _validate(obj: Any) -> JobRequest:
+def _validate(obj: Any, idempotency_key: str | None) -> JobRequest:
+    """The body as a JobRequest; the ``Idempotency-Key`` header counts as its field (and must agree with it)."""
+    if idempotency_key is not None and isinstance(obj, dict):
+        if obj.get("idempotency_key") not in (None, idempotency_key):
+            raise InputError("idempotency_key", "differs from the Idempotency-Key header; send one of them")
+        obj = {**obj, "idempotency_key": idempotency_key}
     try:
         return JobRequest.model_validate(obj)
     except ValidationError as exc:
@@ -162,58 +194,64 @@ def get_result(job_id: str, key: KeyDep, session: SessionDep,
 
 @router.delete("/{job_id}", status_code=202, response_model=JobOut, summary="Cancel a job",
                responses={409: {"description": "The job already finished"}})
-def cancel(job_id: str, key: KeyDep, session: SessionDep, broker: BrokerDep) -> JobOut:
-    """Queued jobs end at once; running ones stop after their current step, cancelling provider jobs."""
+def cancel(job_id: str, key: KeyDep, session: SessionDep, courier: CourierDep) -> JobOut:
+    """Queued jobs end at once; running ones stop after their current step, cancelling provider jobs.
+
+    The database decides and answers, broker or not: the job's pending message is revoked, and a flagged
+    job woken, through the courier, which keeps trying while the broker is away (a message that outlives
+    its cancelled job finds nothing to do).
+    """
     job = _own_job(session, key, job_id)
     if job.state == JobState.CANCELLED:
         return job_out(session, job)
     if job.state in TERMINAL:
         raise HTTPProblem(409, "already_finished", f"the job already {job.state}", "job_id")
-    if job.task_id:
-        broker.control.revoke(job.task_id)
-    if store.cancel_if_idle(session, job.id):
+    idle = store.cancel_if_idle(session, job.id)
+    if idle:
         store.add_event(session, job.id, "state", state=JobState.CANCELLED)
-    else:  # a worker holds it or a provider job is in flight: the next step cancels both
-        job.cancel_requested = True
-        session.commit()
-        broker.send_task("qkan.advance", args=[job.id], queue=job.queue)
+    flagged = idle or store.request_cancel(session, job.id)  # a worker holds it or a provider job is in flight
     session.commit()
     session.refresh(job)
+    if not flagged and job.state != JobState.CANCELLED:  # it ended on its own meanwhile
+        raise HTTPProblem(409, "already_finished", f"the job already {job.state}", "job_id")
+    if job.task_id:
+        courier.deliver(Revoke(job.task_id))
+    if not idle:  # the next step cancels the provider job and ends the job
+        courier.deliver(PublishStep(job.id, job.queue))
     return job_out(session, job)
 
 
 @router.get("/{job_id}/events", summary="Server-sent progress events until the job ends",
             response_class=EventSourceResponse,
-            responses={200: {"content": {"text/event-stream": {}}, "description": "An event stream"}})
-async def events(job_id: str, request: Request, key: KeyDep, session: SessionDep,
-                 settings: SettingsDep) -> EventSourceResponse:
-    job = _own_job(session, key, job_id)
+            responses={200: {"content": {"text/event-stream": {}}, "description": "An event stream"},
+                       429: {"model": ErrorResponse, "description": "too many open streams for this key"}})
+async def events(job_id: str, request: Request, key: KeyDep, settings: SettingsDep,
+                 hub: EventHubDep) -> EventSourceResponse:
+    """Holds no database connection while it waits: the API's one poller reads for every open stream."""
+    created_at = await run_in_threadpool(_created_at, settings.resolved_database_url, key, job_id)
     last_id = request.headers.get("last-event-id", "")
     start = int(last_id) if last_id.isdigit() else -1
-    url = settings.resolved_database_url
+    release = hub.reserve(key.id)
 
     async def stream() -> AsyncIterator[dict[str, str]]:
-        last = start
-        if last < 0:  # event 0: the job was created (queued)
-            created = {"at": job.created_at.isoformat(), "state": JobState.QUEUED}
-            yield {"id": "0", "event": "state", "data": json.dumps(created)}
-            last = 0
-        while True:
-            rows, state = await run_in_threadpool(_events_after, url, job_id, last)
-            for row in rows:
-                last = row.id
-                yield {"id": str(row.id), "event": row.kind, "data": json.dumps({"at": row.at.isoformat(), **row.data})}
-            if state in TERMINAL and not rows:
-                return
-            await asyncio.sleep(0.25)
+        subscription = hub.subscribe(job_id, max(start, 0), JobState.QUEUED if start <= 0 else None)
+        try:
+            if start < 0:  # event 0: the job was created (queued)
+                yield {"id": "0", "event": "state",
+                       "data": json.dumps({"at": created_at.isoformat(), "state": JobState.QUEUED})}
+            while True:
+                batch = await subscription.inbox.get()
+                for event in batch.events:
+                    yield event
+                if batch.ended:
+                    return
+        finally:
+            hub.unsubscribe(subscription)
 
-    return EventSourceResponse(stream(), ping=15)
+    return SlotStream(stream(), release=release, ping=15)
 
 
-def _events_after(url: str, job_id: str, last: int) -> tuple[list[JobEvent], str]:
+def _created_at(url: str, key: ApiKey, job_id: str) -> datetime:
+    """Ownership checked in a session of its own, closed before the stream starts."""
     with session_scope(url) as session:
-        rows = list(session.scalars(
-            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > last).order_by(JobEvent.id).limit(200)
-        ))
-        state = session.scalar(select(Job.state).where(Job.id == job_id)) or JobState.FAILED
-    return rows, state
+        return _own_job(session, key, job_id).created_at
