@@ -76,6 +76,14 @@ class ActivationBatch:
         params = np.concatenate([b.params for b in batches], axis=0)
         return ActivationBatch(first.template, params, tuple(segments), first.readout)
 
+    def slice_rows(self, start: int, stop: int) -> "ActivationBatch":
+        """Rows ``start:stop`` as a batch of their own, to run one chunk of a long local round.
+
+        It serves no activation by itself (no segments): its result is joined to the other chunks'
+        (``BatchResult.concatenate``) and the whole batch scatters that.
+        """
+        return ActivationBatch(self.template, self.params[start:stop], (), self.readout)
+
 
 @dataclass
 class BatchResult:
@@ -94,3 +102,27 @@ class BatchResult:
     qpu_seconds: float = 0.0
     cost: float = 0.0
     metadata: dict = field(default_factory=dict)
+
+    @staticmethod
+    def concatenate(results: "list[BatchResult]") -> "BatchResult":
+        """The result of consecutive row chunks of one batch, as one submission of all of them reports it.
+
+        Chunks of a round share their backend's choices (width, qubits, noise), so the metadata is the
+        first chunk's, with ``seconds`` summed where the backend reports it.
+        """
+        first = results[0]
+        if any(r.shots != first.shots for r in results):
+            raise ValueError("only results measured with the same shots per circuit can be joined")
+        metadata = dict(first.metadata)
+        if "seconds" in metadata:
+            metadata["seconds"] = sum(r.metadata["seconds"] for r in results)
+        return BatchResult(
+            p0=np.concatenate([r.p0 for r in results]),
+            p0_stderr=np.concatenate([r.p0_stderr for r in results]),
+            shots=first.shots,
+            executions=sum(r.executions for r in results),
+            provider_job_ids=[i for r in results for i in r.provider_job_ids],
+            qpu_seconds=sum(r.qpu_seconds for r in results),
+            cost=sum(r.cost for r in results),
+            metadata=metadata,
+        )
