@@ -112,6 +112,9 @@ class ProviderJobFailed(RuntimeError):
 
 class Backend(ABC):
     name: str
+    # Runs here and returns its result from ``submit``, so a round split into chunks of rows costs what it costs
+    # whole: workers run long rounds in chunks (backends.chunked_rounds), with cancel and progress between them.
+    chunkable: bool = False
 
     @abstractmethod
     def capabilities(self) -> Capabilities: ...

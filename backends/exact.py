@@ -20,6 +20,7 @@ def exact_p0(batch: ActivationBatch) -> np.ndarray:
 
 class ExactBackend(Backend):
     name = "exact"
+    chunkable = True
 
     def capabilities(self) -> Capabilities:
         return Capabilities(

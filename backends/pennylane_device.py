@@ -15,6 +15,7 @@ import pennylane as qml
 
 from qkan_orch.backends.accounts import redact
 from qkan_orch.backends.base import Capabilities, TransientBackendError
+from qkan_orch.backends.queues import queue_for
 from qkan_orch.backends.sampling import LocalSamplingBackend
 from qkan_orch.circuits.batch import Template
 from qkan_orch.circuits.lower_pennylane import pennylane_qnode
@@ -27,6 +28,7 @@ class PennyLaneBackend(LocalSamplingBackend):
     def __init__(self, device: str) -> None:
         self.device = device
         self.name = f"pennylane:{device}"
+        self.chunkable = queue_for(self.name) == "local"  # a cloud device bills each call as a task
 
     def capabilities(self) -> Capabilities:
         return Capabilities(

@@ -16,6 +16,8 @@ from qkan_orch.circuits.packing import binomial_p0, pack_params, unpack_counts
 
 
 class LocalSamplingBackend(Backend):
+    chunkable = True
+
     def submit(
         self,
         batch: ActivationBatch,

@@ -25,6 +25,7 @@ class _TestBackend(ExactBackend):
     """The exact simulator under another name, accepting the options its test needs."""
 
     options: tuple[str, ...] = ()
+    chunkable = False  # one submission per round: the tests count them, and test:pending waits at a "provider"
 
     def capabilities(self) -> Capabilities:
         caps = super().capabilities()
