@@ -7,6 +7,13 @@ yields so other jobs get a turn. A finished round is written — plan state,
 round row, event, in one transaction — before anything else happens, except a
 local round cheaper than ``PERSIST_AFTER`` seconds: redoing it costs less than
 the transaction, so it goes out with the step's next write.
+
+A local round runs in chunks of rows (``backends.chunked_rounds``). One that
+will outlast the time slice commits a ``progress`` event after every chunk —
+that UPDATE also returns the cancel flag, so a cancel stops the round within
+one chunk and only the chunks that ran count as shots used. A shorter round
+writes nothing between its chunks, and one no bigger than the first chunk is
+a single submission, as it always was.
 """
 
 import logging
@@ -16,6 +23,7 @@ from typing import Any
 
 from qkan_orch.backends import Backend, Handle, get_backend
 from qkan_orch.backends.base import ProviderJobLost
+from qkan_orch.backends.chunked_rounds import run_in_chunks
 from qkan_orch.circuits import ExecutionPlan, FeedForwardPlan, PlanState
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult
 from qkan_orch.service.store import jobs as store
@@ -26,6 +34,7 @@ from qkan_orch.workers.model_cache import MODELS
 
 log = logging.getLogger("qkan.worker")
 PERSIST_AFTER = 0.05  # seconds: a local round that took longer is written at once
+MIN_CHUNK_SECONDS = 0.2  # a chunk of a local round lasts the time slice, but not less: a submission costs ~25 ms
 
 
 def infer(claimed: ClaimedJob) -> Step:
@@ -61,6 +70,7 @@ class _Inference:
                 batch = self.plan.next_batch(state)
                 if batch is None:
                     return self._finished_with_a_round_in_flight(in_flight["round"], state)
+                self._count(result)
                 state, cancelled = self._absorb(state, batch, result, in_flight["submitted"], logged=True)
                 in_flight = None
             else:
@@ -68,11 +78,18 @@ class _Inference:
                 if batch is None:
                     return self._succeed(state)
                 submitted = time.time()
-                handle = self.backend.submit(batch, shots=job.shots, pack=job.requested_pack, options=job.options)
-                if handle.result is None:  # a provider job: its ids are stored before any wait
-                    self._submitted(state, batch, handle, submitted)
-                    return self.claimed.again(self.settings.poll_interval)
-                state, cancelled = self._absorb(state, batch, handle.result, submitted, logged=False)
+                if self.backend.chunkable:
+                    result = self._run_here(state, batch)
+                    if result is None:  # cancelled between two chunks
+                        return self.claimed.cancel()
+                else:
+                    handle = self.backend.submit(batch, shots=job.shots, pack=job.requested_pack, options=job.options)
+                    if handle.result is None:  # a provider job: its ids are stored before any wait
+                        self._submitted(state, batch, handle, submitted)
+                        return self.claimed.again(self.settings.poll_interval)
+                    result = handle.result
+                    self._count(result)
+                state, cancelled = self._absorb(state, batch, result, submitted, logged=False)
             if cancelled:
                 return self.claimed.cancel()
             if time.monotonic() > deadline:
@@ -86,17 +103,41 @@ class _Inference:
         self.writes.commit(state=JobState.WAITING_ON_PROVIDER,
                            in_flight={"round": number, "submitted": submitted, "handle": handle.to_json()})
 
+    def _run_here(self, state: PlanState, batch: ActivationBatch) -> BatchResult | None:
+        """A local round, chunk by chunk; None if the job was cancelled between two chunks.
+
+        Each chunk's usage is counted as it ends. A round expected to outlast the time slice commits
+        its progress after every chunk but the last, and that commit answers whether to go on.
+        """
+        job, seconds = self.job, max(self.settings.task_slice_seconds, MIN_CHUNK_SECONDS)
+        results: list[BatchResult] = []
+        began, long = time.monotonic(), False
+        for chunk in run_in_chunks(self.backend, batch, job.shots, job.requested_pack, job.options, seconds):
+            results.append(chunk.result)
+            self._count(chunk.result)
+            long = long or time.monotonic() - began + chunk.seconds_left >= seconds
+            if long and chunk.rows_done < batch.num_rows:
+                self.writes.event("progress", round=state.rounds_done + 1, rows_done=chunk.rows_done,
+                                  rows=batch.num_rows, shots_used=sum(r.shots * r.executions for r in results))
+                if self.writes.commit():
+                    return None
+        return results[0] if len(results) == 1 else BatchResult.concatenate(results)
+
+    def _count(self, result: BatchResult) -> None:
+        """What a finished round or chunk used, added to the job's counters."""
+        self.writes.add(shots_used=result.shots * result.executions, executions=result.executions,
+                        qpu_seconds=result.qpu_seconds, cost=result.cost)
+
     def _absorb(self, state: PlanState, batch: ActivationBatch, result: BatchResult,
                 submitted: float, logged: bool) -> tuple[PlanState, bool]:
-        """Absorb a finished round; write it now unless it is a cheap local one. Returns the cancel flag."""
+        """Absorb a finished round (its usage already counted); write it now unless it is a cheap local one.
+        Returns the cancel flag."""
         number = state.rounds_done
         state = self.plan.absorb(state, result)
         seconds = time.time() - submitted
         now = datetime.now(UTC)
         self.writes.set(state=JobState.RUNNING, plan_state=state.to_bytes(), rounds_done=state.rounds_done,
                         in_flight=None)
-        self.writes.add(shots_used=result.shots * result.executions, executions=result.executions,
-                        qpu_seconds=result.qpu_seconds, cost=result.cost)
         if "placement" in result.metadata:
             self.writes.set(placement={"pack": result.metadata.get("pack"), **result.metadata["placement"]})
         values = {"rows": batch.num_rows, "requested": batch.num_requested, "executions": result.executions,
