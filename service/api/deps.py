@@ -73,7 +73,9 @@ def event_hub_dep(request: Request) -> EventHub:
 
 
 SettingsDep = Annotated[Settings, Depends(settings_dep)]
-SessionDep = Annotated[Session, Depends(session_dep)]
+# scope="function": the session commits before the response is sent, so a client that reads what it just
+# wrote (upload a model, then submit with it) finds it; the default would commit after the response.
+SessionDep = Annotated[Session, Depends(session_dep, scope="function")]
 KeyDep = Annotated[ApiKey, Depends(current_key)]
 BrokerDep = Annotated[Celery, Depends(broker_dep)]
 CourierDep = Annotated[Courier, Depends(courier_dep)]
