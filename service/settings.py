@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     max_shots: int = Field(1_000_000, description="Most shots per circuit a job may ask for")
     poll_interval: float = Field(2.0, description="Seconds between polls of a provider job")
     lease_seconds: float = Field(30.0, description="A worker's claim on a job; renewed while it works")
-    task_slice_seconds: float = Field(2.0, description="Local rounds one task runs before yielding the worker")
+    task_slice_seconds: float = Field(2.0, description="Local rounds one task runs before yielding the worker; "
+                                      "also the length of one chunk of a long local round (progress and cancel "
+                                      "between chunks)")
     task_max_retries: int = Field(5, description="Retries of a transient error before the job fails")
     retry_backoff_seconds: float = Field(2.0, description="First retry delay; doubles each retry")
     broker_visibility_timeout: int = Field(300, description="Seconds before a dead worker's task is redelivered")
