@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from qkan_orch.models.ansatz import canonical_ansatz
+from qkan_orch.models.ansatz import build_ansatz, canonical_ansatz
 from qkan_orch.models.errors import InputError
 
 BASE_ACTIVATIONS = ("silu", "swish", "gelu", "gelu_exact", "gelu_tanh", "relu", "tanh", "sigmoid")
@@ -56,6 +56,20 @@ class QKANSpec:
         width = self.width
         return tuple((width[k], width[k + 1]) for k in range(len(width) - (2 if self.is_map else 1)))
 
+    @property
+    def columns(self) -> int:
+        """Parameters of one edge circuit (P): the width of a compiled row."""
+        return circuit_columns(self.ansatz, self.reps)
+
+    @property
+    def state_size(self) -> int:
+        """Numbers the model's state_dict holds: what building or loading it costs, known before either."""
+        per_edge = self.columns + self.reps + 4  # θ and encodings' pre-activations (P + reps), 4 per-edge weights
+        size = per_edge * sum(n_in * n_out for n_in, n_out in self.quantum_layers)
+        if self.is_map:  # Linear(width[-2] → hidden) · SiLU · Linear(hidden → width[-1])
+            size += (self.width[-2] + 1) * self.hidden + (self.hidden + 1) * self.width[-1]
+        return size
+
     def with_reps(self, reps: int) -> "QKANSpec":
         return replace(self, reps=reps)
 
@@ -73,11 +87,55 @@ class HQKANSpec:
     def quantum_layers(self) -> tuple[tuple[int, int], ...]:
         return self.qkan.quantum_layers
 
+    @property
+    def columns(self) -> int:
+        return self.qkan.columns
+
+    @property
+    def state_size(self) -> int:
+        """The QKAN's numbers and the two Linear maps around it."""
+        return self.qkan.state_size + (self.in_dim + 1) * self.qkan.in_dim + (self.qkan.out_dim + 1) * self.out_dim
+
     def with_reps(self, reps: int) -> "HQKANSpec":
         return replace(self, qkan=self.qkan.with_reps(reps))
 
 
 ModelSpec = QKANSpec | HQKANSpec
+
+
+def circuit_columns(ansatz: str, reps: int) -> int:
+    """P of ``ansatz`` at any ``reps`` without building its gate list: each re-upload adds the same gates."""
+    one, two = build_ansatz(ansatz, 1).num_params, build_ansatz(ansatz, 2).num_params
+    return one + (reps - 1) * (two - one)
+
+
+@dataclass(frozen=True)
+class SpecLimits:
+    """The largest model a caller takes: checked on a parsed spec, before any tensor of it exists."""
+
+    layers: int
+    width: int
+    reps: int
+    numbers: int
+
+    def check(self, spec: ModelSpec, where: str = "spec") -> None:
+        """Refuse, naming the option and the limit, a spec over any bound (reps first: sizes depend on it)."""
+        inner = spec.qkan if isinstance(spec, HQKANSpec) else spec
+        inner_where = f"{where}.qkan" if isinstance(spec, HQKANSpec) else where
+        if inner.reps > self.reps:
+            raise InputError(f"{inner_where}.reps", f"{inner.reps} exceeds this service's limit of {self.reps}")
+        if len(spec.quantum_layers) > self.layers:
+            raise InputError(f"{inner_where}.width", f"has {len(spec.quantum_layers)} QKAN layers; "
+                                                     f"this service's limit is {self.layers}")
+        widths = {f"{inner_where}.width": max(inner.width), f"{inner_where}.hidden": inner.hidden}
+        if isinstance(spec, HQKANSpec):
+            widths |= {f"{where}.in_dim": spec.in_dim, f"{where}.out_dim": spec.out_dim}
+        for name, width in widths.items():
+            if width > self.width:
+                raise InputError(name, f"a layer of {width} units exceeds this service's limit of {self.width}")
+        if spec.state_size > self.numbers:
+            raise InputError(where, f"the model holds {spec.state_size:,} numbers; "
+                                    f"this service's limit is {self.numbers:,}")
 
 
 def spec_to_json(spec: ModelSpec) -> str:

@@ -8,10 +8,12 @@ Everything works on bytes, so uploads and files share one code path.
 
 import io
 import json
+import math
 import os
 import pickle
 import tempfile
 import warnings
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -20,7 +22,7 @@ from safetensors.torch import save as save_tensors
 
 from qkan_orch.models.errors import InputError
 from qkan_orch.models.network import Model, build_model
-from qkan_orch.models.spec import ModelSpec, load_spec_file, parse_spec, spec_to_json
+from qkan_orch.models.spec import ModelSpec, SpecLimits, load_spec_file, parse_spec, spec_to_json
 
 FORMAT = "qkan-orchestrator/1"
 
@@ -31,17 +33,30 @@ def model_to_bytes(model: Model) -> bytes:
     return save_tensors(tensors, metadata={"format": FORMAT, "spec": spec_to_json(model.spec)})
 
 
-def model_from_bytes(data: bytes, spec: ModelSpec | None = None, source: str = "model") -> Model:
-    """Our safetensors bytes (spec inside, or ``spec``), or a qkan .pt state_dict with ``spec``."""
+def model_from_bytes(data: bytes, spec: ModelSpec | None = None, source: str = "model",
+                     limits: SpecLimits | None = None) -> Model:
+    """Our safetensors bytes (spec inside, or ``spec``), or a qkan .pt state_dict with ``spec``.
+
+    ``limits`` are checked on the spec and on the safetensors header's shapes before any tensor is read or built.
+    """
     kind = _sniff(data, source)
     if kind == "safetensors":
-        file_spec, state = _read_safetensors(data, source)
+        file_spec, numbers = _safetensors_spec(data, source)
+        where = "spec" if spec is not None else "model.spec"
         spec = spec or file_spec
         if spec is None:
             raise InputError("spec", f"{source} carries no spec; pass the model's spec JSON")
+        if limits is not None:
+            limits.check(spec, where)
+            if numbers > limits.numbers:
+                raise InputError("model", f"{source} holds {numbers:,} numbers; "
+                                          f"this service's limit is {limits.numbers:,}")
+        state = _read_safetensors(data, source)
     else:
         if spec is None:
             raise InputError("spec", "a .pt state_dict needs the JSON of the kwargs its QKAN(...) was built with")
+        if limits is not None:
+            limits.check(spec)
         state = _read_torch_state_dict(data, source)
     return model_from_state(spec, state, source=source)
 
@@ -110,25 +125,42 @@ def _sniff(data: bytes, source: str) -> str:
     raise InputError("model", f"{source} is neither a safetensors file nor a torch state_dict")
 
 
-def _read_safetensors(data: bytes, source: str) -> tuple[ModelSpec | None, dict[str, torch.Tensor]]:
+def _safetensors_spec(data: bytes, source: str) -> tuple[ModelSpec | None, int]:
+    """The spec in the metadata and the count of numbers the tensors hold, from the header alone."""
     try:
-        state = load_tensors(data)
-        metadata = safetensors_metadata(data)
-    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        header = _safetensors_header(data)
+        numbers = sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+        spec_json = (header.get("__metadata__") or {}).get("spec")
+    except (ValueError, TypeError, KeyError, AttributeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError("model", f"{source} is not a valid safetensors file ({exc})") from None
-    spec_json = metadata.get("spec")
     if spec_json is None:
-        return None, state
+        return None, numbers
     try:
-        return parse_spec(json.loads(spec_json), "model.spec"), state
+        return parse_spec(json.loads(spec_json), "model.spec"), numbers
     except json.JSONDecodeError:
         raise InputError("model", f"{source} has a corrupt spec in its metadata") from None
 
 
+def _read_safetensors(data: bytes, source: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_tensors(data)
+    except (SafetensorError, ValueError) as exc:
+        raise InputError("model", f"{source} is not a valid safetensors file ({exc})") from None
+
+
 def safetensors_metadata(data: bytes) -> dict[str, str]:
     """The string metadata of safetensors bytes, read from the header without loading a tensor."""
+    return _safetensors_header(data).get("__metadata__") or {}
+
+
+def _safetensors_header(data: bytes) -> dict[str, Any]:
     header_len = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+    if header_len > len(data) - 8:
+        raise ValueError(f"its header claims {header_len} bytes of {len(data) - 8}")
+    header = json.loads(data[8 : 8 + header_len])
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    return header
 
 
 def _read_torch_state_dict(data: bytes, source: str) -> dict[str, torch.Tensor]:
