@@ -40,6 +40,19 @@ class Estimate:
     shots: int  # executions × shots per circuit
     qpu_seconds: float
     cost: float
+    peak_bytes: int = 0  # worker memory of the largest round (round_bytes), whatever the backend
+
+
+def round_bytes(rows: int, columns: int) -> int:
+    """Worker memory a round of ``rows`` circuits with ``columns`` parameters each needs, at most.
+
+    Measured on ``exact``: the compiled matrix and its transposed copy take 16 bytes per parameter; slots,
+    amplitudes, read-outs and activations about 400 per row. A local sampling backend's own circuit objects
+    (5–30 kB per row) add only a chunk's worth, since it runs long rounds in chunks of a task slice
+    (``backends.chunked_rounds``). A training step over the same rows (autograd keeps every layer's graph)
+    stays under it too.
+    """
+    return rows * (16 * columns + 400)
 
 
 @dataclass(frozen=True)
@@ -150,8 +163,9 @@ class Backend(ABC):
         return 0.0
 
     def estimate(self, rows: list[int], shots: int | None, pack: Pack = None,
-                 options: dict[str, Any] | None = None) -> Estimate:
-        """Upper bound on tasks, executions, shots and cost for rounds of at most ``rows[k]`` rows."""
+                 options: dict[str, Any] | None = None, columns: int = 0) -> Estimate:
+        """Upper bound on tasks, executions, shots, cost and memory for rounds of at most ``rows[k]`` rows
+        of ``columns`` parameters each."""
         shots, width, options = self.validate(shots, pack, options)
         caps = self.capabilities()
         per_circuit = shots or 0
@@ -160,7 +174,7 @@ class Backend(ABC):
         seconds = sum(self.seconds_for(e, per_circuit, t) for e, t in zip(executions, tasks, strict=True))
         total_shots = sum(executions) * per_circuit
         return Estimate(sum(tasks), sum(executions), total_shots, seconds,
-                        caps.price.cost(sum(tasks), total_shots, seconds))
+                        caps.price.cost(sum(tasks), total_shots, seconds), round_bytes(max(rows, default=0), columns))
 
     def validate(
         self, shots: int | None, pack: Pack, options: dict[str, Any] | None

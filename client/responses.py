@@ -94,13 +94,14 @@ class JobError(_Response):
 
 @dataclass(frozen=True, kw_only=True)
 class Estimate(_Response):
-    """The upper bound computed before submission; ``cost`` in USD at list price."""
+    """The upper bound computed before submission; ``cost`` in USD at list price, ``peak_bytes`` of worker memory."""
 
     tasks: int
     executions: int
     shots: int
     qpu_seconds: float
     cost: float
+    peak_bytes: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

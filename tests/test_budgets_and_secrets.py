@@ -8,6 +8,7 @@ from sqlalchemy import create_engine, text
 
 from conftest import make_inputs, make_model
 from qkan_orch.backends.accounts import accounts
+from qkan_orch.backends.base import round_bytes
 from qkan_orch.client import ApiError, Client, Estimate, JobState
 from qkan_orch.models import save_model
 from qkan_orch.service.local import LocalService
@@ -58,7 +59,8 @@ def test_a_shot_budget_refuses_the_job_that_would_exceed_it(service) -> None:  #
     for _ in range(5):  # 5 × 1,800 = 9,000 ≤ 10,000
         job = qc.submit(model_id, x, backend="test:priced", shots=100)
         assert job.estimate == Estimate(tasks=2, executions=18, shots=1800, qpu_seconds=0.0,
-                                        cost=pytest.approx(2 * 0.30 + 1800 * 0.001))
+                                        cost=pytest.approx(2 * 0.30 + 1800 * 0.001),
+                                        peak_bytes=round_bytes(12, 8))  # its larger round: 12 rows of P = 8
         assert qc.wait(job.id, timeout=60, progress=False).state == JobState.SUCCEEDED
     with pytest.raises(ApiError) as err:  # the sixth would make 10,800
         qc.submit(model_id, x, backend="test:priced", shots=100)

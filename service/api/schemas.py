@@ -85,6 +85,8 @@ class EstimateOut(BaseModel):
     shots: int
     qpu_seconds: float
     cost: float = Field(description="USD at the list price in backends/pricing.py")
+    peak_bytes: int = Field(0, description="Worker memory its largest round needs, about (0: estimated before "
+                                           "this field existed)")
 
 
 class JobOut(BaseModel):
