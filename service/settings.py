@@ -9,7 +9,7 @@ the backends read (accounts, packing thresholds, backend plugins) is in
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import ByteSize, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +36,21 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Logging level of API and workers")
     max_streams_per_key: int = Field(20, ge=1, description="Open event streams one API key may hold per API "
                                      "process (429 above)")
+    max_layers: int = Field(16, ge=1, description="Most QKAN layers a model spec may have")
+    max_layer_width: int = Field(4096, ge=1, description="Most units in any layer of a model spec")
+    max_reps: int = Field(100, ge=1, description="Most data re-uploads (reps) a model spec may have")
+    max_model_numbers: int = Field(10_000_000, ge=1, description="Most numbers a model's tensors may hold, read from "
+                                   "its spec and file header before anything is loaded")
+    max_rows_per_round: int = Field(2_000_000, ge=1, description="Most circuits one round may run: samples × edges "
+                                    "of a layer (training: of all layers, per step)")
+    max_job_executions: int = Field(10_000_000, ge=1, description="Most circuit executions a job's estimate may reach")
+    max_job_shots: int = Field(10_000_000_000, ge=1, description="Most shots in all a job's estimate may reach")
+    max_job_memory: ByteSize = Field(ByteSize(2**30), description="Most worker memory a job's largest round (or "
+                                     "training step) may need by its estimate; bytes, or e.g. 512MiB")
+    max_train_steps: int = Field(10_000, ge=1, description="Most optimiser steps a training job may ask for")
+    worker_max_memory: ByteSize = Field(ByteSize(4 * 2**30), description="Memory ceiling of each worker process "
+                                        "(RLIMIT_DATA, the SDKs' own ~1.7 GB included): a job reaching it fails "
+                                        "with memory_limit; 0: none")
 
     @property
     def resolved_database_url(self) -> str:

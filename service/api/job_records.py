@@ -23,6 +23,7 @@ from qkan_orch.backends.queues import queue_for
 from qkan_orch.circuits import validate_inputs
 from qkan_orch.models import parse_spec
 from qkan_orch.models.errors import InputError
+from qkan_orch.service.api.bounds import check_estimate, check_rounds
 from qkan_orch.service.api.budgets import check_budget
 from qkan_orch.service.api.errors import HTTPProblem, not_found
 from qkan_orch.service.api.job_views import job_out
@@ -62,15 +63,17 @@ def submit_inference(session: Session, broker: Celery, settings: Settings, key: 
     if model_row is None:
         raise not_found("model", body.model_id)
     if inputs.shape[0] > settings.max_samples:
-        raise InputError("inputs", f"has {inputs.shape[0]} samples; the limit is {settings.max_samples}")
+        raise InputError("inputs", f"has {inputs.shape[0]:,} samples; this service's limit is {settings.max_samples:,}")
     spec = parse_spec(model_row.spec)
     inputs = validate_inputs(inputs, spec.in_dim)
+    check_rounds(settings, spec, inputs.shape[0])
     backend = get_backend(body.backend)
     shots = backend.capabilities().shots_for(body.shots)
     if shots is not None and shots > settings.max_shots:
         raise InputError("shots", f"{shots} exceeds this service's limit of {settings.max_shots}")
     rows = [inputs.shape[0] * n_in * n_out for n_in, n_out in spec.quantum_layers]  # before deduplication
-    estimate = backend.estimate(rows, shots, body.pack, body.options)  # validates shots, pack, options too
+    estimate = backend.estimate(rows, shots, body.pack, body.options, columns=spec.columns)  # validates them too
+    check_estimate(settings, estimate)
     check_budget(session, key, estimate)
     job = create_job(
         session, broker, key, kind="inference", model_id=model_row.id, backend=body.backend, shots=shots,

@@ -11,6 +11,7 @@ from qkan_orch.models import model_from_bytes, parse_spec
 from qkan_orch.models.errors import InputError
 from qkan_orch.models.functions import FUNCTIONS, get_function
 from qkan_orch.models.training import OPTIMIZERS
+from qkan_orch.service.api.bounds import check_training, spec_limits
 from qkan_orch.service.api.deps import BrokerDep, KeyDep, SessionDep, SettingsDep
 from qkan_orch.service.api.errors import ERROR_RESPONSES, HTTPProblem, not_found
 from qkan_orch.service.api.job_records import create_job
@@ -25,22 +26,24 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONS
 
 
 @router.post("", status_code=201, response_model=ModelOut, summary="Upload a trained model")
-async def upload_model(
+def upload_model(
     key: KeyDep,
     session: SessionDep,
+    settings: SettingsDep,
     file: Annotated[UploadFile, File(description="Our .safetensors (spec inside) or a qkan .pt state_dict")],
     spec: Annotated[UploadFile | None, File(description="Spec JSON; for a .pt, the kwargs of its QKAN(...)")] = None,
     name: Annotated[str | None, Form(max_length=200)] = None,
 ) -> ModelOut:
-    """Weights are read without unpickling (safetensors, or ``torch.load(weights_only=True)``)."""
-    data = await file.read()
+    """Weights are read without unpickling (safetensors, or ``torch.load(weights_only=True)``), and only once
+    the spec and the file's header are within this service's limits. A plain ``def``: FastAPI runs it on a
+    thread, so parsing a large upload never holds the event loop."""
     parsed = None
     if spec is not None:
         try:
-            parsed = parse_spec(json.loads(await spec.read()))
+            parsed = parse_spec(json.loads(spec.file.read()))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise InputError("spec", "is not valid JSON") from None
-    model = model_from_bytes(data, parsed, source=file.filename or "upload")
+    model = model_from_bytes(file.file.read(), parsed, source=file.filename or "upload", limits=spec_limits(settings))
     row = insert_model(session, key.id, name or file.filename or "model", model, source="upload")
     return ModelOut.model_validate(row)
 
@@ -79,7 +82,7 @@ def delete(model_id: str, key: KeyDep, session: SessionDep) -> Response:
 
 
 @router.post("/train", status_code=202, response_model=JobOut, summary="Train a model (runs as a job)")
-async def train(
+def train(
     key: KeyDep,
     session: SessionDep,
     settings: SettingsDep,
@@ -87,35 +90,38 @@ async def train(
     spec: Annotated[str, Form(description='Spec JSON, e.g. {"width": [2, 3, 1], "reps": 3}')],
     function: Annotated[str | None, Form(description=f"Built-in target: {', '.join(FUNCTIONS)}")] = None,
     csv: Annotated[UploadFile | None, File(description="CSV: input columns then target columns")] = None,
-    samples: Annotated[int, Form(ge=1, le=100_000)] = 256,
+    samples: Annotated[int, Form(ge=1, description="Points sampled from the built-in function")] = 256,
     optimizer: Annotated[str, Form(description="adam | lbfgs")] = "lbfgs",
-    steps: Annotated[int, Form(ge=1, le=10_000)] = 30,
+    steps: Annotated[int, Form(ge=1)] = 30,
     lr: Annotated[float | None, Form(gt=0, le=10)] = None,
     seed: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,
     name: Annotated[str | None, Form(max_length=200)] = None,
 ) -> JobOut:
+    """Spec, samples, steps and the memory of a step are checked before any data is made or read; a plain
+    ``def``, so a large CSV is parsed on a thread."""
     try:
         spec_obj = json.loads(spec)
     except json.JSONDecodeError:
         raise InputError("spec", "is not valid JSON") from None
     parsed = parse_spec(spec_obj)
+    spec_limits(settings).check(parsed)
     if optimizer not in OPTIMIZERS:
         raise InputError("optimizer", f"'{optimizer}' is not one of {', '.join(OPTIMIZERS)}")
     if (function is None) == (csv is None):
         raise InputError("function", "give either a built-in function or a CSV upload")
     if csv is not None:
-        data = read_table(await csv.read(), "csv", csv.filename or "data.csv")
+        data = read_table(csv.file.read(), "csv", csv.filename or "data.csv")
         if data.shape[1] != parsed.in_dim + parsed.out_dim:
             raise InputError("csv", f"has {data.shape[1]} columns; the spec needs {parsed.in_dim} + {parsed.out_dim}")
+        check_training(settings, parsed, data.shape[0], steps, "csv")
         x, y = data[:, : parsed.in_dim], data[:, parsed.in_dim :]
     else:
         target = get_function(function or "")
         if target.in_dim != parsed.in_dim or parsed.out_dim != 1:
             raise InputError("function", f"'{target.name}' maps {target.in_dim} input(s) to 1 output")
+        check_training(settings, parsed, samples, steps, "samples")
         xt = target.sample(samples, seed=seed)
         x, y = xt.numpy(), target(xt).numpy()
-    if x.shape[0] > settings.max_samples:
-        raise InputError("csv", f"has {x.shape[0]} rows; the limit is {settings.max_samples}")
     options = {"spec": spec_obj, "optimizer": optimizer, "steps": steps, "lr": lr, "seed": seed, "name": name}
     job = create_job(
         session, broker, key, kind="train", model_id=None, backend="train", shots=None, pack=None,

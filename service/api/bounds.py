@@ -1,0 +1,64 @@
+"""What a request may ask for: each quantity it controls against its setting, before anything is allocated.
+
+A spec is checked before its model is built or its file loaded; rows, executions,
+shots and memory before the inputs are stored or a message is queued. Each
+refusal is an ``InputError`` (422) naming the field, the amount and the limit, so a
+client can tell what to shrink without asking the operator.
+"""
+
+from pydantic import ByteSize
+
+from qkan_orch.backends.base import Estimate, round_bytes
+from qkan_orch.models.errors import InputError
+from qkan_orch.models.spec import ModelSpec, SpecLimits
+from qkan_orch.service.settings import Settings
+
+
+def spec_limits(settings: Settings) -> SpecLimits:
+    return SpecLimits(layers=settings.max_layers, width=settings.max_layer_width, reps=settings.max_reps,
+                      numbers=settings.max_model_numbers)
+
+
+def check_rounds(settings: Settings, spec: ModelSpec, samples: int) -> None:
+    """Circuits of every round (samples × edges of its layer): known from the spec before a backend is loaded."""
+    for number, (n_in, n_out) in enumerate(spec.quantum_layers):
+        rows = samples * n_in * n_out
+        if rows > settings.max_rows_per_round:
+            raise InputError("inputs", f"round {number} would run {rows:,} circuits ({samples:,} samples × "
+                                       f"{n_in * n_out:,} edges); this service's limit is "
+                                       f"{settings.max_rows_per_round:,} per round")
+
+
+def check_estimate(settings: Settings, estimate: Estimate) -> None:
+    """The estimate's executions, shots and worker memory."""
+    if estimate.executions > settings.max_job_executions:
+        raise InputError("inputs", f"the job would run up to {estimate.executions:,} circuit executions; "
+                                   f"this service's limit is {settings.max_job_executions:,}")
+    if estimate.shots > settings.max_job_shots:
+        raise InputError("shots", f"the job would use up to {estimate.shots:,} shots; "
+                                  f"this service's limit is {settings.max_job_shots:,}")
+    _check_memory(settings, estimate.peak_bytes, "inputs", "its largest round")
+
+
+def check_training(settings: Settings, spec: ModelSpec, samples: int, steps: int, field: str) -> None:
+    """Samples (``field``: where they come from), steps, the rows of one step and the memory they take."""
+    if samples > settings.max_samples:
+        raise InputError(field, f"has {samples:,} samples; this service's limit is {settings.max_samples:,}")
+    if steps > settings.max_train_steps:
+        raise InputError("steps", f"{steps:,} exceeds this service's limit of {settings.max_train_steps:,}")
+    rows = samples * sum(n_in * n_out for n_in, n_out in spec.quantum_layers)
+    if rows > settings.max_rows_per_round:
+        raise InputError(field, f"a training step would evaluate {rows:,} circuits ({samples:,} samples × "
+                                f"{rows // samples:,} edges); this service's limit is "
+                                f"{settings.max_rows_per_round:,}")
+    _check_memory(settings, round_bytes(rows, spec.columns), field, "a training step")
+
+
+def _check_memory(settings: Settings, need: int, field: str, what: str) -> None:
+    if need > settings.max_job_memory:
+        raise InputError(field, f"{what} needs about {_human(need)} of worker memory; "
+                                f"this service's limit is {_human(settings.max_job_memory)}")
+
+
+def _human(size: int) -> str:
+    return ByteSize(size).human_readable()
