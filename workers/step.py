@@ -2,8 +2,9 @@
 
 A step uses one database session. Errors end it by kind: a user's input or a
 provider's verdict fails the job, a transient provider error retries it after
-a backoff, and an unknown exception fails it loudly without taking the worker
-down. A step that lost its lease stops without writing anything more.
+a backoff, an allocation over the worker's memory ceiling fails it with
+``memory_limit``, and an unknown exception fails it loudly without taking the
+worker down. A step that lost its lease stops without writing anything more.
 """
 
 import logging
@@ -15,7 +16,7 @@ from qkan_orch.models.errors import InputError
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.database import session_factory
-from qkan_orch.workers import lease
+from qkan_orch.workers import lease, memory_ceiling
 from qkan_orch.workers.claimed_job import ClaimedJob, Step
 from qkan_orch.workers.inference_step import infer
 from qkan_orch.workers.training_step import train
@@ -59,6 +60,11 @@ def _run(claimed: ClaimedJob) -> Step:
     except store.LeaseLost:
         raise
     except Exception as exc:  # a bug or an SDK failure we do not know: fail loudly, keep the worker
+        if memory_ceiling.reached(exc):
+            memory_ceiling.release(exc)  # first: what the step allocated is still held by its frames
+            session.rollback()
+            log.warning("job %s reached the worker's memory ceiling", job.id)
+            return claimed.fail("memory_limit", memory_ceiling.message(claimed.settings.worker_max_memory))
         session.rollback()
         log.exception("job %s failed", job.id)
         return claimed.fail("internal", redact(f"{type(exc).__name__}: {exc}"))
