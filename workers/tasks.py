@@ -9,17 +9,20 @@ state in the database says is left to do.
 import logging
 
 from celery import Task
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init, worker_ready
 
 from qkan_orch.backends.accounts import redact_logs
 from qkan_orch.service.settings import get_settings
 from qkan_orch.service.store import jobs as store
-from qkan_orch.service.store.database import session_scope, upgrade
+from qkan_orch.service.store.database import engine_for, session_scope, upgrade
 from qkan_orch.workers.app import celery_app
 from qkan_orch.workers.step import advance_job
+from qkan_orch.workers.sweeper import Sweeper
 
 app = celery_app()
 log = logging.getLogger("qkan.worker")
+# a broker restarted by ``serve`` is back within seconds: the next step waits for it rather than being lost
+PUBLISH_RETRY = {"max_retries": 60, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 1.0}
 
 
 @app.task(name="qkan.advance", bind=True)
@@ -27,7 +30,8 @@ def advance(self: Task, job_id: str) -> None:
     step = advance_job(job_id, get_settings())
     if step.again_in is not None:  # the job row already names this message (task_id), for revoking
         queue = self.request.delivery_info.get("routing_key") or "local"
-        advance.apply_async((job_id,), queue=queue, countdown=step.again_in or None, task_id=step.task_id)
+        advance.apply_async((job_id,), queue=queue, countdown=step.again_in or None, task_id=step.task_id,
+                            retry_policy=PUBLISH_RETRY)
 
 
 @after_setup_logger.connect
@@ -39,7 +43,7 @@ def _redact(logger: logging.Logger, **_: object) -> None:
 
 @worker_ready.connect
 def _recover(**_: object) -> None:
-    """At start-up, re-enqueue active jobs that nobody holds and nobody touched for a while."""
+    """At start-up, re-enqueue active jobs that nobody holds and nobody touched for a while; start the sweeper."""
     settings = get_settings()
     url = settings.resolved_database_url
     upgrade(url)
@@ -49,3 +53,16 @@ def _recover(**_: object) -> None:
     for job_id, queue in stale:
         log.info("re-enqueueing stale job %s", job_id)
         advance.apply_async((job_id,), queue=queue)
+    Sweeper(url, settings.lease_seconds / 2, _publish_step).start()
+
+
+def _publish_step(job_id: str, queue: str, task_id: str) -> None:
+    """The sweeper's publish, on a connection of its own (it runs beside the consumer's event loop)."""
+    with app.connection_for_write() as connection:
+        advance.apply_async((job_id,), queue=queue, task_id=task_id, connection=connection, retry=False)
+
+
+@worker_process_init.connect
+def _own_database_connections(**_: object) -> None:
+    """A pool child forked after the main process used the database must not share its connections."""
+    engine_for(get_settings().resolved_database_url).dispose(close=False)

@@ -54,6 +54,34 @@ def claim(session: Session, job_id: str, token: str, lease_seconds: float) -> Jo
     return job
 
 
+def expired_leases(session: Session) -> list[tuple[str, str]]:
+    """(job id, lease owner) of active jobs whose holder stopped renewing: its worker is gone."""
+    rows = session.execute(
+        select(Job.id, Job.lease_owner).where(
+            Job.state.in_(ACTIVE), Job.lease_owner.is_not(None), Job.lease_until < time.time()
+        )
+    )
+    return [(job_id, owner) for job_id, owner in rows]
+
+
+def take_over(session: Session, job_id: str, owner: str, task_id: str) -> str | None:
+    """Clear ``owner``'s expired lease, name ``task_id`` as the job's next message, log ``worker_lost``.
+
+    One conditional UPDATE on the owner seen expired, so of several sweepers (or a sweeper and a redelivered
+    message claiming the job) exactly one wins. Returns the job's queue, or None if someone else won.
+    """
+    queue = session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_(ACTIVE), Job.lease_owner == owner, Job.lease_until < time.time())
+        .values(lease_owner=None, lease_until=None, task_id=task_id)
+        .returning(Job.queue)
+        .execution_options(synchronize_session=False)
+    )
+    if queue is not None:
+        add_event(session, job_id, "worker_lost", message="its worker stopped renewing the lease; the job moves on")
+    return queue
+
+
 def lease_state(session: Session, job_id: str) -> tuple[str | None, float | None]:
     """(state, lease_until) of a job someone else holds, to decide when to come back."""
     row = session.execute(select(Job.state, Job.lease_until).where(Job.id == job_id)).first()
