@@ -17,20 +17,33 @@ if TYPE_CHECKING:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """The API in the foreground; without QKAN_REDIS_URL also an embedded Redis and one worker beside it."""
+    """The API in the foreground; without QKAN_REDIS_URL also an embedded Redis and one worker beside it, both
+    restarted when they die. A second serve on the same data folder exits with a one-line error."""
+    import logging
     import os
 
+    from qkan_orch.service.data_folder import FolderInUse
     from qkan_orch.service.local import LocalService
     from qkan_orch.service.settings import get_settings
 
     settings = get_settings()
+    service = LocalService(settings.data_dir, {k: v for k, v in os.environ.items() if k.startswith("QKAN_")},
+                           concurrency=args.worker_concurrency)
+    try:
+        service.claim_data_dir()
+    except FolderInUse as exc:
+        print(f"qkan-orch: error: {exc}", file=sys.stderr)
+        return 1
+    supervision = logging.getLogger("qkan.serve")  # restarts of the children, on serve's own stderr
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    supervision.addHandler(handler)
+    supervision.setLevel(logging.INFO)
     embedded = not settings.redis_url
     if embedded:
         print(f"embedded mode: data in {settings.data_dir.resolve()} (SQLite, Redis, worker.log)", file=sys.stderr)
     host, port = args.host or settings.api_host, args.port or settings.api_port
     print(f"QKAN Orchestrator API on http://{host}:{port}  (docs: /docs)", file=sys.stderr)
-    service = LocalService(settings.data_dir, {k: v for k, v in os.environ.items() if k.startswith("QKAN_")},
-                           concurrency=args.worker_concurrency)
     service.serve_forever(host, port, workers=1 if embedded else 0)
     return 0
 
@@ -151,7 +164,8 @@ def _print(record: "Job | Model") -> None:
 
 
 def add_service_commands(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("serve", help="run the API (and, without QKAN_REDIS_URL, an embedded Redis and a worker)")
+    s = sub.add_parser("serve", help="run the API (and, without QKAN_REDIS_URL, an embedded Redis and a worker, "
+                                     "restarted when they die)")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--worker-concurrency", type=int, help="processes of the embedded worker")

@@ -4,6 +4,12 @@
 demo, the integration tests and the benchmark run it on a thread (``start``)
 and talk to it over real HTTP. Both start the broker and the workers with the
 same code, so the embedded default is exactly what the tests exercise.
+
+What it starts it supervises (``service.supervisor``): a worker or the
+embedded Redis that dies is started again, Redis on the same port with the
+same password and append-only file, so the workers reconnect by themselves
+and the queue comes back. The data folder is claimed first
+(``service.data_folder``): a second service on it is refused.
 """
 
 import os
@@ -11,17 +17,20 @@ import signal
 import subprocess
 import threading
 from pathlib import Path
+from typing import TextIO
 
 import uvicorn
 from fastapi import FastAPI
 
+from qkan_orch.service import data_folder
 from qkan_orch.service.api.app import create_app
 from qkan_orch.service.broker import celery_app
 from qkan_orch.service.embedded import EmbeddedRedis
-from qkan_orch.service.processes import WORKER_QUEUES, free_port, kill_group, start_worker, stop_group, wait_for_api
+from qkan_orch.service.processes import WORKER_QUEUES, free_port, kill_group, start_worker, stop_groups, wait_for_api
 from qkan_orch.service.settings import Settings, get_settings
 from qkan_orch.service.store.database import session_scope, upgrade
 from qkan_orch.service.store.keys import create_key
+from qkan_orch.service.supervisor import Child, Supervisor
 
 
 class LocalService:
@@ -35,11 +44,19 @@ class LocalService:
         self.concurrency = concurrency
         self.worker_include = worker_include
         self.redis: EmbeddedRedis | None = None
-        self.workers: list[subprocess.Popen] = []
+        self.supervisor = Supervisor()
+        self._redis_child: Child | None = None
+        self._worker_children: list[Child] = []
         self.worker_logs: list[Path] = []
+        self._lock: TextIO | None = None
         self.server: uvicorn.Server | None = None
         self.thread: threading.Thread | None = None
         self.url = ""
+
+    @property
+    def workers(self) -> list[subprocess.Popen]:
+        """The worker processes running now (a restarted worker replaces the one that died)."""
+        return [child.process for child in self._worker_children]
 
     @property
     def settings(self) -> Settings:
@@ -65,7 +82,8 @@ class LocalService:
         """Broker, workers, then the API in the foreground until it is interrupted; everything stops with it.
 
         uvicorn shuts down gracefully on SIGTERM and then re-raises it: turned into SystemExit here, so the
-        children are stopped rather than left behind (SIGINT already arrives as KeyboardInterrupt).
+        children are stopped rather than left behind (SIGINT already arrives as KeyboardInterrupt). While they
+        are being stopped, further signals are ignored: a second Ctrl-C must not leave half of them running.
         """
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
@@ -75,17 +93,28 @@ class LocalService:
                 get_settings.cache_clear()
             uvicorn.run(self.app(), host=host, port=port, log_level=self.settings.log_level.lower())
         finally:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             self.stop()
+
+    def claim_data_dir(self) -> None:
+        """Lock the data folder for this service (once); ``data_folder.FolderInUse`` if another one holds it."""
+        if self._lock is None:
+            self._lock = data_folder.claim(self.data_dir)
 
     def app(self) -> FastAPI:
         settings = self.settings
         return create_app(settings, celery=celery_app(settings))
 
     def _start_broker_and_workers(self, workers: int) -> None:
+        self.claim_data_dir()
         upgrade(self.settings.resolved_database_url)
         if not self.env.get("QKAN_REDIS_URL"):
             self.redis = EmbeddedRedis(self.data_dir / "redis")
-            self.env["QKAN_REDIS_URL"] = self.redis.start()
+            first = self.redis.spawn()
+            self._redis_child = self.supervisor.watch("the embedded Redis", self.redis.restart, first)
+            self.redis.wait_ready(first)
+            self.env["QKAN_REDIS_URL"] = self.redis.url
         for _ in range(workers):
             self.start_worker()
 
@@ -103,17 +132,27 @@ class LocalService:
             raise RuntimeError(f"the API thread for {self.url} ended before it became ready")
 
     def start_worker(self, queues: str = WORKER_QUEUES) -> subprocess.Popen:
-        """One more ``qkan-orch worker`` process group; the first logs to worker.log, the n-th to worker-n.log."""
-        n = len(self.workers)
+        """One more supervised ``qkan-orch worker`` process group; the first logs to worker.log, the n-th to
+        worker-n.log (a restarted worker appends to its predecessor's log)."""
+        n = len(self._worker_children)
         log = self.data_dir / ("worker.log" if n == 0 else f"worker-{n}.log")
-        process = start_worker(self.env, queues=queues, concurrency=self.concurrency, log_file=log,
-                               include=self.worker_include)
-        self.workers.append(process)
+
+        def launch() -> subprocess.Popen:
+            return start_worker(self.env, queues=queues, concurrency=self.concurrency, log_file=log,
+                                include=self.worker_include)
+
+        def relaunch() -> subprocess.Popen:  # the dead worker's prefetched and countdown messages: ours to return
+            if self.redis is not None:
+                self.redis.hand_back(f"after the death of {log.stem}")
+            return launch()
+
+        self._worker_children.append(self.supervisor.watch(log.stem, relaunch, launch()))
         self.worker_logs.append(log)
-        return process
+        return self._worker_children[-1].process
 
     def kill_worker(self, process: subprocess.Popen) -> None:
-        """SIGKILL the worker's whole process group: no warm shutdown, no acknowledgements."""
+        """SIGKILL the worker's whole process group, as a crash would: no warm shutdown, no acknowledgements;
+        the supervisor starts it again."""
         kill_group(process)
 
     def create_key(self, name: str = "test", max_shots: int | None = None, max_cost: float | None = None) -> str:
@@ -121,15 +160,19 @@ class LocalService:
             return create_key(session, name, max_shots=max_shots, max_cost=max_cost)[1]
 
     def stop(self) -> None:
+        """The API, then (no restarts from here on) the workers, which finish their task, then Redis; then the
+        data folder is free again."""
         if self.server is not None:
             self.server.should_exit = True
             if self.thread is not None:
                 self.thread.join(10)
-        for process in self.workers:
-            stop_group(process)
-        self.workers.clear()
-        if self.redis is not None:
-            self.redis.stop()
+        self.supervisor.stop()
+        stop_groups(self.workers)
+        if self._redis_child is not None:
+            stop_groups([self._redis_child.process], timeout=5.0)
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
