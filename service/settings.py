@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Address the API listens on")
     api_port: int = Field(8000, description="Port the API listens on")
     max_payload_bytes: int = Field(16 * 2**20, description="Largest request body accepted (413 above)")
+    max_json_bytes: int = Field(2 * 2**20, description="Largest JSON job body (413 above): parsing JSON holds "
+                                "the interpreter, so larger inputs go as .npy/.csv uploads")
     max_samples: int = Field(100_000, description="Most input rows one job may carry")
     max_shots: int = Field(1_000_000, description="Most shots per circuit a job may ask for")
     poll_interval: float = Field(2.0, description="Seconds between polls of a provider job")

@@ -291,3 +291,18 @@ def test_a_job_over_the_memory_ceiling_fails_and_the_same_worker_runs_the_next(s
 
     assert qc.wait(modest().id, timeout=120, progress=False).state == JobState.SUCCEEDED
     assert {p.pid for p in psutil.Process(local.workers[0].pid).children(recursive=True)} == children  # same child
+
+
+def test_a_json_body_over_its_limit_is_413_and_points_to_file_uploads(service) -> None:  # type: ignore[no-untyped-def]
+    """JSON is parsed holding the interpreter, so a JSON job body stops at QKAN_MAX_JSON_BYTES (2 MiB) — below
+    the 64 MB payload limit this stack allows — before it is parsed, and nothing is stored."""
+    _, qc, tmp = service
+    save_model(make_model(width=[2, 2, 1]).float(), str(tmp / "json.safetensors"))
+    mid = qc.upload_model(tmp / "json.safetensors").id
+    rows = [[0.1, 0.2]] * 300_000  # about 3 MB of JSON
+    before = len(qc.jobs(limit=500).items)
+    response = qc.http.post("/v1/jobs", json={"model_id": mid, "inputs": rows, "backend": "exact"})
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("payload_too_large", "inputs") and ".npy" in error["message"]
+    assert len(qc.jobs(limit=500).items) == before
