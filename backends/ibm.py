@@ -1,4 +1,4 @@
-"""``ibm:<backend>``: IBM Quantum through Qiskit Runtime's SamplerV2 in Batch mode.
+"""``ibm:<backend>``: IBM Quantum through Qiskit Runtime's executor-based Sampler in Batch mode.
 
 A batch becomes one PUB — the packed template transpiled once per (device,
 width, layout) and its (M, W·P) parameter array — split into several jobs only
@@ -6,13 +6,17 @@ where IBM's per-job limits demand. ``submit`` returns job ids at once;
 ``poll`` asks their status and never waits; ``cancel`` cancels them.
 
 ``ibm:fake_<name>`` runs this very code in Qiskit Runtime's local testing
-mode: the fake device's own noise model on Aer, offline. Such a job runs in a
+mode: the fake device's own noise model on Aer, offline. The Sampler
+(``qiskit_ibm_runtime.executor_sampler``) prepares twirling and dynamical
+decoupling on the client and runs one ``executor`` program per job, so they
+take effect in local testing mode too. Such a job runs in a
 thread of the process that submitted it; its counts land in a spool folder so
 that any worker process can poll it, and a job whose process died is reported
 lost (the round is run again — nothing was billed). Local testing picks Aer's
 method (density matrix up to 8 copies, matrix product state above, since
 packed copies never entangle) and the fake device's noise model restricted to
-the qubits in use.
+the qubits in use, both set on the AerSimulator the local job runs on (the
+executor's simulator options have no noise model).
 """
 
 import logging
@@ -28,9 +32,11 @@ from typing import Any
 
 import numpy as np
 from qiskit.providers import BackendV2
+from qiskit_aer import AerSimulator
 from qiskit_aer.noise import NoiseModel
 from qiskit_aer.noise.device.models import basic_device_gate_errors, basic_device_readout_errors
-from qiskit_ibm_runtime import Batch, QiskitRuntimeService, SamplerV2
+from qiskit_ibm_runtime import Batch, QiskitRuntimeService
+from qiskit_ibm_runtime.executor_sampler import Sampler
 
 from qkan_orch.backends.accounts import accounts, redact
 from qkan_orch.backends.base import (
@@ -71,6 +77,7 @@ NO_ACCOUNT = (
 )
 SPOOL = Path(tempfile.gettempdir()) / f"qkan-local-runtime-{os.getuid()}"
 SPOOL_KEEP_SECONDS = 86_400
+ANGLE_DECIMALS = 12  # local testing rounds angles/(π/2) to this many decimals (Runtime's default 5)
 
 
 @lru_cache
@@ -96,6 +103,16 @@ def _fake_device(device: str, method: str) -> BackendV2:
     backend = fake_backend_classes()[device]()
     backend.set_options(method=method, max_parallel_experiments=0)
     return backend
+
+
+@lru_cache(maxsize=16)
+def _local_simulator(device: str, method: str, qubits: tuple[int, ...]) -> AerSimulator:
+    """The AerSimulator a local job runs on: the fake device with Aer's ``method`` and its noise on ``qubits``.
+
+    Local testing copies it per job (``run_quantum_program``), so concurrent jobs never share options.
+    """
+    return AerSimulator.from_backend(_fake_device(device, method), method=method, max_parallel_experiments=0,
+                                     noise_model=_used_qubit_noise(device, qubits))
 
 
 @cache
@@ -229,12 +246,14 @@ class IBMBackend(CalibratedBackend):
         packed = pack_params(batch.params, width)
         per_job = _rows_per_job(shots)
         chunks = [packed[k:k + per_job] for k in range(0, packed.shape[0], per_job)]
+        if self.local:  # the fake's noise on the qubits used: Aer skips 133-qubit bookkeeping per run
+            method = "density_matrix" if width <= 8 else "matrix_product_state"
+            backend = _local_simulator(self.device, method, place.qubits)
         try:
             with Batch(backend=backend) as session:
-                sampler = SamplerV2(mode=session)
+                sampler = Sampler(mode=session)
+                sampler.options.default_shots = shots
                 _set_native_options(sampler, options, self.local)
-                if self.local:  # the fake's noise on the qubits used: Aer skips 133-qubit bookkeeping per run
-                    sampler.options.simulator.noise_model = _used_qubit_noise(self.device, place.qubits)
                 jobs = [sampler.run([(circuit, chunk)], shots=shots) for chunk in chunks]
         except (InputError, TransientBackendError):
             raise
@@ -297,13 +316,26 @@ def _rows_per_job(shots: int) -> int:
     return max(1, min(ROWS_PER_JOB, EXECUTIONS_PER_JOB // max(1, shots)))
 
 
-def _set_native_options(sampler: SamplerV2, options: dict[str, Any], local: bool) -> None:
-    """Runtime-native error suppression, passed through (local testing mode ignores it, with a warning)."""
-    if "seed" in options and local:  # a simulator option: hardware has no seed
-        sampler.options.simulator.seed_simulator = options["seed"]
+def _randomizations(shots: int) -> int:
+    """Randomizations of ``shots`` measurement-twirled shots: the largest divisor of ``shots`` up to
+    Runtime's own choice (32, fewer so that each takes at least 64 shots); 1 for a prime count."""
+    most = min(32, max(1, shots // 64))
+    return max(d for d in range(1, most + 1) if shots % d == 0)
+
+
+def _set_native_options(sampler: Sampler, options: dict[str, Any], local: bool) -> None:
+    """Runtime-native error suppression, passed through; the Sampler applies it before submission."""
+    if local:  # simulator options: hardware has no seed and never rounds angles
+        sampler.options.simulator.seed_simulator = options.get("seed")
+        sampler.options.simulator.angle_decimals = ANGLE_DECIMALS
     if options.get("twirling"):
         sampler.options.twirling.enable_gates = False
         sampler.options.twirling.enable_measure = True
+        # "auto" rounds the shots up to randomizations × shots each (200 → 4 × 64): fix a split that
+        # takes exactly ``shots``, so the counts, the estimate and the bill keep the shots asked for
+        shots = sampler.options.default_shots or 1
+        sampler.options.twirling.num_randomizations = _randomizations(shots)
+        sampler.options.twirling.shots_per_randomization = shots // _randomizations(shots)
     if dd := options.get("dynamical_decoupling"):
         sampler.options.dynamical_decoupling.enable = True
         sampler.options.dynamical_decoupling.sequence_type = dd if isinstance(dd, str) else "XY4"

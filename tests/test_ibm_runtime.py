@@ -245,23 +245,40 @@ def test_a_batch_is_split_into_jobs_only_at_the_per_job_limit(monkeypatch: pytes
     assert np.round(result.p0).tolist() == [1.0 - bit for bit in pattern]  # rows back in order across jobs
 
 
-def test_runtime_native_options_reach_the_sampler() -> None:
-    """Twirling and dynamical decoupling go to Runtime as they are; local testing says it ignores them."""
+def test_runtime_native_options_reach_the_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twirling and dynamical decoupling go to Runtime's executor Sampler, which applies them before
+    submission — in local testing mode too — with no deprecation warning on the way; twirled runs keep
+    exactly the shots asked for."""
+    import qkan_orch.backends.ibm as ibm
+
+    seen: list = []
+
+    class Recording(ibm.Sampler):
+        def run(self, pubs, **kwargs):  # type: ignore[no-untyped-def]
+            seen.append(self.finalize_options())
+            return super().run(pubs, **kwargs)
+
+    monkeypatch.setattr(ibm, "Sampler", Recording)
     pattern = [1, 0, 1]
     params = np.array([[-math.pi / 2, 0.0, math.pi * bit] for bit in pattern])
     batch = ActivationBatch(Template("rpz_encoding", 1), params, (Segment("bits", np.arange(3).reshape(-1, 1, 1)),),
                             "z")
     backend = get_backend("ibm:fake_sherbrooke")
-    with pytest.warns(UserWarning, match="no effect in local testing mode") as caught:
-        handle = backend.submit(batch, shots=50, pack=1, options={"twirling": True, "dynamical_decoupling": "XY4"})
-    said = " ".join(str(w.message) for w in caught)
-    assert "'twirling': {'enable_gates': False, 'enable_measure': True}" in said
-    assert "'dynamical_decoupling': {'enable': True, 'sequence_type': 'XY4'}" in said
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", DeprecationWarning)
+        warnings.simplefilter("error", PendingDeprecationWarning)
+        handle = backend.submit(batch, shots=300, pack=1,
+                                options={"seed": 4, "twirling": True, "dynamical_decoupling": "XY4"})
         while (result := backend.poll(handle)) is None:
             time.sleep(0.05)
+    (options,) = seen
+    assert options.twirling.enable_gates is False and options.twirling.enable_measure is True
+    assert (options.twirling.num_randomizations, options.twirling.shots_per_randomization) == (4, 75)
+    assert options.dynamical_decoupling.enable and options.dynamical_decoupling.sequence_type == "XY4"
+    assert options.simulator.seed_simulator == 4
+    assert result.shots == 300 and np.all((result.p0 >= 0) & (result.p0 <= 1))
     assert np.round(result.p0).tolist() == [1.0 - bit for bit in pattern]
+    assert [ibm._randomizations(n) for n in (50, 200, 1000, 4000, 4001, 100_000)] == [1, 2, 10, 32, 1, 32]
 
 
 def test_local_testing_noise_on_the_qubits_in_use_is_the_fake_devices_own() -> None:
