@@ -19,6 +19,7 @@ from qkan_orch.backends.queues import QUEUES
 from qkan_orch.service.settings import Settings
 
 log = logging.getLogger("qkan.api")
+ADVANCE_TASK = "qkan.advance"  # the one task: run a job's next step (registered by workers.tasks)
 _apps: dict[str, Celery] = {}
 
 
@@ -155,7 +156,7 @@ class Courier:
                 if isinstance(errand, Revoke):
                     self.broker.control.revoke(errand.task_id, connection=connection)
                 else:
-                    self.broker.send_task("qkan.advance", args=[errand.job_id], queue=errand.queue)
+                    self.broker.send_task(ADVANCE_TASK, args=[errand.job_id], queue=errand.queue)
                 with self._changed:
                     self._pending.pop(errand, None)
                     self._changed.notify_all()

@@ -12,6 +12,7 @@ from celery import Task
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init, worker_ready
 
 from qkan_orch.backends.accounts import redact_logs
+from qkan_orch.service.broker import ADVANCE_TASK
 from qkan_orch.service.settings import get_settings
 from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.database import engine_for, session_scope, upgrade
@@ -25,7 +26,7 @@ log = logging.getLogger("qkan.worker")
 PUBLISH_RETRY = {"max_retries": 60, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 1.0}
 
 
-@app.task(name="qkan.advance", bind=True)
+@app.task(name=ADVANCE_TASK, bind=True)
 def advance(self: Task, job_id: str) -> None:
     step = advance_job(job_id, get_settings())
     if step.again_in is not None:  # the job row already names this message (task_id), for revoking

@@ -19,13 +19,22 @@ def spec_limits(settings: Settings) -> SpecLimits:
                       numbers=settings.max_model_numbers)
 
 
-def check_rounds(settings: Settings, spec: ModelSpec, samples: int) -> None:
-    """Circuits of every round (samples × edges of its layer): known from the spec before a backend is loaded."""
-    for number, (n_in, n_out) in enumerate(spec.quantum_layers):
-        rows = samples * n_in * n_out
-        if rows > settings.max_rows_per_round:
-            raise InputError("inputs", f"round {number} would run {rows:,} circuits ({samples:,} samples × "
-                                       f"{n_in * n_out:,} edges); this service's limit is "
+def check_samples(settings: Settings, samples: int, field: str) -> None:
+    if samples > settings.max_samples:
+        raise InputError(field, f"has {samples:,} samples; this service's limit is {settings.max_samples:,}")
+
+
+def round_rows(spec: ModelSpec, samples: int) -> list[int]:
+    """Circuits of every round before deduplication (samples × edges of its layer), known from the spec alone."""
+    return [samples * n_in * n_out for n_in, n_out in spec.quantum_layers]
+
+
+def check_rounds(settings: Settings, rows: list[int], samples: int) -> None:
+    """Each round's circuits (``round_rows``) against the per-round limit, before a backend is loaded."""
+    for number, count in enumerate(rows):
+        if count > settings.max_rows_per_round:
+            raise InputError("inputs", f"round {number} would run {count:,} circuits ({samples:,} samples × "
+                                       f"{count // samples:,} edges); this service's limit is "
                                        f"{settings.max_rows_per_round:,} per round")
 
 
@@ -42,11 +51,10 @@ def check_estimate(settings: Settings, estimate: Estimate) -> None:
 
 def check_training(settings: Settings, spec: ModelSpec, samples: int, steps: int, field: str) -> None:
     """Samples (``field``: where they come from), steps, the rows of one step and the memory they take."""
-    if samples > settings.max_samples:
-        raise InputError(field, f"has {samples:,} samples; this service's limit is {settings.max_samples:,}")
+    check_samples(settings, samples, field)
     if steps > settings.max_train_steps:
         raise InputError("steps", f"{steps:,} exceeds this service's limit of {settings.max_train_steps:,}")
-    rows = samples * sum(n_in * n_out for n_in, n_out in spec.quantum_layers)
+    rows = sum(round_rows(spec, samples))
     if rows > settings.max_rows_per_round:
         raise InputError(field, f"a training step would evaluate {rows:,} circuits ({samples:,} samples × "
                                 f"{rows // samples:,} edges); this service's limit is "

@@ -23,11 +23,12 @@ from qkan_orch.backends.queues import queue_for
 from qkan_orch.circuits import validate_inputs
 from qkan_orch.models import parse_spec
 from qkan_orch.models.errors import InputError
-from qkan_orch.service.api.bounds import check_estimate, check_rounds
+from qkan_orch.service.api.bounds import check_estimate, check_rounds, check_samples, round_rows
 from qkan_orch.service.api.budgets import check_budget
 from qkan_orch.service.api.errors import HTTPProblem, not_found
 from qkan_orch.service.api.job_views import job_out
 from qkan_orch.service.api.schemas import JobOut, JobRequest
+from qkan_orch.service.broker import ADVANCE_TASK
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store.arrays import pack_arrays
 from qkan_orch.service.store.models import get_model
@@ -62,16 +63,15 @@ def submit_inference(session: Session, broker: Celery, settings: Settings, key: 
     model_row = get_model(session, key.id, body.model_id)
     if model_row is None:
         raise not_found("model", body.model_id)
-    if inputs.shape[0] > settings.max_samples:
-        raise InputError("inputs", f"has {inputs.shape[0]:,} samples; this service's limit is {settings.max_samples:,}")
+    check_samples(settings, inputs.shape[0], "inputs")
     spec = parse_spec(model_row.spec)
     inputs = validate_inputs(inputs, spec.in_dim)
-    check_rounds(settings, spec, inputs.shape[0])
+    rows = round_rows(spec, inputs.shape[0])
+    check_rounds(settings, rows, inputs.shape[0])
     backend = get_backend(body.backend)
     shots = backend.capabilities().shots_for(body.shots)
     if shots is not None and shots > settings.max_shots:
         raise InputError("shots", f"{shots} exceeds this service's limit of {settings.max_shots}")
-    rows = [inputs.shape[0] * n_in * n_out for n_in, n_out in spec.quantum_layers]  # before deduplication
     estimate = backend.estimate(rows, shots, body.pack, body.options, columns=spec.columns)  # validates them too
     check_estimate(settings, estimate)
     check_budget(session, key, estimate)
@@ -107,7 +107,7 @@ def create_job(session: Session, broker: Celery, key: ApiKey, *, kind: str, mode
         session.rollback()
         raise DuplicateSubmission() from None
     try:
-        broker.send_task("qkan.advance", args=[job.id], queue=job.queue, task_id=job.task_id)
+        broker.send_task(ADVANCE_TASK, args=[job.id], queue=job.queue, task_id=job.task_id)
     except Exception as exc:
         session.delete(job)
         session.commit()
