@@ -25,6 +25,7 @@ from qkan_orch.backends.qiskit_common import (
     isa_template,
     noise_model,
     ones_per_clbit,
+    pubs_for,
 )
 from qkan_orch.backends.sampling import LocalSamplingBackend
 from qkan_orch.circuits.batch import Template
@@ -85,5 +86,5 @@ class AerBackend(LocalSamplingBackend):
                 backend_options = {"method": "density_matrix", "noise_model": model, **AER_THREADS}
         metadata["noise"] = "noise_model" in backend_options
         sampler = SamplerV2(seed=options.get("seed"), options={"backend_options": backend_options})
-        bits = sampler.run([(circuit, packed)], shots=shots).result()[0].data.meas
-        return shots - ones_per_clbit(bits.array, width)
+        results = sampler.run(pubs_for(circuit, packed), shots=shots).result()
+        return shots - np.concatenate([ones_per_clbit(pub.data.meas.array, width) for pub in results])

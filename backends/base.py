@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from qkan_orch.circuits.batch import ActivationBatch, BatchResult
+from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Parts
 from qkan_orch.models.errors import InputError
 
 Pack = int | Literal["auto"] | None
@@ -138,11 +138,12 @@ class Backend(ABC):
     @abstractmethod
     def submit(
         self,
-        batch: ActivationBatch,
+        batch: ActivationBatch | Parts,
         shots: int | None = None,
         pack: Pack = None,
         options: dict[str, Any] | None = None,
-    ) -> Handle: ...
+    ) -> Handle:
+        """Start running ``batch`` (or several parts as one provider job, their rows in order in the result)."""
 
     def poll(self, handle: Handle) -> BatchResult | None:
         return handle.result
@@ -153,6 +154,10 @@ class Backend(ABC):
     def auto_pack(self, options: dict[str, Any]) -> int:
         """The width ``pack="auto"`` means here; calibrated backends choose from their qubits."""
         return self.capabilities().default_pack
+
+    def round_width(self, width: int, pack: Pack, rows: int) -> int:
+        """The copies per circuit a round of ``rows`` rows runs with, given the validated ``width``."""
+        return width
 
     def tasks_for(self, executions: int, shots: int, pack: Pack, options: dict[str, Any]) -> int:
         """Provider jobs (tasks) one round of ``executions`` circuits at ``shots`` each needs."""
@@ -167,14 +172,19 @@ class Backend(ABC):
         """Upper bound on tasks, executions, shots, cost and memory for rounds of at most ``rows[k]`` rows
         of ``columns`` parameters each."""
         shots, width, options = self.validate(shots, pack, options)
-        caps = self.capabilities()
+        executions = [math.ceil(r / width) if self.capabilities().shot_based else 0 for r in rows]
+        return self.quote(executions, shots, pack, options, round_bytes(max(rows, default=0), columns))
+
+    def quote(self, executions: list[int], shots: int | None, pack: Pack, options: dict[str, Any],
+              peak_bytes: int) -> Estimate:
+        """The estimate of rounds of ``executions[k]`` circuit executions each (the tasks, seconds and price
+        this backend would bill for them)."""
         per_circuit = shots or 0
-        executions = [math.ceil(r / width) if caps.shot_based else 0 for r in rows]
         tasks = [self.tasks_for(e, per_circuit, pack, options) for e in executions]
         seconds = sum(self.seconds_for(e, per_circuit, t) for e, t in zip(executions, tasks, strict=True))
         total_shots = sum(executions) * per_circuit
         return Estimate(sum(tasks), sum(executions), total_shots, seconds,
-                        caps.price.cost(sum(tasks), total_shots, seconds), round_bytes(max(rows, default=0), columns))
+                        self.capabilities().price.cost(sum(tasks), total_shots, seconds), peak_bytes)
 
     def validate(
         self, shots: int | None, pack: Pack, options: dict[str, Any] | None

@@ -60,10 +60,10 @@ from qkan_orch.backends.base import (
     Status,
     TransientBackendError,
 )
-from qkan_orch.backends.calibration import CalibratedBackend, Placement, counts_result, round_width
+from qkan_orch.backends.calibration import CalibratedBackend, Placement, counts_result, part_rows
 from qkan_orch.backends.pricing import braket_price
-from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Template
-from qkan_orch.circuits.lower_braket import braket_inputs, braket_template
+from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Parts, Template, parts_of
+from qkan_orch.circuits.lower_braket import braket_inputs, braket_template, measure_only
 from qkan_orch.circuits.packing import pack_params
 from qkan_orch.models.errors import InputError
 
@@ -208,9 +208,21 @@ class BraketDeviceBackend(CalibratedBackend):
         if action is None:
             raise InputError("backend", f"{self.name} does not run OpenQASM gate circuits")
         supported = {op.lower() for op in action.supportedOperations}
-        missing = sorted({g.name for g in template.circuit.gates} - supported)
+        missing = sorted({s.name for s in template.steps} - {"id"} - supported)  # prepare_0 measures only
         if missing:
             raise InputError("backend", f"{self.name} does not support the gates {missing} of the edge circuit")
+
+    def _circuit(self, template: Template, width: int, place: Placement | None) -> Circuit:
+        """The program of ``template``: on qubits 0..W−1, or on the placement's; ``prepare_0`` measure-only
+        where the device has no ``i``."""
+        qubits = list(place.qubits) if place is not None else list(range(width))
+        if template == Template.preparation(0) and "i" not in self._operations():
+            return measure_only(qubits)
+        return braket_template(template, width) if place is None else placed_template(template, place.qubits)
+
+    def _operations(self) -> set[str]:
+        action = self.device.properties.action.get(OPENQASM)
+        return {op.lower() for op in action.supportedOperations} if action is not None else set()
 
     def _plan(self, circuits: int, shots: int, program_set: bool) -> tuple[list[int], bool]:
         """Packed circuits per task, and whether they go as program sets (as large as the device allows)."""
@@ -239,35 +251,37 @@ class BraketDeviceBackend(CalibratedBackend):
 
     # -- tasks -----------------------------------------------------------------------------------
 
-    def submit(self, batch: ActivationBatch, shots: int | None = None, pack: Pack = None,
+    def submit(self, batch: ActivationBatch | Parts, shots: int | None = None, pack: Pack = None,
                options: dict[str, Any] | None = None) -> Handle:
         shots, width, options = self.validate(shots, pack, options)
         assert shots is not None
-        self._check_gates(batch.template)
-        width = round_width(width, pack, batch.num_rows)
+        parts = [p for p in parts_of(batch) if p.num_rows]
+        for part in parts:
+            self._check_gates(part.template)
+        width = self.round_width(width, pack, parts[0].num_rows if parts else 0)
         # pack="auto": copies on the chosen qubits; an explicit width: Braket places qubits 0..W−1 itself
         place = self.placement(width, options) if pack == "auto" else None
-        circuit = (braket_template(batch.template, width) if place is None
-                   else placed_template(batch.template, place.qubits))
-        inputs = braket_inputs(batch.template, width, pack_params(batch.params, width))
-        sizes, program_set = self._plan(len(inputs), shots, options.get("program_set", True) and place is None)
+        executables = [(self._circuit(p.template, width, place), inputs)
+                       for p in parts for inputs in braket_inputs(p.template, width, pack_params(p.params, width))]
+        sizes, program_set = self._plan(len(executables), shots,
+                                        options.get("program_set", True) and place is None)
         tasks: list[Any] = []
         try:
             start = 0
             for size in sizes:
-                chunk = inputs[start:start + size]
+                chunk = executables[start:start + size]
                 start += size
                 if program_set:
-                    columns = {name: [row[name] for row in chunk] for name in chunk[0]}
-                    spec: Any = ProgramSet([CircuitBinding(circuit, input_sets=columns)], shots_per_executable=shots)
+                    spec: Any = ProgramSet(_bindings(chunk), shots_per_executable=shots)
                     tasks.append(self._run(spec, shots * size))
                 else:
-                    tasks.append(self._run(circuit, shots, chunk[0], placed=place is not None))
+                    circuit, inputs = chunk[0]
+                    tasks.append(self._run(circuit, shots, inputs or None, placed=place is not None))
         except BaseException:
             self._cancel_tasks(tasks)  # a round is all or nothing: no orphaned, billed tasks
             raise
-        data = {"rows": batch.num_rows, "width": width, "shots": shots, "program_set": program_set,
-                "sizes": sizes}
+        data = {"rows": [p.num_rows for p in parts], "width": width, "shots": shots,
+                "program_set": program_set, "sizes": sizes}
         if place is not None:
             data["placement"] = place.to_json()
         if all(isinstance(t, LocalQuantumTask) for t in tasks):
@@ -325,7 +339,7 @@ class BraketDeviceBackend(CalibratedBackend):
         seconds = self._billed_seconds(tasks)
         price = self.capabilities().price
         return counts_result(
-            ones, int(data["rows"]), shots, place, provider_job_ids=arns, qpu_seconds=seconds,
+            ones, part_rows(data["rows"]), shots, place, provider_job_ids=arns, qpu_seconds=seconds,
             cost=price.cost(tasks, len(counts) * shots, seconds), program_set=bool(data["program_set"]), tasks=tasks,
         )
 
@@ -343,6 +357,25 @@ class BraketDeviceBackend(CalibratedBackend):
                     task.cancel()
                 except (ClientError, BotoCoreError):
                     pass  # a task that already ended cannot be cancelled
+
+
+def _bindings(executables: list[tuple[Circuit, dict[str, float]]]) -> list[Any]:
+    """A program set's programs: consecutive executables of one circuit as one CircuitBinding of their
+    inputs; a circuit without parameters (read-out calibration) as itself, once per executable."""
+    programs: list[Any] = []
+    k = 0
+    while k < len(executables):
+        circuit, inputs = executables[k]
+        same = k
+        while same < len(executables) and executables[same][0] is circuit:
+            same += 1
+        if inputs:
+            rows = [row for _, row in executables[k:same]]
+            programs.append(CircuitBinding(circuit, input_sets={name: [r[name] for r in rows] for name in inputs}))
+        else:
+            programs += [circuit] * (same - k)
+        k = same
+    return programs
 
 
 # Per packed circuit: ones per measured qubit, the measured qubits (in that order), shots read.
@@ -378,14 +411,15 @@ def _task_counts(session: AwsSession, meta: dict[str, Any]) -> list[Counts]:
             return BraketSchemaBase.parse_raw_schema(session.retrieve_s3_object_body(where[0], f"{where[1]}/{part}"))
         return part
 
-    executables = [load(e) for program in result.programResults for e in load(program).executableResults]
+    executables = [e for program in result.programResults  # programs in order, each's executables by input
+                   for e in sorted((load(x) for x in load(program).executableResults),
+                                   key=lambda x: getattr(x, "inputsIndex", 0) or 0)]
     failed = [e for e in executables if not isinstance(e, ProgramSetExecutableResult)]
     if failed:
         raise ProviderJobFailed(redact(f"Amazon Braket program set task {meta.get('quantumTaskArn')}: "
                                        f"{len(failed)} executables failed: {failed[0]}"))
     per_circuit = shots // max(1, len(executables))
-    return [_counts(e.measurements, e.measurementProbabilities, e.measuredQubits, per_circuit)
-            for e in sorted(executables, key=lambda e: e.inputsIndex)]
+    return [_counts(e.measurements, e.measurementProbabilities, e.measuredQubits, per_circuit) for e in executables]
 
 
 def _local_counts(result: Any) -> list[Counts]:

@@ -8,7 +8,10 @@ packs nothing by default.
 
 Default noise of ``braket:local_dm`` (options ``depolarizing``,
 ``readout_flip``; ``noise=false`` turns it off): a single-qubit depolarizing
-channel with p = 0.003 after every gate and a read-out bit flip with p = 0.02.
+channel with p = 0.003 after every gate and a read-out bit flip with p = 0.02. "Every gate" is every
+gate of the edge circuit (folded ones too); the barriers that fence folds and the identity of the |0⟩
+calibration circuit are not gates here (Braket's ``apply_gate_noise`` would otherwise treat them as
+such, and fold scale 3 would carry six times the noise, not three).
 """
 
 import warnings
@@ -16,7 +19,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from braket.circuits import Noise
+from braket.circuits import Gate, Noise
 from braket.circuits.serialization import IRType
 from braket.devices import LocalSimulator
 from braket.ir.openqasm import Program
@@ -27,6 +30,7 @@ from qkan_orch.circuits.batch import Template
 from qkan_orch.circuits.lower_braket import braket_inputs, braket_template
 from qkan_orch.models.errors import InputError
 
+NOISY_GATES = [Gate.H, Gate.X, Gate.Z, Gate.Rz, Gate.Ry]  # not barriers (fences of folds), not the identity
 DEPOLARIZING = 0.003
 READOUT_FLIP = 0.02
 MAX_SHOTS = 1_000_000
@@ -36,7 +40,7 @@ MAX_SHOTS = 1_000_000
 def _program(template: Template, width: int, depolarizing: float, readout_flip: float) -> Program:
     circuit = braket_template(template, width).copy()
     if depolarizing:
-        circuit.apply_gate_noise(Noise.Depolarizing(depolarizing))
+        circuit.apply_gate_noise(Noise.Depolarizing(depolarizing), target_gates=NOISY_GATES)
     if readout_flip:
         circuit.apply_readout_noise(Noise.BitFlip(readout_flip))
     return circuit.to_ir(IRType.OPENQASM)

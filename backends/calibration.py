@@ -17,7 +17,7 @@ import numpy as np
 from qkan_orch.backends.accounts import accounts
 from qkan_orch.backends.base import Backend, Pack
 from qkan_orch.circuits.batch import BatchResult
-from qkan_orch.circuits.packing import binomial_p0, unpack_counts
+from qkan_orch.circuits.packing import binomial_p0, unpack_parts
 from qkan_orch.models.errors import InputError
 
 
@@ -113,6 +113,11 @@ class CalibratedBackend(Backend):
         Thresholds.from_options(options)
         return shots, width, options
 
+    def round_width(self, width: int, pack: Pack, rows: int) -> int:
+        """With ``pack="auto"`` never more copies than rows (an idle copy buys nothing); an explicit width
+        as given."""
+        return max(1, min(width, rows)) if pack == "auto" else width
+
     def placement(self, width: int, options: dict[str, Any], calibrated: bool = True) -> Placement:
         """The ``width`` best qubits: within the thresholds if ``calibrated``, any operational ones otherwise."""
         limits = Thresholds.from_options(options) if calibrated else ANY_QUBIT
@@ -120,16 +125,16 @@ class CalibratedBackend(Backend):
         return Placement(tuple(c["qubit"] for c in chosen), tuple(chosen), self.calibration_time())
 
 
-def round_width(width: int, pack: Pack, rows: int) -> int:
-    """The copies per circuit a round uses: with ``pack="auto"`` never more than its rows (an idle copy buys
-    nothing); an explicit width as given."""
-    return max(1, min(width, rows)) if pack == "auto" else width
+def part_rows(stored: int | list[int]) -> list[int]:
+    """Rows per part of a stored handle; a handle written before submissions had parts holds one count."""
+    return [int(r) for r in stored] if isinstance(stored, list) else [int(stored)]
 
 
-def counts_result(ones: np.ndarray, rows: int, shots: int, placement: Placement | None, *,
+def counts_result(ones: np.ndarray, part_rows: list[int], shots: int, placement: Placement | None, *,
                   provider_job_ids: list[str], qpu_seconds: float, cost: float, **metadata: Any) -> BatchResult:
-    """Ones per (packed circuit, copy) → p0 of each of the ``rows`` rows, its standard error and bookkeeping."""
-    p0, se = binomial_p0(unpack_counts(shots - ones, rows), shots)
+    """Ones per (packed circuit, copy) of parts of ``part_rows[k]`` rows packed one after the other → p0 of
+    every row, its standard error and bookkeeping."""
+    p0, se = binomial_p0(unpack_parts(shots - ones, part_rows), shots)
     if placement is not None:
         metadata["placement"] = placement.to_json()
     return BatchResult(

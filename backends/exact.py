@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from qkan_orch.backends.base import Backend, Capabilities, Handle
-from qkan_orch.circuits.batch import ActivationBatch, BatchResult
+from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Parts, parts_of
 from qkan_orch.models.daruan import final_amplitudes
 
 
@@ -30,12 +30,13 @@ class ExactBackend(Backend):
 
     def submit(
         self,
-        batch: ActivationBatch,
+        batch: ActivationBatch | Parts,
         shots: int | None = None,
         pack: int | None = None,
         options: dict[str, Any] | None = None,
     ) -> Handle:
         self.validate(shots, pack, options)
+        (batch,) = parts_of(batch)  # mitigation, the only source of several parts, is refused here
         p0 = exact_p0(batch) if batch.num_rows else np.zeros(0)
         result = BatchResult(p0=p0, p0_stderr=np.zeros_like(p0), executions=0)
         return Handle(self.name, result=result)

@@ -2,7 +2,9 @@
 
 A batch becomes one PUB — the packed template transpiled once per (device,
 width, layout) and its (M, W·P) parameter array — split into several jobs only
-where IBM's per-job limits demand. ``submit`` returns job ids at once;
+where IBM's per-job limits demand. A submission of several parts (a mitigated
+round: every fold scale, the read-out calibration circuits) is one PUB per
+part in the same job, on the same qubits. ``submit`` returns job ids at once;
 ``poll`` asks their status and never waits; ``cancel`` cancels them.
 
 ``ibm:fake_<name>`` runs this very code in Qiskit Runtime's local testing
@@ -49,7 +51,7 @@ from qkan_orch.backends.base import (
     Status,
     TransientBackendError,
 )
-from qkan_orch.backends.calibration import CalibratedBackend, Placement, counts_result, round_width
+from qkan_orch.backends.calibration import CalibratedBackend, Placement, counts_result, part_rows
 from qkan_orch.backends.pricing import ibm_price
 from qkan_orch.backends.qiskit_common import (
     check_fake_name,
@@ -58,9 +60,10 @@ from qkan_orch.backends.qiskit_common import (
     fake_qubits,
     isa_template,
     ones_per_clbit,
+    pubs_for,
     qubit_calibration,
 )
-from qkan_orch.circuits.batch import ActivationBatch, BatchResult
+from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Parts, parts_of
 from qkan_orch.circuits.packing import pack_params
 from qkan_orch.models.errors import InputError
 
@@ -234,18 +237,19 @@ class IBMBackend(CalibratedBackend):
 
     # -- jobs --------------------------------------------------------------------------------------
 
-    def submit(self, batch: ActivationBatch, shots: int | None = None, pack: Pack = None,
+    def submit(self, batch: ActivationBatch | Parts, shots: int | None = None, pack: Pack = None,
                options: dict[str, Any] | None = None) -> Handle:
         shots, width, options = self.validate(shots, pack, options)
         assert shots is not None
-        width = round_width(width, pack, batch.num_rows)
+        parts = [p for p in parts_of(batch) if p.num_rows]
+        width = self.round_width(width, pack, parts[0].num_rows if parts else 0)
         backend = self._backend(width)
         # pack="auto": qubits within the thresholds; an explicit width: the best operational ones
         place = self.placement(width, options, calibrated=pack == "auto")
-        circuit = isa_template(batch.template, width, backend.target, key=(self.name,), layout=place.qubits)
-        packed = pack_params(batch.params, width)
-        per_job = _rows_per_job(shots)
-        chunks = [packed[k:k + per_job] for k in range(0, packed.shape[0], per_job)]
+        pubs = [pub for p in parts for pub in pubs_for(
+            isa_template(p.template, width, backend.target, key=(self.name,), layout=place.qubits),
+            pack_params(p.params, width))]
+        jobs_pubs = _split_pubs(pubs, _rows_per_job(shots))
         if self.local:  # the fake's noise on the qubits used: Aer skips 133-qubit bookkeeping per run
             method = "density_matrix" if width <= 8 else "matrix_product_state"
             backend = _local_simulator(self.device, method, place.qubits)
@@ -254,7 +258,7 @@ class IBMBackend(CalibratedBackend):
                 sampler = Sampler(mode=session)
                 sampler.options.default_shots = shots
                 _set_native_options(sampler, options, self.local)
-                jobs = [sampler.run([(circuit, chunk)], shots=shots) for chunk in chunks]
+                jobs = [sampler.run(job_pubs, shots=shots) for job_pubs in jobs_pubs]
         except (InputError, TransientBackendError):
             raise
         except Exception as exc:
@@ -263,7 +267,8 @@ class IBMBackend(CalibratedBackend):
         if self.local:
             for job in jobs:
                 _spool_when_done(job, width)
-        data = {"rows": batch.num_rows, "width": width, "shots": shots, "chunks": [len(c) for c in chunks],
+        data = {"rows": [p.num_rows for p in parts], "width": width, "shots": shots,
+                "chunks": [sum(len(values) for _, values in job_pubs) for job_pubs in jobs_pubs],
                 "placement": place.to_json(), "local_pid": os.getpid() if self.local else None}
         return Handle(self.name, provider_job_ids=ids, data=data)
 
@@ -279,7 +284,8 @@ class IBMBackend(CalibratedBackend):
             seconds += found[1]
         price = Price() if self.local else ibm_price()
         return counts_result(
-            np.concatenate(ones, axis=0), data["rows"], shots, Placement.from_json(data["placement"]),
+            np.concatenate(ones, axis=0) if ones else np.zeros((0, width), dtype=np.int64),
+            part_rows(data["rows"]), shots, Placement.from_json(data["placement"]),
             provider_job_ids=list(handle.provider_job_ids), qpu_seconds=seconds, cost=price.cost(0, 0, seconds),
         )
 
@@ -295,9 +301,8 @@ class IBMBackend(CalibratedBackend):
             return None
         if status != "DONE":
             raise ProviderJobFailed(redact(f"IBM job {job_id} ended {status}: {job.error_message() or ''}"))
-        bits = job.result()[0].data.meas
         usage = (job.metrics().get("usage") or {}).get("quantum_seconds") or 0.0
-        return ones_per_clbit(bits.array, width), float(usage)
+        return _job_ones(job.result(), width), float(usage)
 
     def cancel(self, handle: Handle) -> None:
         for job_id in handle.provider_job_ids:
@@ -309,6 +314,32 @@ class IBMBackend(CalibratedBackend):
                 runtime_service().job(job_id).cancel()
             except Exception as exc:  # a job that already finished cannot be cancelled; say so and go on
                 log.warning("IBM job %s: cancel failed: %s", job_id, redact(str(exc)))
+
+
+def _split_pubs(pubs: list[tuple[Any, np.ndarray]], per_job: int) -> list[list[tuple[Any, np.ndarray]]]:
+    """PUBs (circuit, packed values) in order, cut into jobs of at most ``per_job`` parameter rows each.
+
+    A round that fits one job is one job, its calibration and fold-scale PUBs beside its data; a longer
+    one is split in order, so the PUBs' rows still come back one part after the other.
+    """
+    jobs: list[list[tuple[Any, np.ndarray]]] = [[]]
+    room = per_job
+    for circuit, values in pubs:
+        start = 0
+        while start < len(values):
+            if room == 0:
+                jobs.append([])
+                room = per_job
+            take = min(room, len(values) - start)
+            jobs[-1].append((circuit, values[start:start + take]))
+            start += take
+            room -= take
+    return [job for job in jobs if job]
+
+
+def _job_ones(result: Any, width: int) -> np.ndarray:
+    """Ones per (packed circuit, copy) of a Sampler job, its PUBs one after the other."""
+    return np.concatenate([ones_per_clbit(pub.data.meas.array, width) for pub in result], axis=0)
 
 
 def _rows_per_job(shots: int) -> int:
@@ -360,7 +391,7 @@ def _spool_when_done(job: Any, width: int) -> None:
 
     def wait() -> None:
         try:
-            ones = ones_per_clbit(job.result()[0].data.meas.array, width)
+            ones = _job_ones(job.result(), width)
             tmp = SPOOL / f"{job_id}.tmp.npy"
             np.save(tmp, ones)
             os.replace(tmp, SPOOL / f"{job_id}.npy")

@@ -56,5 +56,11 @@ class PennyLaneBackend(LocalSamplingBackend):
             raise InputError("options.device_options", redact(f"{self.device} refused them: {exc}")) from None
         except Exception as exc:  # a cloud plugin without credentials, region or network
             raise TransientBackendError(redact(f"{self.device}: {type(exc).__name__}: {exc}")) from None
+        circuits = packed.shape[0]
+        if packed.shape[1] == 0 and circuits > 1:  # nothing to broadcast over: k circuits as k·shots shots
+            probs = pennylane_qnode(device, template, width, shots * circuits)(packed.T)
+            zeros = np.rint(np.array([p[0] for p in probs]) * shots * circuits).astype(np.int64)
+            split = np.arange(circuits)[:, None] < zeros % circuits  # the remainder one by one, from the first
+            return zeros // circuits + split
         probs = pennylane_qnode(device, template, width, shots)(packed.T)
         return np.rint(np.stack([np.atleast_2d(p)[:, 0] for p in probs], axis=1) * shots)

@@ -139,12 +139,22 @@ def isa_template(template: Template, width: int, target: Target | None, key: tup
     return _isa_cache[cache_key]
 
 
+def pubs_for(circuit: QuantumCircuit, packed: np.ndarray) -> list[tuple[QuantumCircuit, np.ndarray]]:
+    """The PUBs that run every row of ``packed`` on ``circuit``: one, binding the whole matrix — except for a
+    circuit without parameters (read-out calibration), which Aer and Runtime sample once whatever number of
+    empty rows it is given, so each of its k circuits is a PUB of its own."""
+    if packed.shape[1] or packed.shape[0] <= 1:
+        return [(circuit, packed)]
+    return [(circuit, packed[k:k + 1]) for k in range(packed.shape[0])]
+
+
 def ones_per_clbit(array: np.ndarray, num_bits: int) -> np.ndarray:
     """Count of 1 outcomes per classical bit from a BitArray's packed ``array``.
 
-    ``array`` has shape (circuits, shots, bytes) with bit k in byte
-    ``bytes − 1 − k // 8`` at position ``k % 8`` (Qiskit's big-endian packing).
+    ``array`` has shape (circuits, shots, bytes) — (shots, bytes) for a PUB without parameters — with bit
+    k in byte ``bytes − 1 − k // 8`` at position ``k % 8`` (Qiskit's big-endian packing).
     """
-    bits = np.unpackbits(array, axis=-1, bitorder="big")  # column c holds bit 8·bytes − 1 − c
+    circuits = array.reshape(-1, *array.shape[-2:])
+    bits = np.unpackbits(circuits, axis=-1, bitorder="big")  # column c holds bit 8·bytes − 1 − c
     ones = bits.sum(axis=1, dtype=np.int64)[:, ::-1]
     return ones[:, :num_bits]

@@ -33,6 +33,7 @@ class RunReport:
     state: PlanState
     rounds: list[RoundStats]
     seconds: float
+    raw: tuple[np.ndarray, np.ndarray] | None = None  # outputs and stderr before mitigation, if mitigated
 
     @property
     def rows(self) -> int:
@@ -86,4 +87,4 @@ def run_plan(
         bar.update()
     bar.close()
     outputs, stderr = plan.outputs(state)
-    return RunReport(outputs, stderr, state, rounds, time.perf_counter() - start)
+    return RunReport(outputs, stderr, state, rounds, time.perf_counter() - start, plan.raw_outputs(state))

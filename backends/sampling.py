@@ -1,7 +1,9 @@
 """Shot-based simulators that finish inside ``submit``.
 
 They differ only in how they run packed circuits and count outcomes; the
-validation, packing, binomial estimate and bookkeeping are shared here.
+validation, packing, binomial estimate and bookkeeping are shared here. A
+submission of several parts (``circuits.batch.Parts``) runs part after part
+at one width, on the same qubits.
 """
 
 import time
@@ -11,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from qkan_orch.backends.base import Backend, Handle
-from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Template
+from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Parts, Template, parts_of
 from qkan_orch.circuits.packing import binomial_p0, pack_params, unpack_counts
 
 
@@ -20,7 +22,7 @@ class LocalSamplingBackend(Backend):
 
     def submit(
         self,
-        batch: ActivationBatch,
+        batch: ActivationBatch | Parts,
         shots: int | None = None,
         pack: int | None = None,
         options: dict[str, Any] | None = None,
@@ -28,14 +30,18 @@ class LocalSamplingBackend(Backend):
         shots, width, options = self.validate(shots, pack, options)
         assert shots is not None  # validate() requires shots on sampling backends
         start = time.perf_counter()
-        packed = pack_params(batch.params, width)
         metadata: dict[str, Any] = {"pack": width}
-        zeros = np.zeros((0, width))
-        if batch.num_rows:
-            zeros = self.count_zeros(batch.template, packed, width, shots, options, metadata)
-        p0, se = binomial_p0(unpack_counts(zeros, batch.num_rows), shots)
+        zeros, executions = [], 0
+        for part in parts_of(batch):
+            if not part.num_rows:
+                continue
+            packed = pack_params(part.params, width)
+            counts = self.count_zeros(part.template, packed, width, shots, options, metadata)
+            zeros.append(unpack_counts(counts, part.num_rows))
+            executions += counts.shape[0]
+        p0, se = binomial_p0(np.concatenate(zeros) if zeros else np.zeros(0), shots)
         metadata["seconds"] = time.perf_counter() - start
-        result = BatchResult(p0=p0, p0_stderr=se, shots=shots, executions=zeros.shape[0], metadata=metadata)
+        result = BatchResult(p0=p0, p0_stderr=se, shots=shots, executions=executions, metadata=metadata)
         return Handle(self.name, result=result)
 
     @abstractmethod

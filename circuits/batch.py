@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 
+from qkan_orch.circuits.folding import PREPARATIONS, Step, folded_steps
 from qkan_orch.models.ansatz import Ansatz, build_ansatz
 
 Readout = Literal["z", "fast"]
@@ -19,10 +20,17 @@ Readout = Literal["z", "fast"]
 
 @dataclass(frozen=True)
 class Template:
-    """The parameterised single-qubit edge circuit; hashable, so lowerings cache on it."""
+    """The parameterised single-qubit edge circuit; hashable, so lowerings cache on it.
+
+    ``fold`` is the zero-noise scale factor the circuit runs at (1: as trained; ``fenced``: a barrier
+    after every gate even then, as in a ZNE round), and ``ansatz`` may also name a read-out calibration
+    circuit (``prepare_0``/``prepare_1``, no parameters); see ``circuits.folding``.
+    """
 
     ansatz: str
     reps: int
+    fold: int = 1
+    fenced: bool = False
 
     @property
     def circuit(self) -> Ansatz:
@@ -30,7 +38,17 @@ class Template:
 
     @property
     def num_params(self) -> int:
-        return self.circuit.num_params
+        return 0 if self.ansatz in PREPARATIONS else self.circuit.num_params
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        """The gates every lowering emits for one copy (folded, fenced); see ``circuits.folding``."""
+        return folded_steps(self.ansatz, self.reps, self.fold, self.fenced)
+
+    @classmethod
+    def preparation(cls, bit: int) -> "Template":
+        """The read-out calibration circuit that prepares |bit⟩ and measures it."""
+        return cls(f"prepare_{bit}", 0)
 
 
 @dataclass(frozen=True)
@@ -85,13 +103,26 @@ class ActivationBatch:
         return ActivationBatch(self.template, self.params[start:stop], (), self.readout)
 
 
+Parts = tuple[ActivationBatch, ...]
+"""Batches that run as one provider job (PUBs of one Sampler job, bindings of one program set), all with
+the same packing width and qubits; the result holds their rows one part after the other. Mitigation
+submits a round this way: the rows at every fold scale and the read-out calibration circuits."""
+
+
+def parts_of(batch: ActivationBatch | Parts) -> Parts:
+    """A submission as its parts: a single batch is one part."""
+    return (batch,) if isinstance(batch, ActivationBatch) else tuple(batch)
+
+
 @dataclass
 class BatchResult:
     """What a backend measured for each row of a batch.
 
     ``p0`` is the probability of reading 0 (exact, or estimated from
     ``shots``), ``p0_stderr`` its standard error (0 when analytic). Provider
-    bookkeeping rides along so jobs can report it.
+    bookkeeping rides along so jobs can report it. A mitigated result keeps
+    what was measured before mitigation in ``raw_p0``/``raw_p0_stderr``
+    (the scale-1 rows as read, no read-out correction).
     """
 
     p0: np.ndarray
@@ -102,6 +133,8 @@ class BatchResult:
     qpu_seconds: float = 0.0
     cost: float = 0.0
     metadata: dict = field(default_factory=dict)
+    raw_p0: np.ndarray | None = None
+    raw_p0_stderr: np.ndarray | None = None
 
     @staticmethod
     def concatenate(results: "list[BatchResult]") -> "BatchResult":
@@ -116,6 +149,7 @@ class BatchResult:
         metadata = dict(first.metadata)
         if "seconds" in metadata:
             metadata["seconds"] = sum(r.metadata["seconds"] for r in results)
+        raw = all(r.raw_p0 is not None for r in results)
         return BatchResult(
             p0=np.concatenate([r.p0 for r in results]),
             p0_stderr=np.concatenate([r.p0_stderr for r in results]),
@@ -125,4 +159,6 @@ class BatchResult:
             qpu_seconds=sum(r.qpu_seconds for r in results),
             cost=sum(r.cost for r in results),
             metadata=metadata,
+            raw_p0=np.concatenate([r.raw_p0 for r in results]) if raw else None,  # type: ignore[misc]
+            raw_p0_stderr=np.concatenate([r.raw_p0_stderr for r in results]) if raw else None,  # type: ignore[misc]
         )

@@ -7,7 +7,7 @@ import pennylane as qml
 
 from qkan_orch.circuits.batch import Template
 
-_GATES = {"h": qml.Hadamard, "x": qml.PauliX, "z": qml.PauliZ, "rz": qml.RZ, "ry": qml.RY}
+_GATES = {"h": qml.Hadamard, "x": qml.PauliX, "z": qml.PauliZ, "id": qml.Identity, "rz": qml.RZ, "ry": qml.RY}
 
 
 def pennylane_qnode(
@@ -16,20 +16,24 @@ def pennylane_qnode(
     """A QNode taking (W·P, M) angles — one broadcast call runs all M circuits.
 
     It returns, per wire, the (M, 2) outcome probabilities (estimated from
-    ``shots`` samples, or exact when ``shots`` is None).
+    ``shots`` samples, or exact when ``shots`` is None). The gates are
+    ``template.steps`` (folded for zero-noise extrapolation), fences become
+    ``qml.Barrier`` so no transform merges a gate with its inverse.
     """
-    ansatz = template.circuit
-    num_params = ansatz.num_params
+    num_params = template.num_params
+    steps = template.steps
 
     @qml.set_shots(shots)
     @qml.qnode(device, interface=None)
     def circuit(angles: np.ndarray) -> list:
         for copy in range(width):
-            for gate in ansatz.gates:
-                if gate.column is None:
-                    _GATES[gate.name](wires=copy)
+            for step in steps:
+                if step.column is None:
+                    _GATES[step.name](wires=copy)
                 else:
-                    _GATES[gate.name](angles[copy * num_params + gate.column], wires=copy)
+                    _GATES[step.name](step.sign * angles[copy * num_params + step.column], wires=copy)
+                if step.fence:
+                    qml.Barrier(wires=copy)
         return [qml.probs(wires=w) for w in range(width)]
 
     return circuit

@@ -21,6 +21,18 @@ def unpack_counts(counts: np.ndarray, rows: int) -> np.ndarray:
     return counts.reshape(-1)[:rows]
 
 
+def unpack_parts(counts: np.ndarray, part_rows: list[int]) -> np.ndarray:
+    """Counts of several parts packed one after the other (each padded to whole circuits) → per-row counts
+    of every part, in order."""
+    width = counts.shape[1] if counts.ndim == 2 else 1
+    pieces, start = [], 0
+    for rows in part_rows:
+        circuits = -(-rows // width)
+        pieces.append(unpack_counts(counts[start:start + circuits], rows))
+        start += circuits
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=counts.dtype)
+
+
 def binomial_p0(zeros: np.ndarray, shots: int) -> tuple[np.ndarray, np.ndarray]:
     """p0 estimate and standard error from the number of 0 outcomes in ``shots``.
 

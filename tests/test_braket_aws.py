@@ -275,7 +275,7 @@ def test_one_task_per_packed_circuit_with_exact_requests(width: int) -> None:
     aws.done()
     assert handle.result is None
     assert handle.provider_job_ids == [task_arn(k) for k in range(len(rows))]
-    assert handle.data == {"tasks": handle.provider_job_ids, "rows": batch.num_rows, "width": width,
+    assert handle.data == {"tasks": handle.provider_job_ids, "rows": [batch.num_rows], "width": width,
                            "shots": shots, "program_set": False, "sizes": [1] * len(rows)}
     assert Handle.from_json(json.loads(json.dumps(handle.to_json()))).data == handle.data
 

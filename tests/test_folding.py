@@ -30,13 +30,9 @@ FOLDS = (1, 3, 5)
 WIDTH = 2
 REPS = 3
 NOT_GATES = ("measure", "barrier")
-# Qiskit merges neighbouring single-qubit gates of the *unfenced* scale-1 circuit (rz·rz → rz, X·RY·Z → fewer
-# sx), which the fenced folded circuits cannot do: only pz_encoding happens to keep the exact ratio.
-UNFENCED_SCALE_1 = pytest.mark.xfail(
-    strict=True, reason="scale 1 has no fences, so transpilation merges its gates: rpz 42→132→220, real 34→198→330 "
-    "ISA gates on fake_sherbrooke (fenced at scale 1 too: 44→132→220, 66→198→330)")
-QISKIT_ANSATZE = ["pz_encoding", pytest.param("rpz_encoding", marks=UNFENCED_SCALE_1),
-                  pytest.param("real", marks=UNFENCED_SCALE_1)]
+# A ZNE round fences every scale, scale 1 included (``Template.fenced``): unfenced, Qiskit merges neighbouring
+# gates of rpz/real (rz·rz → rz, X·RY·Z → fewer √X) and scale 3 would run more than three times its gates.
+QISKIT_ANSATZE = ANSATZE
 
 
 def random_params(template: Template, rows: int, seed: int = 0) -> np.ndarray:
@@ -60,7 +56,7 @@ def isa_gate_count(template: Template, target_name: str) -> int:
 @pytest.mark.parametrize("target_name", ["full", "compact"])
 @pytest.mark.parametrize("ansatz", QISKIT_ANSATZE)
 def test_qiskit_isa_circuit_holds_fold_times_the_gates(ansatz: str, target_name: str) -> None:
-    counts = [isa_gate_count(Template(ansatz, REPS, fold), target_name) for fold in FOLDS]
+    counts = [isa_gate_count(Template(ansatz, REPS, fold, fenced=True), target_name) for fold in FOLDS]
     assert counts[0] > 0 and counts == [fold * counts[0] for fold in FOLDS], counts
 
 
@@ -163,21 +159,14 @@ def test_calibration_templates_prepare_their_bit_unfolded(bit: int) -> None:
 
 
 # Parts: one job of (data rows, k·W |0⟩ rows, k·W |1⟩ rows). At k = 2 a parameter-free part has several
-# circuits: Aer's SamplerV2 fills only the first binding of a (k, 0) parameter array (the others read all 0s),
-# and PennyLane's QNode does not broadcast a circuit without parameters (one circuit for k).
-AER_PARAMETER_FREE = pytest.mark.xfail(
-    strict=True, reason="aer: SamplerV2 samples only the first of k bindings of a parameter-free circuit; the "
-    "other |1⟩ calibration circuits read p0 = 1")
-PENNYLANE_PARAMETER_FREE = pytest.mark.xfail(
-    strict=True, reason="pennylane: the broadcast QNode of a parameter-free template runs one circuit, not k: "
-    "the part returns W rows instead of k·W")
+# circuits, which Aer's SamplerV2 (one PUB each) and PennyLane's QNode (k·shots shots, split) run apart.
 PARTS_BACKENDS = [
     pytest.param("aer", {"seed": 5}, 1, id="aer-k1"),
-    pytest.param("aer", {"seed": 5}, 2, id="aer-k2", marks=AER_PARAMETER_FREE),
+    pytest.param("aer", {"seed": 5}, 2, id="aer-k2"),
     pytest.param("braket:local", {}, 1, id="braket-k1"),
     pytest.param("braket:local", {}, 2, id="braket-k2"),
     pytest.param("pennylane:default.qubit", {"seed": 5}, 1, id="pennylane-k1"),
-    pytest.param("pennylane:default.qubit", {"seed": 5}, 2, id="pennylane-k2", marks=PENNYLANE_PARAMETER_FREE),
+    pytest.param("pennylane:default.qubit", {"seed": 5}, 2, id="pennylane-k2"),
 ]
 PARTS_SHOTS = 400
 
