@@ -9,6 +9,13 @@ result can be absorbed by a worker that never saw the submission.
 
 Standard errors are propagated to the outputs with the first-order delta
 method, treating errors of different activations as independent.
+
+A mitigated round also reports its raw p0 (before mitigation). The state then
+carries a second chain, ``raw``: each layer's output recomputed from the raw
+activations and the raw chain's own inputs to the classical parts. Later
+layers' circuits are compiled from the mitigated chain only (one set of
+circuits per round), so for deeper models the raw outputs are "what these
+rounds read, unmitigated", not a separate unmitigated run.
 """
 
 import json
@@ -38,10 +45,13 @@ class PlanState:
     x: np.ndarray
     var: np.ndarray
     layer_outputs: list[np.ndarray] = field(default_factory=list)
+    raw: tuple[np.ndarray, np.ndarray] | None = None  # (x, var) of the unmitigated chain, once a round has one
 
     def to_bytes(self) -> bytes:
         arrays = {"x": self.x, "var": self.var}
         arrays.update({f"layer_output.{k}": v for k, v in enumerate(self.layer_outputs)})
+        if self.raw is not None:
+            arrays.update(raw_x=self.raw[0], raw_var=self.raw[1])
         meta = {"stage": self.stage, "rounds_done": self.rounds_done, "layers": len(self.layer_outputs)}
         return save_arrays(arrays, metadata={"plan_state": json.dumps(meta)})
 
@@ -55,6 +65,7 @@ class PlanState:
             x=arrays["x"],
             var=arrays["var"],
             layer_outputs=[arrays[f"layer_output.{k}"] for k in range(meta["layers"])],
+            raw=(arrays["raw_x"], arrays["raw_var"]) if "raw_x" in arrays else None,
         )
 
 
@@ -70,6 +81,8 @@ class ExecutionPlan(Protocol):
     def absorb(self, state: PlanState, result: BatchResult) -> PlanState: ...
 
     def outputs(self, state: PlanState) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def raw_outputs(self, state: PlanState) -> tuple[np.ndarray, np.ndarray] | None: ...
 
 
 class FeedForwardPlan:
@@ -102,23 +115,20 @@ class FeedForwardPlan:
         if result.p0.shape != (batch.num_rows,):
             raise ValueError(f"result has {result.p0.shape[0]} rows, the batch {batch.num_rows}")
         layer: QKANLayer = self.stages[state.stage]  # type: ignore[assignment]
-        (act,) = batch.scatter(activation_values(result.p0, batch.readout))
-        x = torch.from_numpy(state.x).to(self.dtype)
-        with torch.no_grad():
-            y = layer.combine(x, torch.from_numpy(act).to(self.dtype)).double().numpy()
-        var = np.zeros_like(y)
-        if result.p0_stderr.any():  # analytic results carry no error: skip the propagation
-            (act_se,) = batch.scatter(activation_stderr(result.p0, result.p0_stderr, batch.readout))
-            weights = layer.edge_weights().detach().double().numpy()
-            var = np.einsum("boi,oi->bo", act_se**2, weights**2)
-        if state.var.any():
-            var = var + _propagate(layer, x, state.var)
+        y, var = _layer_output(layer, batch, state.x, state.var, result.p0, result.p0_stderr, self.dtype)
+        raw = None
+        if result.raw_p0 is not None or state.raw is not None:
+            raw_x, raw_var = state.raw if state.raw is not None else (state.x, state.var)
+            p0, se = ((result.raw_p0, result.raw_p0_stderr) if result.raw_p0 is not None
+                      else (result.p0, result.p0_stderr))
+            raw = _layer_output(layer, batch, raw_x, raw_var, p0, se, self.dtype)  # type: ignore[arg-type]
         nxt = PlanState(
             stage=state.stage + 1,
             rounds_done=state.rounds_done + 1,
             x=y,
             var=var,
             layer_outputs=[*state.layer_outputs, y],
+            raw=raw,
         )
         return self._run_glue(nxt)
 
@@ -128,16 +138,45 @@ class FeedForwardPlan:
             raise ValueError(f"the plan is not finished ({state.rounds_done}/{self.total_rounds} rounds)")
         return state.x, np.sqrt(state.var)
 
+    def raw_outputs(self, state: PlanState) -> tuple[np.ndarray, np.ndarray] | None:
+        """Outputs and standard errors read from the raw (unmitigated) p0; None if no round was mitigated."""
+        self.outputs(state)  # the same check that the plan is finished
+        return None if state.raw is None else (state.raw[0], np.sqrt(state.raw[1]))
+
     def _run_glue(self, state: PlanState) -> PlanState:
         """Apply classical stages until the next QKAN layer (or the end)."""
         while state.stage < len(self.stages) and not isinstance(self.stages[state.stage], QKANLayer):
             stage = self.stages[state.stage]
-            x = torch.from_numpy(state.x).to(self.dtype)
-            with torch.no_grad():
-                y = stage(x).double().numpy()
-            var = _propagate(stage, x, state.var) if state.var.any() else np.zeros_like(y)
-            state = PlanState(state.stage + 1, state.rounds_done, y, var, state.layer_outputs)
+            y, var = _glue(stage, state.x, state.var, self.dtype)
+            raw = None if state.raw is None else _glue(stage, *state.raw, self.dtype)
+            state = PlanState(state.stage + 1, state.rounds_done, y, var, state.layer_outputs, raw)
         return state
+
+
+def _glue(stage: torch.nn.Module, x_in: np.ndarray, var_in: np.ndarray, dtype: torch.dtype
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """A classical stage applied to values and (delta method) their variances."""
+    x = torch.from_numpy(x_in).to(dtype)
+    with torch.no_grad():
+        y = stage(x).double().numpy()
+    return y, _propagate(stage, x, var_in) if var_in.any() else np.zeros_like(y)
+
+
+def _layer_output(layer: QKANLayer, batch: ActivationBatch, x_in: np.ndarray, var_in: np.ndarray,
+                  p0: np.ndarray, p0_stderr: np.ndarray, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """A QKAN layer's output from its inputs and its circuits' p0, and its variance from both."""
+    (act,) = batch.scatter(activation_values(p0, batch.readout))
+    x = torch.from_numpy(x_in).to(dtype)
+    with torch.no_grad():
+        y = layer.combine(x, torch.from_numpy(act).to(dtype)).double().numpy()
+    var = np.zeros_like(y)
+    if p0_stderr.any():  # analytic results carry no error: skip the propagation
+        (act_se,) = batch.scatter(activation_stderr(p0, p0_stderr, batch.readout))
+        weights = layer.edge_weights().detach().double().numpy()
+        var = np.einsum("boi,oi->bo", act_se**2, weights**2)
+    if var_in.any():
+        var = var + _propagate(layer, x, var_in)
+    return y, var
 
 
 def validate_inputs(inputs: np.ndarray | torch.Tensor, in_dim: int) -> np.ndarray:
