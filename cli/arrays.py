@@ -1,6 +1,7 @@
-"""Reading inputs and writing outputs as .npy or .csv files; writes are atomic."""
+"""Reading inputs and writing outputs as .npy or .csv files (writes are atomic), and the flags that name them."""
 
 import argparse
+import json
 import os
 import tempfile
 
@@ -45,6 +46,21 @@ def write_array(path: str, array: np.ndarray, field: str = "out") -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+MITIGATION_HELP = ("none | readout | zne | readout+zne, or a JSON object with method, calibration_shots, "
+                   "scale_factors (odd, default [1,3,5]), extrapolation (linear | richardson | exponential); "
+                   "default: readout on noisy simulators and QPUs, none on ideal ones")
+
+
+def parse_mitigation(text: str | None) -> str | dict | None:
+    """``--mitigation``: a method name, or a JSON object of settings (checked by the backend's side)."""
+    if text is None or not text.lstrip().startswith("{"):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError("mitigation", f"not valid JSON ({exc})") from None
 
 
 def pack_arg(value: str) -> int | str:

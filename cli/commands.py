@@ -11,7 +11,8 @@ import torch
 from qkan_orch.backends import get_backend, list_backends, run_plan
 from qkan_orch.backends.base import DEFAULT_SHOTS, Capabilities
 from qkan_orch.circuits import FeedForwardPlan
-from qkan_orch.cli.arrays import pack_arg, read_array, write_array
+from qkan_orch.cli.arrays import MITIGATION_HELP, pack_arg, parse_mitigation, read_array, write_array
+from qkan_orch.mitigation import Mitigation, mitigated
 from qkan_orch.models import build_model, fit, load_model, parse_spec, save_model
 from qkan_orch.models.errors import InputError
 from qkan_orch.models.functions import FUNCTIONS, get_function
@@ -44,15 +45,22 @@ def predict(args: argparse.Namespace) -> int:
     backend = get_backend(args.backend)
     shots = resolve_shots(backend.capabilities(), args.shots)
     options = parse_options(args.options)
+    mitigation = Mitigation.parse(parse_mitigation(args.mitigation), backend.capabilities())
     backend.validate(shots, args.pack, options)
+    for path, field in ((args.stderr_out, "stderr-out"), (args.raw_out, "raw-out")):
+        if path and not path.lower().endswith((".npy", ".csv")):
+            raise InputError(field, f"{path}: use a .npy or .csv file")
     plan = FeedForwardPlan(model, read_array(args.inputs))
-    report = run_plan(plan, backend, shots=shots, pack=args.pack, options=options, progress=not args.quiet)
+    report = run_plan(plan, mitigated(backend, mitigation), shots=shots, pack=args.pack, options=options,
+                      progress=not args.quiet)
     write_array(args.out, report.outputs)
     if args.stderr_out:
         write_array(args.stderr_out, report.stderr, field="stderr-out")
+    if args.raw_out:  # before mitigation; without mitigation that is the output itself
+        write_array(args.raw_out, report.raw[0] if report.raw is not None else report.outputs, field="raw-out")
     print(
-        f"{report.outputs.shape[0]} samples on {backend.name}: {report.rows} circuits "
-        f"(of {report.requested} activations), {report.executions} executions, "
+        f"{report.outputs.shape[0]} samples on {backend.name} (mitigation: {mitigation.method}): "
+        f"{report.rows} circuits (of {report.requested} activations), {report.executions} executions, "
         f"{report.seconds:.2f} s → {args.out}",
         file=sys.stderr,
     )
@@ -129,6 +137,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--options", help='backend options as JSON, e.g. \'{"seed": 1}\'')
     p.add_argument("--out", required=True, help="outputs, .npy or .csv")
     p.add_argument("--stderr-out", help="standard errors of the outputs, .npy or .csv")
+    p.add_argument("--mitigation", help=MITIGATION_HELP)
+    p.add_argument("--raw-out", help="outputs before mitigation, .npy or .csv")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=predict)
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qkan_orch.cli.arrays import pack_arg, write_array
+from qkan_orch.cli.arrays import MITIGATION_HELP, pack_arg, parse_mitigation, write_array
 from qkan_orch.models.errors import InputError
 from qkan_orch.service.store.states import JobState
 
@@ -118,7 +118,7 @@ def submit(args: argparse.Namespace) -> int:
     options = parse_options(args.options) or None
     with _client(args) as qc:  # the file is uploaded as is; the service parses and checks it
         job = qc.submit(args.model, Path(args.inputs), args.backend, args.shots, args.pack, options,
-                        args.idempotency_key)
+                        args.idempotency_key, parse_mitigation(args.mitigation))
         print(job.id)
         estimate = job.estimate
         if estimate and estimate.executions and not args.quiet:
@@ -138,8 +138,14 @@ def status(args: argparse.Namespace) -> int:
 
 
 def result(args: argparse.Namespace) -> int:
+    import numpy as np
+
     with _client(args) as qc:
-        outputs, stderr = qc.result(args.job)
+        body = qc.job_result(args.job)
+    outputs, stderr = np.asarray(body.outputs), np.asarray(body.stderr)
+    if args.raw_out:  # before mitigation; without mitigation that is the output itself
+        write_array(args.raw_out, np.asarray(body.raw_outputs if body.raw_outputs is not None else outputs),
+                    field="raw-out")
     if args.out:
         write_array(args.out, outputs)
         if args.stderr_out:
@@ -205,6 +211,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--shots", type=int)
     j.add_argument("--pack", type=pack_arg, help="template copies per circuit, or auto (from calibration)")
     j.add_argument("--options", help="backend options as JSON")
+    j.add_argument("--mitigation", help=MITIGATION_HELP)
     j.add_argument("--idempotency-key")
     j.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
     j.add_argument("--quiet", action="store_true")
@@ -222,5 +229,6 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("job")
     r.add_argument("--out", help=".npy or .csv")
     r.add_argument("--stderr-out")
+    r.add_argument("--raw-out", help="outputs before mitigation, .npy or .csv")
     client_flags(r)
     r.set_defaults(handler=result)

@@ -78,10 +78,15 @@ class Client:
         pack: int | str | None = None,
         options: dict | None = None,
         idempotency_key: str | None = None,
+        mitigation: str | dict | None = None,
     ) -> Job:
-        """Submit inference; ``inputs`` is an array, or the path of a .npy/.csv to upload."""
+        """Submit inference; ``inputs`` is an array, or the path of a .npy/.csv to upload.
+
+        ``mitigation``: "none" | "readout" | "zne" | "readout+zne" or a dict of settings; None takes the
+        backend's default (read-out correction on noisy simulators and QPUs).
+        """
         fields = {"model_id": model_id, "backend": backend, "shots": shots, "pack": pack,
-                  "options": options or {}, "idempotency_key": idempotency_key}
+                  "options": options or {}, "idempotency_key": idempotency_key, "mitigation": mitigation}
         fields = {k: v for k, v in fields.items() if v is not None}
         if isinstance(inputs, str | Path):
             path = Path(inputs)
@@ -127,10 +132,13 @@ class Client:
             if bar is not None:
                 bar.close()
 
-    def result(self, job_id: str, layers: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Outputs and their standard errors as arrays (``layers=True``: also each layer's output)."""
+    def result(self, job_id: str, layers: bool = False, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Outputs and their standard errors as arrays (``layers=True``: also each layer's output;
+        ``raw=True``: the outputs before mitigation, the outputs themselves on an unmitigated job)."""
         body = self.job_result(job_id, layers)
         outputs, stderr = np.asarray(body.outputs), np.asarray(body.stderr)
+        if raw and body.raw_outputs is not None:
+            outputs, stderr = np.asarray(body.raw_outputs), np.asarray(body.raw_stderr)
         if layers:
             return outputs, stderr, [np.asarray(layer) for layer in body.layers or ()]  # type: ignore[return-value]
         return outputs, stderr

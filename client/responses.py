@@ -122,6 +122,7 @@ class Job(_Response):
     options: dict[str, Any] = field(default_factory=dict)
     estimate: Estimate | None = None
     placement: dict[str, Any] | None = None
+    mitigation: dict[str, Any] | None = None  # {"method": …, and its settings}
     qpu_seconds: float = 0.0
     cost: float = 0.0
     shots_used: int
@@ -143,6 +144,8 @@ class JobResult(_Response):
     job_id: str
     outputs: list[list[float]] | None = None
     stderr: list[list[float]] | None = None
+    raw_outputs: list[list[float]] | None = None  # mitigated jobs: the same rounds without mitigation
+    raw_stderr: list[list[float]] | None = None
     layers: list[list[list[float]]] | None = None
     model_id: str | None = None
     losses: list[float] | None = None

@@ -89,6 +89,35 @@ def test_inference_through_the_service_matches_the_model(qc: Client, model_id: s
     assert [layer.shape for layer in layers] == [(16, 3), (16, 2), (16, 1)]
 
 
+def test_mitigation_is_stored_shown_and_returned_raw_beside_mitigated(qc: Client, model_id: str) -> None:
+    """The default on a noisy simulator is read-out correction, on an ideal one and exact none; a mitigated
+    job's estimate counts its calibration circuits and scale factors, and its result has both outputs."""
+    x = make_inputs(3, 2, seed=5)
+    noisy = qc.submit(model_id, x, backend="braket:local_dm", shots=200)
+    assert noisy.mitigation == {"method": "readout", "calibration_shots": 10_000}
+    assert run(qc, model_id, x, backend="aer", shots=50).mitigation == {"method": "none"}
+    plain = qc.submit(model_id, x, backend="braket:local_dm", shots=200, mitigation="none")
+    both = qc.submit(model_id, x, backend="braket:local_dm", shots=200,
+                     mitigation={"method": "readout+zne", "calibration_shots": 400, "scale_factors": [1, 3]})
+    assert both.mitigation == {"method": "readout+zne", "calibration_shots": 400, "scale_factors": [1, 3],
+                               "extrapolation": "linear"}
+    assert plain.estimate and both.estimate
+    # per round: 2 scale factors × the rows, and ⌈400/200⌉ = 2 circuits for each of |0⟩ and |1⟩ (pack 1)
+    assert both.estimate.executions == 2 * plain.estimate.executions + 4 * plain.rounds_total
+    final = qc.wait(both.id, timeout=120, progress=False)
+    assert final.state == JobState.SUCCEEDED, final.error
+    assert final.mitigation == both.mitigation and qc.status(both.id).mitigation == both.mitigation
+    assert final.shots_used == final.estimate.shots  # type: ignore[union-attr]
+    body = qc.job_result(both.id)
+    assert body.raw_outputs is not None and np.shape(body.raw_outputs) == np.shape(body.outputs)
+    assert not np.allclose(body.raw_outputs, body.outputs)
+    rounds = [data for event, data in qc.events(both.id) if event == "round"]
+    assert all(len(r["mitigation"]["readout"]) == 1 for r in rounds)  # one copy, one matrix a round
+    assert qc.wait(plain.id, timeout=120, progress=False).state == JobState.SUCCEEDED
+    assert qc.job_result(plain.id).raw_outputs is None
+    assert qc.wait(noisy.id, timeout=120, progress=False).state == JobState.SUCCEEDED
+
+
 def test_sampling_backend_reports_shots_and_errors(qc: Client, model_id: str) -> None:
     status = run(qc, model_id, make_inputs(8, 2), backend="aer", shots=2000, pack=4, options={"seed": 5})
     assert status.state == JobState.SUCCEEDED, status.error
@@ -269,6 +298,20 @@ BAD_JOBS = [
     ("bad pack", {"backend": "aer", "shots": 10, "pack": 99}, None, 422, "pack"),
     ("unknown option", {"backend": "aer", "shots": 10, "options": {"warp": 9}}, None, 422, "options.warp"),
     ("extra field", {"colour": "blue"}, None, 422, "colour"),
+    ("even scale factor", {"backend": "aer:fake_melbourne", "shots": 10,
+                           "mitigation": {"method": "zne", "scale_factors": [1, 2]}}, None, 422,
+     "mitigation.scale_factors"),
+    ("non-positive scale factor", {"backend": "aer:fake_melbourne", "shots": 10,
+                                   "mitigation": {"method": "zne", "scale_factors": [-1, 1]}}, None, 422,
+     "mitigation.scale_factors"),
+    ("eight scale factors", {"backend": "aer:fake_melbourne", "shots": 10,
+                             "mitigation": {"method": "zne", "scale_factors": [1, 3, 5, 7, 9, 11, 13, 15]}},
+     None, 422, "mitigation.scale_factors"),
+    ("unknown extrapolation", {"backend": "aer:fake_melbourne", "shots": 10,
+                               "mitigation": {"method": "zne", "extrapolation": "cubic"}}, None, 422,
+     "mitigation.extrapolation"),
+    ("unknown mitigation", {"backend": "aer", "shots": 10, "mitigation": "magic"}, None, 422, "mitigation"),
+    ("mitigation exact cannot do", {"backend": "exact", "mitigation": "readout"}, None, 422, "mitigation"),
     ("wrong content type", b"model_id=x", "text/plain", 415, None),
 ]
 

@@ -26,6 +26,7 @@ from qkan_orch.backends.base import ProviderJobLost
 from qkan_orch.backends.chunked_rounds import run_in_chunks
 from qkan_orch.circuits import ExecutionPlan, FeedForwardPlan, PlanState
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult
+from qkan_orch.mitigation import Mitigation, mitigated
 from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.arrays import pack_arrays, unpack_arrays
 from qkan_orch.service.store.states import JobState
@@ -43,7 +44,7 @@ def infer(claimed: ClaimedJob) -> Step:
     if model is None:
         return claimed.fail("model_deleted", "the job's model was deleted")
     plan = FeedForwardPlan(model, unpack_arrays(job.inputs)["inputs"])
-    return _Inference(claimed, plan, get_backend(job.backend)).run()
+    return _Inference(claimed, plan, mitigated(get_backend(job.backend), Mitigation.from_json(job.mitigation))).run()
 
 
 class _Inference:
@@ -148,7 +149,8 @@ class _Inference:
         else:
             self.writes.round(number, submitted_at=now, **values)
         self.writes.event("round", round=state.rounds_done, of=self.plan.total_rounds, rows=batch.num_rows,
-                          executions=result.executions, seconds=round(seconds, 4), **_placement_summary(result))
+                          executions=result.executions, seconds=round(seconds, 4), **_placement_summary(result),
+                          **_mitigation_summary(result))
         if logged or seconds >= PERSIST_AFTER:
             return state, self.writes.commit()
         return state, False
@@ -156,6 +158,8 @@ class _Inference:
     def _succeed(self, state: PlanState) -> Step:
         outputs, stderr = self.plan.outputs(state)
         arrays = {"outputs": outputs, "stderr": stderr}
+        if (raw := self.plan.raw_outputs(state)) is not None:
+            arrays.update(raw_outputs=raw[0], raw_stderr=raw[1])
         arrays.update({f"layer.{k}": y for k, y in enumerate(state.layer_outputs)})
         summary = {"samples": int(outputs.shape[0]), "outputs": int(outputs.shape[1])}
         return self.claimed.succeed(pack_arrays(arrays), summary)
@@ -166,6 +170,11 @@ class _Inference:
                    f"{state.rounds_done} rounds; the job's stored state is inconsistent")
         log.error("job %s: %s", self.job.id, message)
         return self.claimed.fail("internal", message)
+
+
+def _mitigation_summary(result: BatchResult) -> dict[str, Any]:
+    """The mitigation a round ran with, its read-out matrices per copy and qubit included."""
+    return {"mitigation": result.metadata["mitigation"]} if "mitigation" in result.metadata else {}
 
 
 def _placement_summary(result: BatchResult) -> dict[str, Any]:

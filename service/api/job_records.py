@@ -21,6 +21,7 @@ from qkan_orch.backends import get_backend
 from qkan_orch.backends.base import Estimate, Pack
 from qkan_orch.backends.queues import queue_for
 from qkan_orch.circuits import validate_inputs
+from qkan_orch.mitigation import Mitigation, mitigated
 from qkan_orch.models import parse_spec
 from qkan_orch.models.errors import InputError
 from qkan_orch.service.api.bounds import check_estimate, check_rounds, check_samples, round_rows
@@ -72,13 +73,16 @@ def submit_inference(session: Session, broker: Celery, settings: Settings, key: 
     shots = backend.capabilities().shots_for(body.shots)
     if shots is not None and shots > settings.max_shots:
         raise InputError("shots", f"{shots} exceeds this service's limit of {settings.max_shots}")
-    estimate = backend.estimate(rows, shots, body.pack, body.options, columns=spec.columns)  # validates them too
+    mitigation = Mitigation.parse(body.mitigation, backend.capabilities())
+    # the estimate validates shots, pack and options, and counts calibration rows and fold scales
+    estimate = mitigated(backend, mitigation).estimate(rows, shots, body.pack, body.options, columns=spec.columns)
     check_estimate(settings, estimate)
     check_budget(session, key, estimate)
     job = create_job(
         session, broker, key, kind="inference", model_id=model_row.id, backend=body.backend, shots=shots,
         pack=body.pack, options=body.options, arrays={"inputs": inputs}, rounds_total=len(rows),
         idempotency_key=body.idempotency_key, request_hash=request_hash, estimate=estimate,
+        mitigation=mitigation.to_json(),
     )
     return job_out(session, job), False
 
@@ -86,7 +90,7 @@ def submit_inference(session: Session, broker: Celery, settings: Settings, key: 
 def create_job(session: Session, broker: Celery, key: ApiKey, *, kind: str, model_id: str | None, backend: str,
                shots: int | None, pack: Pack, options: dict[str, Any], arrays: dict[str, np.ndarray],
                rounds_total: int, idempotency_key: str | None = None, request_hash: str = "",
-               estimate: Estimate | None = None) -> Job:
+               estimate: Estimate | None = None, mitigation: dict[str, Any] | None = None) -> Job:
     """Insert the job, commit, then publish its first step; undo the insert if the broker refuses.
 
     The queue follows from the backend (``backends.queues``). The message id is
@@ -98,7 +102,7 @@ def create_job(session: Session, broker: Celery, key: ApiKey, *, kind: str, mode
         queue=queue_for(backend), shots=shots, pack=None if pack == "auto" else pack, pack_auto=pack == "auto",
         options=options, idempotency_key=idempotency_key, request_hash=request_hash, state=JobState.QUEUED,
         rounds_total=rounds_total, samples=int(first.shape[0]), inputs=pack_arrays(arrays), task_id=uuid.uuid4().hex,
-        estimate=asdict(estimate) if estimate is not None else None,
+        estimate=asdict(estimate) if estimate is not None else None, mitigation=mitigation,
     )
     session.add(job)  # its "queued" event is the row itself: the events stream starts with it
     try:

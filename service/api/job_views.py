@@ -40,6 +40,7 @@ def _view(job: Job, rounds: list[Round]) -> JobOut:
         state=JobState(job.state), rounds_done=job.rounds_done, rounds_total=job.rounds_total,
         samples=job.samples, shots=job.shots, pack=job.requested_pack, options=job.options,
         estimate=EstimateOut(**job.estimate) if job.estimate else None, placement=job.placement,
+        mitigation=job.mitigation,
         qpu_seconds=job.qpu_seconds, cost=job.cost, shots_used=job.shots_used,
         executions=job.executions, provider_job_ids=provider_ids, created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at,

@@ -56,6 +56,10 @@ class JobRequest(BaseModel):
     pack: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] | None = Field(
         None, description='Template copies per circuit; "auto" picks them from calibration (default: backend\'s)')
     options: dict[str, Any] = Field(default_factory=dict, description="Backend options, e.g. {\"seed\": 1}")
+    mitigation: str | dict[str, Any] | None = Field(
+        None, description='"none" | "readout" | "zne" | "readout+zne", or {"method", "calibration_shots", '
+        '"scale_factors" (odd, default [1, 3, 5]), "extrapolation" (linear | richardson | exponential)}; '
+        'default: readout on noisy simulators and QPUs, none on ideal ones')
     idempotency_key: str | None = Field(None, min_length=1, max_length=200,
                                         description="Repeat a submission safely: same key → same job")
 
@@ -106,6 +110,7 @@ class JobOut(BaseModel):
     options: dict[str, Any]
     estimate: EstimateOut | None = Field(None, description="Upper bound computed before submission")
     placement: dict[str, Any] | None = Field(None, description="Qubits of the latest round and their calibration")
+    mitigation: dict[str, Any] | None = Field(None, description="The error mitigation the job runs with")
     qpu_seconds: float = 0.0
     cost: float = Field(0.0, description="USD at list price of what ran")
     shots_used: int = Field(description="Σ circuit executions × shots")
@@ -130,6 +135,9 @@ class JobResultOut(BaseModel):
     job_id: str
     outputs: list[list[float]] | None = None
     stderr: list[list[float]] | None = Field(None, description="Standard errors (delta method from shot noise)")
+    raw_outputs: list[list[float]] | None = Field(
+        None, description="Mitigated jobs: the outputs the same rounds give without mitigation")
+    raw_stderr: list[list[float]] | None = None
     layers: list[list[list[float]]] | None = Field(None, description="Each QKAN layer's output, if asked for")
     model_id: str | None = Field(None, description="Training jobs: the model they produced")
     losses: list[float] | None = None

@@ -83,6 +83,7 @@ class Job(Base):
     executions: Mapped[int] = mapped_column(default=0)
     estimate: Mapped[dict | None]  # upper bound at submission: tasks, executions, shots, qpu_seconds, cost
     placement: Mapped[dict | None]  # qubits of the latest round, their calibration and its time
+    mitigation: Mapped[dict | None]  # Mitigation.to_json() of what the job runs with (None: a training job)
     qpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     cost: Mapped[float] = mapped_column(Float, default=0.0)  # USD at list price of what ran
     attempts: Mapped[int] = mapped_column(default=0)

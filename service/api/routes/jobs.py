@@ -47,6 +47,7 @@ _MULTIPART_BODY = {
         "shots": {"type": "integer", "minimum": 1},
         "pack": {"type": "integer", "minimum": 1},
         "options": {"type": "string", "description": "JSON object"},
+        "mitigation": {"type": "string", "description": "none | readout | zne | readout+zne, or a JSON object"},
         "idempotency_key": {"type": "string"},
     },
 }
@@ -118,6 +119,11 @@ def _parse_form(fields: dict[str, Any], data: bytes, filename: str,
             fields["options"] = json.loads(fields["options"])
         except json.JSONDecodeError:
             raise InputError("options", "is not valid JSON") from None
+    if fields.get("mitigation", "").startswith("{"):
+        try:
+            fields["mitigation"] = json.loads(fields["mitigation"])
+        except json.JSONDecodeError:
+            raise InputError("mitigation", "is not valid JSON") from None
     fields["inputs"] = []
     return _validate(fields, idempotency_key), inputs
 
@@ -196,6 +202,8 @@ def get_result(job_id: str, key: KeyDep, session: SessionDep,
     if job.kind == "train":
         return JobResultOut(job_id=job.id, model_id=row.summary.get("model_id"), losses=arrays["losses"].tolist())
     out = JobResultOut(job_id=job.id, outputs=arrays["outputs"].tolist(), stderr=arrays["stderr"].tolist())
+    if "raw_outputs" in arrays:
+        out.raw_outputs, out.raw_stderr = arrays["raw_outputs"].tolist(), arrays["raw_stderr"].tolist()
     if layers:
         count = sum(1 for k in arrays if k.startswith("layer."))
         out.layers = [arrays[f"layer.{k}"].tolist() for k in range(count)]
