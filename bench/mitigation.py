@@ -50,10 +50,9 @@ from qkan_orch.backends.sampling import LocalSamplingBackend
 from qkan_orch.circuits import FeedForwardPlan, compile_layer
 from qkan_orch.circuits.batch import ActivationBatch, Template
 from qkan_orch.circuits.packing import binomial_p0
-from qkan_orch.cli.demo import DEMO_FUNCTION, DEMO_SPEC
+from qkan_orch.cli.demo import DEMO_FUNCTION, DEMO_SPEC, demo_model
 from qkan_orch.mitigation import Mitigation, mitigated
 from qkan_orch.mitigation.extrapolation import extrapolate
-from qkan_orch.models import Model, build_model, fit, parse_spec
 from qkan_orch.models.functions import get_function
 
 HERE = Path(__file__).resolve().parent
@@ -83,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # provider notices
 
-    model = demo_model()
+    model, _ = demo_model()
     function = get_function(DEMO_FUNCTION)
     inputs = function.grid(args.grid).numpy()
     report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
@@ -96,15 +95,6 @@ def main() -> None:
             report[name] = rows
     report["mitiq"] = compare_with_mitiq(compile_layer(model.stages()[0], inputs), args)
     print(json.dumps(report))
-
-
-def demo_model() -> Model:
-    """The model ``qkan-orch demo`` trains, trained the same way."""
-    function = get_function(DEMO_FUNCTION)
-    x = function.sample(256, seed=0)
-    model = build_model(parse_spec(DEMO_SPEC), seed=0)
-    fit(model, x.float(), function(x).float(), optimizer="lbfgs", steps=30, progress=False)
-    return model
 
 
 def scores(y: np.ndarray, se: np.ndarray, exact: np.ndarray) -> dict[str, float]:

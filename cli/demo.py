@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from qkan_orch.client import Client, JobState
-from qkan_orch.models import build_model, fit, parse_spec, save_model
+from qkan_orch.models import Model, build_model, fit, parse_spec, save_model
 from qkan_orch.models.functions import get_function
+from qkan_orch.models.training import TrainResult
 
 DEMO_BACKENDS = (
     "exact", "aer", "aer:fake_sherbrooke", "aer:fake_melbourne", "braket:local",
@@ -31,17 +32,22 @@ DEMO_SPEC = {"width": [2, 3, 1], "reps": 3}
 DEMO_FUNCTION = "sin_cos"
 
 
+def demo_model(progress: bool = False) -> tuple[Model, TrainResult]:
+    """The demo's model, trained as the demo trains it; benchmarks and tests use the very same."""
+    function = get_function(DEMO_FUNCTION)
+    train_x = function.sample(256, seed=0)
+    model = build_model(parse_spec(DEMO_SPEC), seed=0)
+    trained = fit(model, train_x.float(), function(train_x).float(), optimizer="lbfgs", steps=30, progress=progress)
+    return model, trained
+
+
 def demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.quiet
     function = get_function(DEMO_FUNCTION)
-    train_x = function.sample(256, seed=0)
-    model = build_model(parse_spec(DEMO_SPEC), seed=0)
     start = time.perf_counter()
-    trained = fit(
-        model, train_x.float(), function(train_x).float(), optimizer="lbfgs", steps=30, progress=progress
-    )
+    model, trained = demo_model(progress)
     _say(f"trained QKAN {DEMO_SPEC['width']} reps {DEMO_SPEC['reps']} on {function.formula}: "
          f"MSE {trained.final_loss:.2e} in {time.perf_counter() - start:.1f} s")
     save_model(model, str(out / "model.safetensors"))
