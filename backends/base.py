@@ -151,6 +151,11 @@ class Backend(ABC):
     def cancel(self, handle: Handle) -> None:  # noqa: B027 - a no-op is the right default
         """Local executions finish inside submit: there is nothing left to cancel."""
 
+    def continuing(self, result: BatchResult) -> "Backend":
+        """The backend for the next chunk of the round whose previous chunk gave ``result``: itself, unless
+        it keeps something measured once per round (mitigation's read-out calibration)."""
+        return self
+
     def auto_pack(self, options: dict[str, Any]) -> int:
         """The width ``pack="auto"`` means here; calibrated backends choose from their qubits."""
         return self.capabilities().default_pack

@@ -55,7 +55,9 @@ def run_in_chunks(backend: Backend, batch: ActivationBatch, shots: int | None, p
         handle = backend.submit(batch.slice_rows(start, stop), shots, pack, _seeded(options, start // width))
         per_row = max(time.perf_counter() - began, 1e-6) / (stop - start)
         start = stop
-        yield Chunk(_finished(backend, handle), stop, (rows - stop) * per_row)
+        result = _finished(backend, handle)
+        backend = backend.continuing(result)  # e.g. one read-out calibration for the whole round
+        yield Chunk(result, stop, (rows - stop) * per_row)
         size = _whole(max(1, int(chunk_seconds / per_row)), granule)
 
 

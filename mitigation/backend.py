@@ -10,14 +10,16 @@ from typing import Any
 from qkan_orch.backends.base import Backend, Capabilities, Estimate, Handle, Pack, Status, round_bytes
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Parts
 from qkan_orch.mitigation.expansion import Expansion, expand, plan_expansion, reduce
+from qkan_orch.mitigation.readout import Assignment
 from qkan_orch.mitigation.setting import Mitigation
 
 HANDLE_KEY = "mitigation"
 
 
 class MitigatedBackend(Backend):
-    def __init__(self, inner: Backend, mitigation: Mitigation) -> None:
-        self.inner, self.mitigation = inner, mitigation
+    def __init__(self, inner: Backend, mitigation: Mitigation, assignment: Assignment | None = None) -> None:
+        """``assignment``: the read-out calibration of the round this backend continues (see ``continuing``)."""
+        self.inner, self.mitigation, self.assignment = inner, mitigation, assignment
         self.name = inner.name
         self.chunkable = inner.chunkable
 
@@ -43,10 +45,11 @@ class MitigatedBackend(Backend):
             raise TypeError("a mitigated backend expands one batch; it takes no parts")
         resolved, width, _ = self.inner.validate(shots, pack, options)
         assert resolved is not None  # mitigation is refused on analytic backends
-        parts, layout = expand(batch, self.mitigation, self.inner.round_width(width, pack, batch.num_rows), resolved)
+        parts, layout = expand(batch, self.mitigation, self.inner.round_width(width, pack, batch.num_rows), resolved,
+                               calibrated=self.assignment is not None)
         handle = self.inner.submit(parts, shots, pack, options)
         if handle.result is not None:
-            handle.result = reduce(layout, self.mitigation, handle.result)
+            handle.result = reduce(layout, self.mitigation, handle.result, self.assignment)
         else:
             handle.data[HANDLE_KEY] = layout.to_json()
         return handle
@@ -59,6 +62,14 @@ class MitigatedBackend(Backend):
 
     def cancel(self, handle: Handle) -> None:
         self.inner.cancel(handle)
+
+    def continuing(self, result: BatchResult) -> Backend:
+        """Later chunks of a local round reuse the read-out calibration its first chunk measured: one per
+        round, as on a provider, instead of one per chunk."""
+        described = (result.metadata.get("mitigation") or {}).get("readout")
+        if self.assignment is not None or not described:
+            return self
+        return MitigatedBackend(self.inner, self.mitigation, Assignment.from_description(described))
 
     def estimate(self, rows: list[int], shots: int | None, pack: Pack = None,
                  options: dict[str, Any] | None = None, columns: int = 0) -> Estimate:

@@ -54,14 +54,17 @@ class Expansion:
                    int(obj["repeats"]))
 
 
-def plan_expansion(mitigation: Mitigation, rows: int, width: int, shots: int) -> Expansion:
-    repeats = math.ceil(mitigation.calibration_shots / shots) if mitigation.readout and rows else 0
-    return Expansion(rows, width, mitigation.scale_factors, repeats)
+def plan_expansion(mitigation: Mitigation, rows: int, width: int, shots: int, calibrated: bool = False) -> Expansion:
+    """``calibrated``: the round's read-out calibration was measured already (an earlier chunk of it)."""
+    measure = mitigation.readout and rows and not calibrated
+    return Expansion(rows, width, mitigation.scale_factors, math.ceil(mitigation.calibration_shots / shots)
+                     if measure else 0)
 
 
-def expand(batch: ActivationBatch, mitigation: Mitigation, width: int, shots: int) -> tuple[Parts, Expansion]:
+def expand(batch: ActivationBatch, mitigation: Mitigation, width: int, shots: int, calibrated: bool = False
+           ) -> tuple[Parts, Expansion]:
     """The parts one provider job runs for ``batch`` at packing width ``width``."""
-    layout = plan_expansion(mitigation, batch.num_rows, width, shots)
+    layout = plan_expansion(mitigation, batch.num_rows, width, shots, calibrated)
     fenced = len(layout.scale_factors) > 1  # every scale fenced alike, so λ counts executed gates exactly
     parts = [ActivationBatch(replace(batch.template, fold=s, fenced=fenced), batch.params, (), batch.readout)
              for s in layout.scale_factors]
@@ -71,8 +74,10 @@ def expand(batch: ActivationBatch, mitigation: Mitigation, width: int, shots: in
     return tuple(parts), layout
 
 
-def reduce(layout: Expansion, mitigation: Mitigation, result: BatchResult) -> BatchResult:
-    """One mitigated p0 and standard error per original row, the raw scale-1 rows beside them."""
+def reduce(layout: Expansion, mitigation: Mitigation, result: BatchResult, assignment: Assignment | None = None
+           ) -> BatchResult:
+    """One mitigated p0 and standard error per original row, the raw scale-1 rows beside them; read-out
+    correction with the calibration measured in this result, or the ``assignment`` given (its round's)."""
     n, scales = layout.rows, np.asarray(layout.scale_factors, dtype=np.float64)
     p0, var = np.asarray(result.p0, dtype=np.float64), np.square(np.asarray(result.p0_stderr, dtype=np.float64))
     measured = p0[:n * scales.size].reshape(scales.size, n).T  # (N, S)
@@ -84,6 +89,7 @@ def reduce(layout: Expansion, mitigation: Mitigation, result: BatchResult) -> Ba
         start, size = n * scales.size, layout.repeats * layout.width
         assignment = Assignment.from_p0(p0[start:start + size], p0[start + size:start + 2 * size], layout.width,
                                         result.shots)
+    if assignment is not None and mitigation.readout:
         var_e0, var_e1 = (v[copy][:, None] for v in assignment.variances())
         e1, contrast = assignment.e1[copy][:, None], assignment.contrast()[copy][:, None]
         corrected = (measured - e1) / contrast

@@ -46,6 +46,12 @@ class Assignment:
     def contrast(self) -> np.ndarray:
         return np.maximum(1.0 - self.e0 - self.e1, MIN_CONTRAST)
 
+    @classmethod
+    def from_description(cls, described: list[dict[str, Any]]) -> "Assignment":
+        """The assignment ``describe`` wrote (a result's metadata), to correct later chunks of its round."""
+        return cls(e0=np.array([d["matrix"][1][0] for d in described]),
+                   e1=np.array([d["matrix"][0][1] for d in described]), shots=int(described[0]["shots"]))
+
     def describe(self, qubits: list[int] | None) -> list[dict[str, Any]]:
         """Per copy: its physical qubit (where known), the assignment matrix and the shots behind it."""
         return [{"copy": w, "qubit": None if qubits is None else int(qubits[w]),

@@ -61,7 +61,8 @@ def test_fake_devices_run_through_api_worker_and_runtime(service, device: str) -
     qc, model_id, model = service
     x = make_inputs(6, 3, seed=1)
     exact = run_plan(FeedForwardPlan(model, x), get_backend("exact")).outputs
-    job = qc.submit(model_id, x, backend=f"ibm:{device}", shots=SHOTS, pack=1, options={"seed": 7})
+    job = qc.submit(model_id, x, backend=f"ibm:{device}", shots=SHOTS, pack=1, options={"seed": 7},
+                    mitigation="none")  # the raw reading, bounded by the device's errors (module docstring)
     assert job.queue == "ibm" and job.estimate and job.estimate.executions == 6 * 3 * 2
     final = qc.wait(job.id, timeout=300, progress=False)
     assert final.state == JobState.SUCCEEDED, final.error
@@ -81,7 +82,8 @@ def test_fake_devices_run_through_api_worker_and_runtime(service, device: str) -
 def test_auto_packing_uses_calibrated_qubits_and_records_them(service) -> None:  # type: ignore[no-untyped-def]
     qc, model_id, model = service
     x = make_inputs(8, 3, seed=2)
-    job = qc.submit(model_id, x, backend="ibm:fake_sherbrooke", shots=1000, pack="auto", options={"seed": 3})
+    job = qc.submit(model_id, x, backend="ibm:fake_sherbrooke", shots=1000, pack="auto", options={"seed": 3},
+                    mitigation="none")
     assert job.pack == "auto"
     final = qc.wait(job.id, timeout=300, progress=False)
     assert final.state == JobState.SUCCEEDED, final.error

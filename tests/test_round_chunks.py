@@ -213,9 +213,11 @@ def test_a_long_local_round_is_cancelled_within_a_chunk(service, tmp_path: Path)
         model_id, _ = upload(qc, make_model(width=[2, HIDDEN, 1], reps=2).float(), tmp_path)
         # one sample first (rounds of 30 and 15 rows, one chunk each): the worker imports the Braket SDK and builds
         # its simulator now, so that the round measured below runs at its own pace from its first chunk on
-        warm = qc.submit(model_id, make_inputs(1, 2), backend="braket:local_dm", shots=SHOTS)
+        warm = qc.submit(model_id, make_inputs(1, 2), backend="braket:local_dm", shots=SHOTS,
+                        mitigation="none")
         assert qc.wait(warm.id, timeout=120, progress=False).state == JobState.SUCCEEDED
-        job = qc.submit(model_id, make_inputs(SAMPLES, 2, seed=7), backend="braket:local_dm", shots=SHOTS)
+        job = qc.submit(model_id, make_inputs(SAMPLES, 2, seed=7), backend="braket:local_dm", shots=SHOTS,
+                        mitigation="none")
         seen: list[tuple[str, dict[str, Any]]] = []
         reader = threading.Thread(target=all_events, args=(svc.url, key, job.id, seen), daemon=True)
         reader.start()
