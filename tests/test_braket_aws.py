@@ -34,11 +34,12 @@ from braket.task_result import (
 
 from conftest import make_inputs, make_model
 from qkan_orch.backends.accounts import accounts
-from qkan_orch.backends.base import Handle, ProviderJobFailed, TransientBackendError
+from qkan_orch.backends.base import Backend, Handle, ProviderJobFailed, TransientBackendError
 from qkan_orch.backends.braket_aws import BraketDeviceBackend
 from qkan_orch.backends.exact import exact_p0
 from qkan_orch.circuits.batch import ActivationBatch
 from qkan_orch.circuits.plan import FeedForwardPlan
+from qkan_orch.mitigation import MitigatedBackend, Mitigation, mitigated
 from qkan_orch.models.errors import InputError
 
 REGION = "eu-north-1"
@@ -692,3 +693,218 @@ def test_a_failure_mid_round_cancels_the_tasks_already_created() -> None:
         aws.backend.submit(batch, shots=100, pack=10)
     assert SECRET not in str(info.value)
     aws.done()
+
+
+# -- 7. mitigated rounds: every scale factor and the read-out calibration in one submission ----------
+
+SCALES = (1, 3, 5)  # readout+zne's default scale factors
+HEADER = ("OPENQASM", "bit[", "qubit[")
+
+
+class Captured:
+    """Matches any value of a request field and keeps it, JSON-decoded, for the test to take apart."""
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+    def __eq__(self, other: object) -> bool:
+        self.value = json.loads(str(other))
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def mitigated_device(aws: Aws, calibration_shots: int) -> Backend:
+    settings = {"method": "readout+zne", "calibration_shots": calibration_shots}
+    backend = mitigated(aws.backend, Mitigation.parse(settings, aws.backend.capabilities()))
+    assert isinstance(backend, MitigatedBackend)
+    return backend
+
+
+def program_lines(program: dict[str, Any]) -> tuple[set[str], list[str]]:
+    """A sent program's input declarations (any order) and the rest of its source."""
+    lines = program["source"].strip().splitlines()
+    declared = {line for line in lines if line.startswith("input ")}
+    return declared, [line for line in lines if line not in declared]
+
+
+def gate_count(body: list[str]) -> int:
+    return sum(not line.startswith((*HEADER, "barrier")) and " = measure " not in line for line in body)
+
+
+def folded_source(batch: ActivationBatch, width: int, scale: int, qubits: list[int] | None = None
+                  ) -> tuple[set[str], list[str]]:
+    """``expected_source`` at scale factor ``scale``: every gate G written G(G†G)^k (a rotation's inverse
+    negates its angle, h is its own), each followed by a barrier on its qubit, at scale 1 too (fenced)."""
+    declarations, body = expected_source(batch, width, qubits)
+    head = [line for line in body if line.startswith(HEADER)]
+    measures = [line for line in body if " = measure " in line]
+    gates = body[len(head):len(body) - len(measures)]
+    folded = [line for gate in gates for k in range(scale)
+              for line in (gate.replace("(p", "(-p") if k % 2 else gate, f"barrier {gate.split()[-1]}")]
+    return declarations, head + folded + measures
+
+
+def check_calibration(program: dict[str, Any], bit: int, width: int, qubits: list[int] | None = None,
+                      identity: bool = True) -> None:
+    """|bit⟩ prepared on every copy's qubit (``x``; ``i``, or nothing without it, for |0⟩), all of them
+    measured, no inputs."""
+    ref = (lambda c: f"q[{c}]") if qubits is None else (lambda c: f"${qubits[c]}")
+    declared, body = program_lines(program)
+    assert not declared and program["inputs"] == {}
+    head = ["OPENQASM 3.0;", f"bit[{width}] b;"] + ([f"qubit[{width}] q;"] if qubits is None else [])
+    gate = "x" if bit else "i" if identity else None
+    gates = [f"{gate} {ref(c)};" for c in range(width)] if gate else []
+    assert body[:len(head) + len(gates)] == head + gates, program["source"]
+    measures = [line.split(" = measure ") for line in body[len(head) + len(gates):]]
+    assert [b for b, _ in measures] == [f"b[{j}]" for j in range(width)]
+    assert sorted(q for _, q in measures) == sorted(f"{ref(c)};" for c in range(width))
+
+
+def test_a_mitigated_round_on_a_program_set_device_is_one_task_scales_then_calibration() -> None:
+    aws, batch, shots, width = Aws(program_set=100, ops=[*OPS, "i"]), real_batch(1), 100, 2
+    rows = expected_rows(batch, width)
+    repeats = 2  # calibration_shots 200 at 100 shots: ⌈200/100⌉ circuits per preparation
+    executables = len(SCALES) * len(rows) + 2 * repeats
+    action = Captured()
+    expect_task(aws, 0, shots * executables, action, None)
+    backend = mitigated_device(aws, 2 * shots)
+
+    handle = backend.submit(batch, shots=shots, pack=width)
+
+    aws.done()
+    assert action.value["braketSchemaHeader"] == {"name": "braket.ir.openqasm.program_set", "version": "1"}
+    programs = action.value["programs"]
+    assert len(programs) == len(SCALES) + 2 * repeats  # one binding per scale, one program per calibration
+    for scale, program in zip(SCALES, programs, strict=False):
+        assert program_lines(program) == folded_source(batch, width, scale), f"scale {scale}"
+        assert program["inputs"] == {name: [row[name] for row in rows] for name in rows[0]}
+    gates = [gate_count(program_lines(p)[1]) for p in programs[:len(SCALES)]]
+    assert gates == [scale * gates[0] for scale in SCALES]  # λ times the gates of scale 1
+    for bit, program in zip([0] * repeats + [1] * repeats, programs[len(SCALES):], strict=True):
+        check_calibration(program, bit, width)
+    assert handle.data["mitigation"] == {"rows": batch.num_rows, "width": width, "scale_factors": list(SCALES),
+                                         "repeats": repeats}
+    assert handle.data["rows"] == [batch.num_rows] * len(SCALES) + [repeats * width] * 2
+    assert handle.data["program_set"] is True and handle.data["sizes"] == [executables]
+    estimate = backend.estimate([batch.num_rows], shots, width)
+    assert (estimate.tasks, estimate.executions, estimate.shots) == (1, executables, executables * shots)
+
+
+@pytest.mark.parametrize("placed", [False, True])
+def test_a_mitigated_round_without_program_sets_is_one_task_per_executable(placed: bool) -> None:
+    """A device without program sets (and without ``i``: |0⟩ is measured only), and a placed round, whose
+    tasks go one by one even where program sets are offered, on the chosen physical qubits."""
+    aws = Aws(program_set=100, ops=[*OPS, "i"], calibrated=True) if placed else Aws()
+    batch, shots, repeats = real_batch(1), 100, 2
+    width = batch.num_rows if placed else 2  # pack="auto" never uses more copies than rows
+    qubits = PASSING[:width] if placed else None
+    rows = expected_rows(batch, width)
+    executables = len(SCALES) * len(rows) + 2 * repeats
+    actions = [Captured() for _ in range(executables)]
+    for k, action in enumerate(actions):
+        expect_task(aws, k, shots, action, device_parameters(width, rewiring=not placed))
+
+    handle = mitigated_device(aws, 2 * shots).submit(batch, shots=shots, pack="auto" if placed else width)
+
+    aws.done()
+    programs = [a.value for a in actions]
+    assert all(p["braketSchemaHeader"] == {"name": "braket.ir.openqasm.program", "version": "1"} for p in programs)
+    for s, scale in enumerate(SCALES):
+        for k, row in enumerate(rows):
+            program = programs[s * len(rows) + k]
+            assert program_lines(program) == folded_source(batch, width, scale, qubits), f"scale {scale}"
+            assert program["inputs"] == row
+    gates = [gate_count(program_lines(programs[s * len(rows)])[1]) for s in range(len(SCALES))]
+    assert gates == [scale * gates[0] for scale in SCALES]
+    for bit, program in zip([0] * repeats + [1] * repeats, programs[len(SCALES) * len(rows):], strict=True):
+        check_calibration(program, bit, width, qubits, identity=placed)
+    assert handle.data["program_set"] is False and handle.data["sizes"] == [1] * executables
+    assert handle.data["mitigation"]["repeats"] == repeats
+    if placed:
+        assert handle.data["placement"]["qubits"] == qubits
+
+
+def program_set_result(zeros: np.ndarray, shots: int, executables: list[int], rng: np.random.Generator) -> str:
+    """results.json of one program-set task whose program p has ``executables[p]`` executables; executable j
+    overall reads ``zeros[j, w]`` zeros on copy w."""
+    order = list(range(zeros.shape[1]))
+    programs, start = [], 0
+    for count in executables:
+        programs.append(ProgramResult(
+            executableResults=[ProgramSetExecutableResult(
+                inputsIndex=j, measurements=shots_with_zeros(zeros[start + j], shots, order, rng),
+                measuredQubits=order) for j in range(count)],
+            source=Program(source="OPENQASM 3.0;"), additionalMetadata=AdditionalMetadata()))
+        start += count
+    return ProgramSetTaskResult(
+        programResults=programs,
+        taskMetadata=ProgramSetTaskMetadata(
+            id=task_arn(0), deviceId=ARN, requestedShots=shots * start, successfulShots=shots * start,
+            programMetadata=[{"executables": [{}] * count} for count in executables], totalFailedExecutables=0),
+    ).json()
+
+
+@pytest.mark.parametrize("program_set", [True, False])
+def test_poll_of_a_mitigated_round_corrects_and_extrapolates_every_row(program_set: bool,
+                                                                       rng: np.random.Generator) -> None:
+    """Counts chosen so the answer is exact: zeros linear in λ extrapolate to their λ = 0 value m₀, and
+    read-out correction gives (m₀/shots − e1) / (1 − e0 − e1) with each copy's calibrated e0, e1."""
+    aws = Aws(program_set=100 if program_set else None, ops=[*OPS, "i"])
+    batch, shots, width, repeats = real_batch(1), 100, 2, 2
+    backend = mitigated_device(aws, 2 * shots)
+    circuits = math.ceil(batch.num_rows / width)
+    executables = len(SCALES) * circuits + 2 * repeats
+    for k in range(1 if program_set else executables):
+        expect_task(aws, k, shots * executables if program_set else shots, ANY, None if program_set else ANY)
+    handle = backend.submit(batch, shots=shots, pack=width)
+    assert handle.result is None and "mitigation" in handle.data  # pending: the layout rides on the handle
+    expect_state(aws, 0, "RUNNING", shots)
+    assert backend.poll(handle) is None
+    handle = Handle.from_json(json.loads(json.dumps(handle.to_json())))  # as a restarted worker reads it
+
+    start, step = np.array([70, 60, 55, 80, 65, 50]), np.array([3, 2, 1, 4, 0, 2])
+    assert start.size == batch.num_rows
+    measured = {scale: start - step * scale for scale in SCALES}  # zeros read at λ
+    prepared_0 = np.array([[98, 97], [98, 95]])  # zeros read after preparing |0⟩, per calibration circuit
+    prepared_1 = np.array([[5, 3], [7, 3]])  # and after |1⟩
+    zeros = np.vstack([*(measured[s].reshape(circuits, width) for s in SCALES), prepared_0, prepared_1])
+    if program_set:
+        expect_state(aws, 0, "COMPLETED", shots * executables)
+        expect_results(aws, 0, program_set_result(zeros, shots, [circuits] * len(SCALES) + [1] * 2 * repeats,
+                                                  rng))
+    else:
+        complete_tasks(aws, zeros, shots, list(range(width)), list(range(width)), rng)
+
+    result = backend.poll(handle)
+
+    aws.done()
+    assert result is not None and result.raw_p0 is not None and result.raw_p0_stderr is not None
+    e0, e1 = 1 - prepared_0.mean(axis=0) / shots, prepared_1.mean(axis=0) / shots
+    copy = np.arange(batch.num_rows) % width
+    want = (start / shots - e1[copy]) / (1 - e0[copy] - e1[copy])
+    assert result.p0.shape == result.raw_p0.shape == (batch.num_rows,)
+    np.testing.assert_allclose(result.p0, want, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(result.raw_p0, measured[1] / shots)  # scale 1 as read
+    assert np.all(result.p0_stderr > result.raw_p0_stderr) and np.all(result.raw_p0_stderr > 0)
+    summary = result.metadata["mitigation"]
+    assert (summary["method"], summary["scale_factors"], summary["calibration_shots"]) == (
+        "readout+zne", list(SCALES), 2 * shots)
+    for w, entry in enumerate(summary["readout"]):
+        np.testing.assert_allclose(entry["matrix"], [[1 - e0[w], e1[w]], [e0[w], 1 - e1[w]]], rtol=0, atol=1e-12)
+        assert entry["shots"] == repeats * shots
+    assert result.executions == executables and result.shots == shots
+
+
+def test_a_mitigated_round_on_the_local_simulator_reduces_inside_submit() -> None:
+    """Ideal read-out: every calibration circuit reads its bit exactly, so the correction is the identity."""
+    device = BraketDeviceBackend("arn:aws:braket:::device/quantum-simulator/amazon/sv1", device=LocalSimulator())
+    backend = mitigated(device, Mitigation.parse("readout", device.capabilities()))
+    batch = real_batch(2)
+    handle = backend.submit(batch, shots=500, pack=3)
+    assert handle.result is not None and "mitigation" not in handle.data
+    result = backend.poll(handle)
+    assert result is handle.result and result.raw_p0 is not None
+    np.testing.assert_array_equal(result.p0, result.raw_p0)
+    assert [entry["matrix"] for entry in result.metadata["mitigation"]["readout"]] == [[[1.0, 0.0], [0.0, 1.0]]] * 3
+    assert result.metadata["program_set"] is True and result.metadata["tasks"] == 1

@@ -172,3 +172,48 @@ def test_bad_input_gives_one_line_error_and_writes_nothing(
 def test_usage_errors_are_one_line_too() -> None:
     done = run("predict", "--model")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+
+
+BAD_MITIGATION = [
+    ("bogus", "mitigation", "one of none, readout, zne, readout+zne"),
+    ("{not json", "mitigation", "not valid JSON"),
+    ('{"method": "magic"}', "mitigation.method", "one of none, readout"),
+    ('{"method": "zne", "scale_factors": [1, 2]}', "mitigation.scale_factors", "odd"),
+    ('{"method": "zne", "extrapolation": "cubic"}', "mitigation.extrapolation", "linear, richardson, exponential"),
+    ('{"method": "readout", "calibration_shots": 0}', "mitigation.calibration_shots", "1..10000000"),
+]
+
+
+@pytest.mark.parametrize(("value", "field", "message"), BAD_MITIGATION)
+def test_a_bad_mitigation_gives_one_line_naming_its_field_and_writes_nothing(
+    workdir: Path, value: str, field: str, message: str
+) -> None:
+    done = run("predict", "--model", "m.safetensors", "--inputs", "x.npy", "--backend", "aer", "--quiet",
+               "--mitigation", value, "--out", "y.npy", "--raw-out", "raw.npy", cwd=workdir)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"error: {field}:" in lines[0] and message in lines[0], lines[0]
+    assert not (workdir / "y.npy").exists() and not (workdir / "raw.npy").exists()
+
+
+def test_mitigation_on_the_exact_backend_is_refused(workdir: Path) -> None:
+    done = run("predict", "--model", "m.safetensors", "--inputs", "x.npy", "--backend", "exact", "--quiet",
+               "--mitigation", "readout", "--out", "y.npy", cwd=workdir)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error: mitigation:" in lines[0] and "analytic" in lines[0], done.stderr
+    assert not (workdir / "y.npy").exists()
+
+
+def test_predict_with_readout_mitigation_writes_mitigated_and_raw_outputs(workdir: Path) -> None:
+    done = run("predict", "--model", "m.safetensors", "--inputs", "x.npy", "--backend", "braket:local_dm",
+               "--shots", "200", "--mitigation", '{"method": "readout", "calibration_shots": 200}', "--quiet",
+               "--out", "y.npy", "--raw-out", "raw.csv", "--stderr-out", "se.npy", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    y, raw, se = np.load(workdir / "y.npy"), np.loadtxt(workdir / "raw.csv", ndmin=2), np.load(workdir / "se.npy")
+    assert y.shape == raw.shape == se.shape == (8, 1) and np.isfinite(y).all() and (se > 0).all()
+    # braket:local_dm flips 2% of read-outs: the correction from its 200-shot calibration moves the outputs
+    assert not np.allclose(y, raw)
+    summary = done.stderr.strip().splitlines()[-1]
+    assert "8 samples on braket:local_dm (mitigation: readout)" in summary, done.stderr
