@@ -39,7 +39,7 @@ MAX_SHOTS = 1_000_000
 @cache
 def _program(template: Template, width: int, depolarizing: float, readout_flip: float) -> Program:
     circuit = braket_template(template, width).copy()
-    if depolarizing:
+    if depolarizing and any(isinstance(i.operator, tuple(NOISY_GATES)) for i in circuit.instructions):
         circuit.apply_gate_noise(Noise.Depolarizing(depolarizing), target_gates=NOISY_GATES)
     if readout_flip:
         circuit.apply_readout_noise(Noise.BitFlip(readout_flip))
