@@ -100,7 +100,7 @@ def test_backends_lists_every_local_family(tmp_path: Path) -> None:
 
 
 def test_demo_runs_every_local_backend_and_writes_its_report(tmp_path: Path) -> None:
-    done = run("demo", "--out", str(tmp_path / "demo"), "--quiet")
+    done = run("demo", "--out", str(tmp_path / "demo"), "--quiet", "--grid", "4", "--shots", "1000")  # keep it short
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     entries = {e["backend"]: e for e in report["backends"]}
@@ -111,7 +111,12 @@ def test_demo_runs_every_local_backend_and_writes_its_report(tmp_path: Path) -> 
         assert fields <= set(entry)
         assert entry["rows"] < entry["requested"]  # the grid's repeated values were deduplicated
     assert entries["exact"]["rmse_vs_exact"] == 0.0
+    for name, entry in entries.items():  # noisy simulators run mitigated, raw RMSE beside the mitigated one
+        noisy = name in ("aer:fake_sherbrooke", "aer:fake_melbourne", "braket:local_dm", "ibm:fake_torino")
+        assert entry["mitigation"] == ("readout+zne" if noisy else "none")
+        assert ("raw_rmse_vs_exact" in entry) == noisy
     assert (tmp_path / "demo" / "predictions.png").stat().st_size > 10_000
+    assert (tmp_path / "demo" / "mitigation.png").stat().st_size > 10_000
     assert "braket:local_dm" in done.stdout
 
 
