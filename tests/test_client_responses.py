@@ -45,7 +45,7 @@ def test_a_job_parses_into_typed_fields() -> None:
 
 
 def test_newer_servers_extra_fields_are_ignored_and_missing_optional_ones_default() -> None:
-    newer = Job.from_json({**JOB, "mitigation": {"kind": "zne"}, "rounds": [{**JOB["rounds"][0], "noise": 0.1}]})
+    newer = Job.from_json({**JOB, "comparison": {"kind": "hardware"}, "rounds": [{**JOB["rounds"][0], "noise": 0.1}]})
     assert newer == Job.from_json(JOB)
     older = {k: v for k, v in JOB.items() if k not in ("estimate", "placement", "error", "rounds", "pack")}
     job = Job.from_json(older)
