@@ -32,11 +32,11 @@ class LocalSamplingBackend(Backend):
         start = time.perf_counter()
         metadata: dict[str, Any] = {"pack": width}
         zeros, executions = [], 0
-        for part in parts_of(batch):
+        for k, part in enumerate(parts_of(batch)):
             if not part.num_rows:
                 continue
             packed = pack_params(part.params, width)
-            counts = self.count_zeros(part.template, packed, width, shots, options, metadata)
+            counts = self.count_zeros(part.template, packed, width, shots, _part_seed(options, k), metadata)
             zeros.append(unpack_counts(counts, part.num_rows))
             executions += counts.shape[0]
         p0, se = binomial_p0(np.concatenate(zeros) if zeros else np.zeros(0), shots)
@@ -58,3 +58,14 @@ class LocalSamplingBackend(Backend):
 
         Implementations may add what they chose (qubits, noise) to ``metadata``.
         """
+
+
+def _part_seed(options: dict[str, Any], part: int) -> dict[str, Any]:
+    """Each part of a seeded submission its own stream: with one seed for all, the rows at every fold scale
+    would share their shot noise, which mitigation's standard errors assume independent. Part 0 keeps the
+    seed (an unmitigated run samples as before); the others get seeds derived from (seed, part), which no
+    chunk's seed + circuit offset (``chunked_rounds``) can meet."""
+    seed = options.get("seed")
+    if not part or isinstance(seed, bool) or not isinstance(seed, int):
+        return options
+    return {**options, "seed": int(np.random.SeedSequence([seed, part]).generate_state(1)[0])}

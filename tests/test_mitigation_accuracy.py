@@ -114,10 +114,10 @@ class Acceptance:
 
 
 ACCEPTANCE = [
-    # Seeded, so deterministic; over 30 seeds: slope 1.0015 ± 0.0094 (0.988–1.025), mean z² 0.69 ± 0.20 (max
-    # 1.09), RMSE 0.020 ± 0.003 against none's 0.080 ± 0.002 at equal shots — every bound > 4 sd from that
-    # spread, so another seed or a new Aer stream does not flip the test. Seed 11 happens to be the largest z²
-    # of the 30 (slope 0.993, z² 1.09, RMSE 0.026 against 0.083). Mean z² < 1 on seeded aer: see the xfail below.
+    # Seeded, so deterministic. Over 30 seeds (measured while every part shared one stream, which made the
+    # scales' noise correlated): slope 1.0015 ± 0.0094 (0.988–1.025), RMSE 0.020 ± 0.003 against none's
+    # 0.080 ± 0.002 at equal shots — every bound > 4 sd from that spread, so another seed or a new Aer stream
+    # does not flip the test. With independent parts mean z² is ≈ 1 (χ²-like over 64 correlated outputs).
     Acceptance("aer:fake_melbourne", 8, None, {"seed": 11}, (0.96, 1.04), 2.0),
     # Unseeded, 4×4 (≈ 26 s at pack 4 instead of ~125 s for 8×8 at pack 1). 10 000 simulated runs: slope
     # 0.9905 ± 0.0166 (linear ZNE leaves ~1 % of the depolarizing), so [0.92, 1.08] is 4.2 sd below, 5.4 above:
@@ -158,10 +158,7 @@ def test_readout_zne_recovers_the_noise_free_outputs(model: Model, case: Accepta
 
 IDEAL = [
     ("aer", {"seed": 7}),
-    # Unseeded on purpose: with a seed, every part of a round reuses one random stream, so on an ideal
-    # simulator the three scale factors return identical counts and mitigation degenerates to the raw reading
-    # (see the xfail below); unseeded, the parts are independent, as the standard errors assume.
-    ("pennylane:default.qubit", None),
+    ("pennylane:default.qubit", {"seed": 7}),  # each part of a seeded submission draws its own stream
 ]
 
 
@@ -191,10 +188,6 @@ def test_readout_zne_on_ideal_simulators_changes_only_shot_noise(model: Model, n
                for entry in readout), readout
 
 
-@pytest.mark.xfail(strict=True, reason="product: every part of a seeded submission is sampled with the same seed "
-                   "(LocalSamplingBackend passes options unchanged to each part), so the scale factors' counts "
-                   "are identical on ideal simulators and strongly correlated on noisy ones, while reduce's "
-                   "standard errors assume independent parts: seeded mean z² ≈ 0.65-0.7 instead of 1")
 @pytest.mark.parametrize("name", ["aer", "pennylane:default.qubit"])
 def test_parts_of_a_seeded_submission_are_sampled_independently(name: str) -> None:
     """Scales 1 and 3 of 200 random rows (equal p0, ideal simulator): Q = Σ (p₁ − p₃)²/(se₁² + se₃²) is χ² with
