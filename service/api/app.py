@@ -8,7 +8,7 @@ from celery import Celery
 from fastapi import FastAPI
 
 from qkan_orch.backends.accounts import redact_logs
-from qkan_orch.service.api import errors
+from qkan_orch.service.api import docs_assets, errors
 from qkan_orch.service.api.event_hub import EventHub
 from qkan_orch.service.api.limits import BodyLimit
 from qkan_orch.service.api.routes import backends, health, jobs, models, queues
@@ -34,11 +34,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings, *, celery: Celery) -> FastAPI:
-    app = FastAPI(title="QKAN Orchestrator", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
+    app = FastAPI(title="QKAN Orchestrator", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan,
+                  docs_url=None, redoc_url=None)  # served from local files by docs_assets
     app.state.settings, app.state.celery = settings, celery
     app.state.event_hub = EventHub(settings.resolved_database_url, settings.max_streams_per_key)
     app.state.courier = Courier(celery)
     errors.install(app)
+    docs_assets.install(app)
     for router in (models.router, jobs.router, backends.router, queues.router, health.router):
         app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_payload_bytes)
