@@ -68,11 +68,19 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def keys(args: argparse.Namespace) -> int:
+    """The database ``serve`` run from the same place uses (QKAN_DATA_DIR, QKAN_DATABASE_URL); refused when
+    the data folder does not exist, rather than creating a database no running service reads."""
     from qkan_orch.service.settings import get_settings
     from qkan_orch.service.store.database import session_scope, upgrade
     from qkan_orch.service.store.keys import create_key, list_keys
 
-    url = get_settings().resolved_database_url
+    settings = get_settings()
+    folder = settings.data_dir.resolve()
+    if settings.database_url is None and not folder.is_dir():  # never a fresh database no service reads
+        raise InputError("QKAN_DATA_DIR", f"no data folder at {folder}; set QKAN_DATA_DIR to the folder "
+                                          "'qkan-orch serve' printed, or run this where serve runs")
+    where = "QKAN_DATABASE_URL's database" if settings.database_url else str(folder)
+    url = settings.resolved_database_url
     upgrade(url)
     with session_scope(url) as session:
         if args.action == "create":
@@ -81,7 +89,8 @@ def keys(args: argparse.Namespace) -> int:
                     raise InputError(flag, f"must not be negative, got {value}")
             key, token = create_key(session, args.name, max_shots=args.max_shots, max_cost=args.max_cost)
             print(token)
-            print(f"key {key.id} ('{key.name}') created; the token above is shown only once", file=sys.stderr)
+            print(f"key {key.id} ('{key.name}') created in {where}; the token above is shown only once",
+                  file=sys.stderr)
         else:
             for key in list_keys(session):
                 budget = f"shots≤{key.max_shots}" if key.max_shots is not None else "shots unlimited"
@@ -101,7 +110,11 @@ def models_cmd(args: argparse.Namespace) -> int:
         if args.action == "upload":
             if not args.file:
                 raise InputError("file", "give the model file to upload")
-            _print(qc.upload_model(args.file, args.spec, args.name))
+            model = qc.upload_model(args.file, args.spec, args.name)
+            if args.json:
+                _print(model)
+            else:
+                print(model.id)
         elif args.action == "delete":
             qc.delete_model(args.id)
         elif args.id:
@@ -201,6 +214,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--file")
     m.add_argument("--spec")
     m.add_argument("--name")
+    m.add_argument("--json", action="store_true", help="upload: print the full record, not the id alone")
     client_flags(m)
     m.set_defaults(handler=models_cmd)
 

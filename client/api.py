@@ -43,6 +43,7 @@ class Client:
     # -- models ----------------------------------------------------------------------------------
 
     def upload_model(self, path: str | Path, spec: str | Path | None = None, name: str | None = None) -> Model:
+        """Content-addressed: the same spec and weights again (any format, any name) give back the same model."""
         path = Path(path)
         files: dict[str, Any] = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
         if spec is not None:

@@ -63,7 +63,7 @@ def test_serve_embedded_default_and_the_cli_on_top(served) -> None:  # type: ign
     save_model(make_model(width=[2, 3, 1], reps=2).float(), str(tmp / "m.safetensors"))
     uploaded = cli("models", "upload", "--file", str(tmp / "m.safetensors"), "--name", "mine", env=env)
     assert uploaded.returncode == 0, uploaded.stderr
-    model_id = json.loads(uploaded.stdout)["id"]
+    model_id = uploaded.stdout.strip()  # the id alone (--json: the record)
     assert model_id in cli("models", env=env).stdout
 
     np.save(tmp / "x.npy", make_inputs(6, 2))
@@ -103,7 +103,7 @@ def test_serve_runs_our_code_from_a_folder_whose_own_packages_share_our_names(tm
         children = psutil.Process(process.pid).children(recursive=True)
         uploaded = cli("models", "upload", "--file", str(tmp_path / "m.safetensors"), env=env, cwd=folder)
         assert uploaded.returncode == 0, uploaded.stderr
-        submitted = cli("submit", "--model", json.loads(uploaded.stdout)["id"], "--inputs", str(tmp_path / "x.npy"),
+        submitted = cli("submit", "--model", uploaded.stdout.strip(), "--inputs", str(tmp_path / "x.npy"),
                         "--backend", "exact", "--wait", "--quiet", env=env, cwd=folder)
         assert submitted.returncode == 0, submitted.stderr + (tmp_path / "data" / "worker.log").read_text()
         status = json.loads(cli("status", submitted.stdout.strip(), env=env, cwd=folder).stdout)

@@ -1,10 +1,20 @@
-"""Stored models: canonical safetensors bytes (spec inside), their hash and size."""
+"""Stored models: canonical safetensors bytes (spec inside), their hash and size.
+
+Uploads are content-addressed per key: ``digest`` is a SHA-256 of the canonical
+spec JSON and the tensors (name, dtype, shape, bytes, in name order), not of the
+safetensors file, whose metadata order differs from one process to the next. A
+unique (owner_id, digest) index makes the same upload, however often and however
+concurrently sent, one model. Trained models and rows stored before uploads were
+deduplicated have no digest.
+"""
 
 import hashlib
 import json
 import uuid
 
+import torch
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from qkan_orch.models import Model, model_to_bytes
@@ -12,7 +22,18 @@ from qkan_orch.models.spec import spec_to_json
 from qkan_orch.service.store.tables import StoredModel
 
 
-def insert_model(session: Session, owner_id: int, name: str, model: Model, source: str) -> StoredModel:
+def model_digest(model: Model) -> str:
+    """The same spec and weights give the same digest, whatever file format they arrived in."""
+    digest = hashlib.sha256(spec_to_json(model.spec).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().contiguous().cpu()
+        digest.update(f"\0{name}\0{value.dtype}\0{tuple(value.shape)}\0".encode())
+        digest.update(value.flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def insert_model(session: Session, owner_id: int, name: str, model: Model, source: str,
+                 digest: str | None = None) -> StoredModel:
     """Store ``model`` re-serialised as our safetensors, whatever format it arrived in."""
     blob = model_to_bytes(model)
     row = StoredModel(
@@ -22,12 +43,39 @@ def insert_model(session: Session, owner_id: int, name: str, model: Model, sourc
         spec=json.loads(spec_to_json(model.spec)),
         parameter_count=sum(p.numel() for p in model.parameters() if p.requires_grad),
         content_hash=hashlib.sha256(blob).hexdigest(),
+        digest=digest,
         blob=blob,
         source=source,
     )
     session.add(row)
     session.flush()
     return row
+
+
+def upload_model(session: Session, owner_id: int, name: str, model: Model) -> tuple[StoredModel, bool]:
+    """The model this key already uploaded with the same spec and weights (False), or a new one (True).
+
+    Commits: a concurrent identical upload that commits first wins the unique index, and this one then
+    returns the winner's row, as a replay of a job's idempotency key does.
+    """
+    digest = model_digest(model)
+    existing = _by_digest(session, owner_id, digest)
+    if existing is not None:
+        return existing, False
+    try:
+        row = insert_model(session, owner_id, name, model, source="upload", digest=digest)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = _by_digest(session, owner_id, digest)
+        if existing is None:
+            raise
+        return existing, False
+    return row, True
+
+
+def _by_digest(session: Session, owner_id: int, digest: str) -> StoredModel | None:
+    return session.scalar(select(StoredModel).where(StoredModel.owner_id == owner_id, StoredModel.digest == digest))
 
 
 def get_model(session: Session, owner_id: int, model_id: str) -> StoredModel | None:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     LargeBinary,
     String,
     Text,
@@ -44,6 +45,7 @@ class ApiKey(Base):
 
 class StoredModel(Base):
     __tablename__ = "models"
+    __table_args__ = (Index("ix_models_owner_digest", "owner_id", "digest", unique=True),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), index=True)
@@ -51,6 +53,7 @@ class StoredModel(Base):
     spec: Mapped[dict]
     parameter_count: Mapped[int]
     content_hash: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str | None] = mapped_column(String(64))  # uploads: spec + weights, one model per key (store.models)
     blob: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # loaded only when read
     source: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -18,25 +18,30 @@ from qkan_orch.service.api.job_records import create_job
 from qkan_orch.service.api.job_views import job_out
 from qkan_orch.service.api.schemas import JobOut, ModelOut, ModelPage
 from qkan_orch.service.api.uploads import read_table
-from qkan_orch.service.store.models import get_model, insert_model, list_models
+from qkan_orch.service.store.models import get_model, list_models
+from qkan_orch.service.store.models import upload_model as store_upload
 from qkan_orch.service.store.states import ACTIVE
 from qkan_orch.service.store.tables import Job
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
 
-@router.post("", status_code=201, response_model=ModelOut, summary="Upload a trained model")
+@router.post("", status_code=201, response_model=ModelOut, summary="Upload a trained model",
+             responses={200: {"model": ModelOut, "description": "This key already uploaded the same spec and "
+                                                                 "weights: that model"}})
 def upload_model(
     key: KeyDep,
     session: SessionDep,
     settings: SettingsDep,
+    response: Response,
     file: Annotated[UploadFile, File(description="Our .safetensors (spec inside) or a qkan .pt state_dict")],
     spec: Annotated[UploadFile | None, File(description="Spec JSON; for a .pt, the kwargs of its QKAN(...)")] = None,
     name: Annotated[str | None, Form(max_length=200)] = None,
 ) -> ModelOut:
     """Weights are read without unpickling (safetensors, or ``torch.load(weights_only=True)``), and only once
     the spec and the file's header are within this service's limits. A plain ``def``: FastAPI runs it on a
-    thread, so parsing a large upload never holds the event loop."""
+    thread, so parsing a large upload never holds the event loop. Content-addressed: the same spec and weights
+    from the same key (in any file format, under any name) answer 200 with the model stored first."""
     parsed = None
     if spec is not None:
         try:
@@ -44,7 +49,9 @@ def upload_model(
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise InputError("spec", "is not valid JSON") from None
     model = model_from_bytes(file.file.read(), parsed, source=file.filename or "upload", limits=spec_limits(settings))
-    row = insert_model(session, key.id, name or file.filename or "model", model, source="upload")
+    row, created = store_upload(session, key.id, name or file.filename or "model", model)
+    if not created:
+        response.status_code = 200
     return ModelOut.model_validate(row)
 
 
