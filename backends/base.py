@@ -157,8 +157,9 @@ class Backend(ABC):
         return self
 
     def auto_pack(self, options: dict[str, Any]) -> int:
-        """The width ``pack="auto"`` means here; calibrated backends choose from their qubits."""
-        return self.capabilities().default_pack
+        """The width ``pack="auto"`` means here: only calibrated backends (calibration.py) have one to choose."""
+        raise InputError("pack", f"'{self.name}' publishes no calibration to choose a width from; give pack=<W> "
+                         f"(default {self.capabilities().default_pack})")
 
     def round_width(self, width: int, pack: Pack, rows: int) -> int:
         """The copies per circuit a round of ``rows`` rows runs with, given the validated ``width``."""

@@ -24,6 +24,7 @@ class RoundStats:
     seconds: float
     provider_job_ids: list[str] = field(default_factory=list)
     pack: int | None = None  # template copies per circuit, where the backend reports it
+    qubits: list[int] | None = None  # physical qubits the copies ran on, where the backend chose them
 
 
 @dataclass
@@ -82,9 +83,16 @@ def run_plan(
                 seconds=time.perf_counter() - round_start,
                 provider_job_ids=list(result.provider_job_ids),
                 pack=result.metadata.get("pack"),
+                qubits=_qubits(result.metadata),
             )
         )
         bar.update()
     bar.close()
     outputs, stderr = plan.outputs(state)
     return RunReport(outputs, stderr, state, rounds, time.perf_counter() - start, plan.raw_outputs(state))
+
+
+def _qubits(metadata: dict[str, Any]) -> list[int] | None:
+    """The physical qubits of a calibrated placement, or of a device-shaped simulator's slice."""
+    qubits = (metadata.get("placement") or {}).get("qubits") or metadata.get("physical_qubits")
+    return [int(q) for q in qubits] if qubits else None

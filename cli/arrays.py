@@ -28,7 +28,11 @@ def read_array(path: str, field: str = "inputs") -> np.ndarray:
 
 
 def write_array(path: str, array: np.ndarray, field: str = "out") -> None:
-    """Write to a temporary file beside ``path`` and rename, so no half-written file remains."""
+    """Write to a temporary file beside ``path`` and rename, so no half-written file remains.
+
+    A .csv starts with a header row ``y0,y1,…`` naming the model's outputs (stderr files use the same names:
+    column k is the error of output k); ``read_array`` skips it.
+    """
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUFFIXES:
         raise InputError(field, f"{path}: use a .npy or .csv file")
@@ -41,7 +45,9 @@ def write_array(path: str, array: np.ndarray, field: str = "out") -> None:
             if suffix == ".npy":
                 np.save(fh, array)
             else:
-                np.savetxt(fh, array, delimiter=",", fmt="%.17g")
+                columns = array.shape[1] if array.ndim == 2 else 1
+                header = ",".join(f"y{k}" for k in range(columns))
+                np.savetxt(fh, array, delimiter=",", fmt="%.17g", header=header, comments="")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

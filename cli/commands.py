@@ -3,6 +3,9 @@
 import argparse
 import json
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 
 import numpy as np
@@ -10,13 +13,14 @@ import torch
 
 from qkan_orch.backends import get_backend, list_backends, run_plan
 from qkan_orch.backends.base import DEFAULT_SHOTS, Capabilities
+from qkan_orch.backends.runner import RunReport
 from qkan_orch.circuits import FeedForwardPlan
 from qkan_orch.cli.arrays import MITIGATION_HELP, pack_arg, parse_mitigation, read_array, write_array
 from qkan_orch.mitigation import Mitigation, mitigated
 from qkan_orch.models import build_model, fit, load_model, parse_spec, save_model
 from qkan_orch.models.errors import InputError
 from qkan_orch.models.functions import FUNCTIONS, get_function
-from qkan_orch.models.spec import load_spec_file
+from qkan_orch.models.spec import IgnoredOptionsWarning, load_spec_file
 
 
 def parse_options(text: str | None) -> dict:
@@ -38,10 +42,24 @@ def resolve_shots(caps: Capabilities, shots: int | None) -> int | None:
     return caps.shots_for(shots)
 
 
+@contextmanager
+def spec_warnings() -> Iterator[None]:
+    """qkan options a spec carries that we ignore, as one ``warning:`` line instead of Python's two-line form."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", IgnoredOptionsWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, IgnoredOptionsWarning):
+            print(f"qkan-orch: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
 def predict(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith((".npy", ".csv")):
         raise InputError("out", f"{args.out}: use a .npy or .csv file")
-    model = load_model(args.model, args.spec)
+    with spec_warnings():
+        model = load_model(args.model, args.spec)
     backend = get_backend(args.backend)
     shots = resolve_shots(backend.capabilities(), args.shots)
     options = parse_options(args.options)
@@ -50,9 +68,10 @@ def predict(args: argparse.Namespace) -> int:
     for path, field in ((args.stderr_out, "stderr-out"), (args.raw_out, "raw-out")):
         if path and not path.lower().endswith((".npy", ".csv")):
             raise InputError(field, f"{path}: use a .npy or .csv file")
-    plan = FeedForwardPlan(model, read_array(args.inputs))
-    report = run_plan(plan, mitigated(backend, mitigation), shots=shots, pack=args.pack, options=options,
-                      progress=not args.quiet)
+    reference = get_backend(args.compare) if args.compare else None
+    inputs = read_array(args.inputs)
+    report = run_plan(FeedForwardPlan(model, inputs), mitigated(backend, mitigation), shots=shots, pack=args.pack,
+                      options=options, progress=not args.quiet)
     write_array(args.out, report.outputs)
     if args.stderr_out:
         write_array(args.stderr_out, report.stderr, field="stderr-out")
@@ -61,16 +80,42 @@ def predict(args: argparse.Namespace) -> int:
     print(
         f"{report.outputs.shape[0]} samples on {backend.name} (mitigation: {mitigation.method}): "
         f"{report.rows} circuits (of {report.requested} activations), {report.executions} executions, "
-        f"{report.seconds:.2f} s → {args.out}",
+        f"{report.seconds:.2f} s{_packing(report)} → {args.out}",
         file=sys.stderr,
     )
+    if reference is not None:
+        ref = run_plan(FeedForwardPlan(model, inputs), reference,
+                       shots=resolve_shots(reference.capabilities(), None), progress=not args.quiet)
+        print(f"vs {reference.name}: {compare(report.outputs, report.stderr, ref.outputs)}", file=sys.stderr)
     return 0
+
+
+def _packing(report: RunReport) -> str:
+    """The copies per circuit (a range if rounds differ) and the physical qubits, where the backend says."""
+    widths = sorted({r.pack for r in report.rounds if r.pack is not None})
+    if not widths:
+        return ""
+    text = f", pack {widths[0]}" if len(widths) == 1 else f", pack {widths[0]}–{widths[-1]}"
+    qubits = next((r.qubits for r in reversed(report.rounds) if r.qubits), None)
+    return text + (f" on qubits {','.join(map(str, qubits))}" if qubits else "")
+
+
+def compare(outputs: np.ndarray, stderr: np.ndarray, reference: np.ndarray) -> str:
+    """RMSE and largest error against ``reference``, the σ the shots alone explain, and the slope of a line
+    fitted through (reference, output): shot noise shows as σ ≈ RMSE, device noise as a slope below 1."""
+    y, ref = outputs.ravel(), reference.ravel()
+    error = y - ref
+    sigma = float(np.sqrt(np.mean(stderr.ravel() ** 2)))
+    slope = float(np.polyfit(ref, y, 1)[0]) if len(ref) > 1 and np.ptp(ref) > 0 else float("nan")
+    return (f"RMSE {np.sqrt(np.mean(error**2)):.4g}, max error {np.max(np.abs(error)):.4g}, "
+            f"σ from shots {sigma:.4g}, slope {slope:.4g}")
 
 
 def train(args: argparse.Namespace) -> int:
     if not args.out.endswith(".safetensors"):
         raise InputError("out", f"{args.out}: models are saved as .safetensors")
-    spec = load_spec_file(args.spec) if args.spec else parse_spec(_spec_from_flags(args))
+    with spec_warnings():
+        spec = load_spec_file(args.spec) if args.spec else parse_spec(_spec_from_flags(args))
     if args.csv:
         data = read_array(args.csv, field="csv")
         if data.shape[1] != spec.in_dim + spec.out_dim:
@@ -139,6 +184,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stderr-out", help="standard errors of the outputs, .npy or .csv")
     p.add_argument("--mitigation", help=MITIGATION_HELP)
     p.add_argument("--raw-out", help="outputs before mitigation, .npy or .csv")
+    p.add_argument("--compare", metavar="BACKEND",
+                   help="also run on BACKEND (e.g. exact) with its defaults; print RMSE, max error, σ, slope")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=predict)
 

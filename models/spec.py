@@ -3,11 +3,13 @@
 A QKAN spec uses the keyword names of ``qkan.QKAN(...)``, so the kwargs JSON
 of a model trained with the ``qkan`` package *is* a spec. Options that only
 steer how ``qkan`` computes (solver choice, dtypes, initialisation) are
-accepted and ignored; options that change the function and that we cannot run
-on a single-qubit template are refused by name.
+accepted and ignored with one ``IgnoredOptionsWarning`` naming them; options
+that change the function and that we cannot run on a single-qubit template are
+refused by name.
 """
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -22,6 +24,10 @@ _IGNORED_QKAN_KEYS = {
     "device", "qml_device", "c_dtype", "p_dtype", "save_act", "preact_init",
     "theta_init", "checkpoint_reps", "solver_kwargs", "seed", "p_dim",
 }
+
+
+class IgnoredOptionsWarning(UserWarning):
+    """A qkan spec carried keywords we accept but do not use: said once, so nobody believes they took effect."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,10 @@ def _parse_qkan(obj: dict[str, Any], where: str) -> QKANSpec:
     unknown = set(obj) - known - _IGNORED_QKAN_KEYS - {"group", "is_batchnorm", "theta_size", "solver"}
     if unknown:
         raise InputError(f"{where}.{sorted(unknown)[0]}", "unknown QKAN option")
+    ignored = sorted(set(obj) - known)
+    if ignored:
+        warnings.warn(f"{where}: ignoring qkan options {', '.join(ignored)} (they do not change the forward pass)",
+                      IgnoredOptionsWarning, stacklevel=3)
     width = obj.get("width")
     if (
         not isinstance(width, list | tuple)

@@ -1,6 +1,7 @@
 """The ``qkan-orch`` command as users run it: a real subprocess of the installed script."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import qkan
 import torch
 
 from conftest import make_inputs, make_model
+from qkan_orch.cli.arrays import read_array
 from qkan_orch.models import save_model
 
 CLI = str(Path(sys.executable).parent / "qkan-orch")
@@ -65,7 +67,7 @@ def test_train_then_predict_on_a_sampling_backend_with_csv(tmp_path: Path) -> No
                "--backend", "aer", "--shots", "2000", "--pack", "4", "--options", '{"seed": 3}',
                "--out", str(tmp_path / "y.csv"), "--stderr-out", str(tmp_path / "se.csv"), "--quiet")
     assert done.returncode == 0, done.stderr
-    y, se = np.loadtxt(tmp_path / "y.csv", ndmin=2), np.loadtxt(tmp_path / "se.csv", ndmin=2)
+    y, se = np.loadtxt(tmp_path / "y.csv", ndmin=2, skiprows=1), np.loadtxt(tmp_path / "se.csv", ndmin=2, skiprows=1)
     assert y.shape == se.shape == (9, 1) and (se > 0).all()
     assert "9 samples on aer" in done.stderr
 
@@ -216,9 +218,72 @@ def test_predict_with_readout_mitigation_writes_mitigated_and_raw_outputs(workdi
                "--shots", "200", "--mitigation", '{"method": "readout", "calibration_shots": 200}', "--quiet",
                "--out", "y.npy", "--raw-out", "raw.csv", "--stderr-out", "se.npy", cwd=workdir)
     assert done.returncode == 0, done.stderr
-    y, raw, se = np.load(workdir / "y.npy"), np.loadtxt(workdir / "raw.csv", ndmin=2), np.load(workdir / "se.npy")
+    raw = np.loadtxt(workdir / "raw.csv", ndmin=2, skiprows=1)  # after the header row y0
+    y, se = np.load(workdir / "y.npy"), np.load(workdir / "se.npy")
     assert y.shape == raw.shape == se.shape == (8, 1) and np.isfinite(y).all() and (se > 0).all()
     # braket:local_dm flips 2% of read-outs: the correction from its 200-shot calibration moves the outputs
     assert not np.allclose(y, raw)
     summary = done.stderr.strip().splitlines()[-1]
     assert "8 samples on braket:local_dm (mitigation: readout)" in summary, done.stderr
+
+
+def test_predict_compare_prints_errors_and_packing_and_csv_has_a_header(workdir: Path) -> None:
+    done = run("predict", "--model", "m.safetensors", "--inputs", "x.npy", "--backend", "aer", "--shots", "4000",
+               "--pack", "4", "--options", '{"seed": 2}', "--compare", "exact", "--quiet",
+               "--out", "y.csv", "--stderr-out", "se.csv", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    summary, compared = done.stderr.strip().splitlines()[-2:]
+    assert "8 samples on aer" in summary and ", pack 4 →" in summary, done.stderr
+    for path in ("y.csv", "se.csv"):
+        assert (workdir / path).read_text().splitlines()[0] == "y0"
+    y, se = read_array(str(workdir / "y.csv")), read_array(str(workdir / "se.csv"))  # the header round-trips
+    assert y.shape == se.shape == (8, 1)
+    exact = run("predict", "--model", "m.safetensors", "--inputs", "x.npy", "--out", "exact.npy", "--quiet",
+                cwd=workdir)
+    assert exact.returncode == 0, exact.stderr
+    ref = np.load(workdir / "exact.npy")
+    numbers = dict(part.rsplit(" ", 1) for part in compared.removeprefix("vs exact: ").split(", "))
+    assert set(numbers) == {"RMSE", "max error", "σ from shots", "slope"}, compared
+    assert float(numbers["RMSE"]) == pytest.approx(np.sqrt(np.mean((y - ref) ** 2)), rel=1e-3)
+    assert float(numbers["max error"]) == pytest.approx(np.max(np.abs(y - ref)), rel=1e-3)
+    assert float(numbers["σ from shots"]) == pytest.approx(np.sqrt(np.mean(se**2)), rel=1e-3)
+    assert float(numbers["slope"]) == pytest.approx(np.polyfit(ref.ravel(), y.ravel(), 1)[0], rel=1e-3)
+
+
+def test_predict_names_the_physical_qubits_a_device_simulator_used(workdir: Path) -> None:
+    done = run("predict", "--model", "m.safetensors", "--inputs", "x.npy", "--backend", "aer:fake_manila",
+               "--shots", "200", "--pack", "2", "--mitigation", "none", "--quiet", "--out", "y.npy", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r", pack 2 on qubits \d+,\d+ →", done.stderr), done.stderr
+
+
+@pytest.mark.parametrize("backend", ["aer", "exact", "braket:local_dm"])
+def test_pack_auto_without_calibration_is_one_line_naming_pack(workdir: Path, backend: str) -> None:
+    done = run("predict", "--model", "m.safetensors", "--inputs", "x.npy", "--backend", backend, "--shots", "100",
+               "--pack", "auto", "--quiet", "--out", "y.npy", cwd=workdir)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error: pack:" in lines[0] and "no calibration" in lines[0], done.stderr
+    assert not (workdir / "y.npy").exists()
+
+
+def test_ignored_qkan_options_are_one_warning_line_and_refused_ones_an_error(tmp_path: Path) -> None:
+    kwargs = {"width": [2, 3, 1], "reps": 2, "seed": 0}
+    model, weights, spec = train_with_qkan(tmp_path, **kwargs)
+    spec.write_text(json.dumps({**kwargs, "solver": "exact", "device": "cpu", "c_dtype": "complex64"}))
+    np.save(tmp_path / "x.npy", make_inputs(8, 2).astype(np.float32))
+    args = ("predict", "--model", str(weights), "--spec", str(spec), "--inputs", str(tmp_path / "x.npy"),
+            "--out", str(tmp_path / "y.npy"), "--quiet")
+    done = run(*args)
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert warned == ["qkan-orch: warning: spec: ignoring qkan options c_dtype, device, seed, solver "
+                      "(they do not change the forward pass)"], done.stderr
+    with torch.no_grad():
+        want = model(torch.from_numpy(np.load(tmp_path / "x.npy"))).numpy()
+    assert np.max(np.abs(np.load(tmp_path / "y.npy") - want)) <= 1e-5
+    spec.write_text(json.dumps({**kwargs, "device": "cpu", "group": 2}))
+    refused = run(*args)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == ["qkan-orch: error: spec.group: grouped θ (group != -1) is not "
+                                                   "supported: every edge needs its own circuit"], refused.stderr

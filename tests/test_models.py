@@ -3,6 +3,7 @@
 import itertools
 import json
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from conftest import make_inputs, make_model
 from qkan_orch.models import HQKAN, InputError, build_model, extend_reps, fit, load_model, parse_spec, save_model
 from qkan_orch.models.functions import FUNCTIONS, get_function
+from qkan_orch.models.spec import IgnoredOptionsWarning, spec_to_json
 
 COMBOS = list(itertools.product(["pz_encoding", "rpz_encoding", "real"], [False, True], [False, True]))
 
@@ -195,3 +197,25 @@ def test_float32_inputs_are_accepted_by_the_float32_model() -> None:
     model = build_model(parse_spec({"width": [2, 1]}), seed=0)
     out = model(torch.zeros(3, 2))
     assert out.shape == (3, 1) and np.isfinite(out.detach().numpy()).all()
+
+
+def test_qkan_options_that_do_not_change_the_forward_pass_are_named_in_one_warning() -> None:
+    kwargs = {"width": [2, 3, 1], "reps": 2, "solver": "flash", "device": "cuda", "c_dtype": "complex64"}
+    with pytest.warns(IgnoredOptionsWarning) as caught:
+        spec = parse_spec(kwargs)
+    assert len(caught) == 1
+    assert str(caught[0].message) == ("spec: ignoring qkan options c_dtype, device, solver "
+                                      "(they do not change the forward pass)")
+    assert spec == parse_spec({"width": [2, 3, 1], "reps": 2})
+    with pytest.warns(IgnoredOptionsWarning, match=r"spec\.qkan: ignoring qkan options seed "):
+        parse_spec({"kind": "hqkan", "in_dim": 4, "qkan": {"width": [2, 2], "seed": 1}})
+
+
+def test_our_own_specs_and_refused_options_raise_no_ignore_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IgnoredOptionsWarning)
+        spec = parse_spec({"width": [2, 3, 1], "reps": 2, "fast_measure": False})
+        assert parse_spec(json.loads(spec_to_json(spec))) == spec  # a spec we saved carries only our fields
+        with pytest.raises(InputError) as err:  # refused before anything is said about ignored ones
+            parse_spec({"width": [2, 3, 1], "device": "cpu", "is_batchnorm": True})
+    assert err.value.field == "spec.is_batchnorm"

@@ -75,7 +75,7 @@ def test_serve_embedded_default_and_the_cli_on_top(served) -> None:  # type: ign
     assert status["state"] == "succeeded" and status["shots_used"] == 500 * status["executions"]
     fetched = cli("result", job_id, "--out", str(tmp / "y.csv"), "--stderr-out", str(tmp / "e.csv"), env=env)
     assert fetched.returncode == 0, fetched.stderr
-    assert np.loadtxt(tmp / "y.csv", ndmin=2).shape == (6, 1)
+    assert np.loadtxt(tmp / "y.csv", ndmin=2, skiprows=1).shape == (6, 1)
     assert "±" in cli("result", job_id, env=env).stdout
     again = cli("cancel", job_id, env=env)
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1 and "already" in again.stderr
