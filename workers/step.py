@@ -19,6 +19,7 @@ from qkan_orch.service.store.database import session_factory
 from qkan_orch.workers import lease, memory_ceiling
 from qkan_orch.workers.claimed_job import ClaimedJob, Step
 from qkan_orch.workers.inference_step import infer
+from qkan_orch.workers.job_logging import job_context
 from qkan_orch.workers.training_step import train
 
 log = logging.getLogger("qkan.worker")
@@ -28,14 +29,16 @@ TRANSIENT = (TransientBackendError, ConnectionError, TimeoutError)
 def advance_job(job_id: str, settings: Settings) -> Step:
     """Run one step of ``job_id`` if nobody else is; safe to call any number of times."""
     url = settings.resolved_database_url
-    with session_factory(url)() as session:
+    with job_context(job_id), session_factory(url)() as session:
         held = lease.claim(session, job_id, settings.lease_seconds)
         if held is None:
             again_in = lease.retry_after(session, job_id)
             return Step(None) if again_in is None else Step(again_in, uuid.uuid4().hex)
         with lease.kept(url, job_id, held.token, settings.lease_seconds):
             try:
-                return _run(ClaimedJob(session, held, settings))
+                step = _run(ClaimedJob(session, held, settings))
+                log.info("step done; %s", "job ended" if step.again_in is None else f"next in {step.again_in:g} s")
+                return step
             except store.LeaseLost:
                 session.rollback()
                 log.warning("job %s: lease lost, another worker continues it", job_id)

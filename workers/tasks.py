@@ -16,6 +16,7 @@ from qkan_orch.service.broker import ADVANCE_TASK
 from qkan_orch.service.settings import get_settings
 from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.database import engine_for, session_scope, upgrade
+from qkan_orch.workers import job_logging
 from qkan_orch.workers.app import celery_app
 from qkan_orch.workers.step import advance_job
 from qkan_orch.workers.sweeper import Sweeper
@@ -36,6 +37,12 @@ def advance(self: Task, job_id: str) -> None:
 
 
 @after_setup_logger.connect
+def _configure_logs(logger: logging.Logger, **_: object) -> None:
+    """Third-party loggers at WARNING, ours at QKAN_LOG_LEVEL with the job id (see ``job_logging``)."""
+    job_logging.configure(logger, get_settings().log_level)
+    redact_logs(logger)
+
+
 @after_setup_task_logger.connect
 def _redact(logger: logging.Logger, **_: object) -> None:
     """No provider secret reaches the worker's log, whatever an SDK puts in an error."""
