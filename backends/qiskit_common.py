@@ -19,6 +19,7 @@ from qiskit.transpiler import Target
 from qiskit_aer.noise import NoiseModel
 from qiskit_aer.noise.device.models import basic_device_gate_errors, basic_device_readout_errors
 
+from qkan_orch.backends.registry import did_you_mean
 from qkan_orch.circuits.batch import Template
 from qkan_orch.circuits.lower_qiskit import qiskit_template
 from qkan_orch.models.errors import InputError
@@ -55,7 +56,8 @@ def fake_qubits(name: str) -> int:
 def check_fake_name(name: str) -> None:
     classes = fake_backend_classes()
     if name not in classes:
-        raise InputError("backend", f"no IBM fake device '{name}' (known: {', '.join(sorted(classes))})")
+        raise InputError("backend", f"no IBM fake device '{name}'{did_you_mean(name, classes)} "
+                         f"({len(classes)} known: `qkan-orch backends --filter fake_` lists them)")
 
 
 @cache

@@ -4,16 +4,27 @@ Each SDK (Qiskit, Braket, PennyLane) takes about a second to import, so a
 backend's module is imported only when its name is asked for.
 """
 
+import difflib
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 from qkan_orch.backends.accounts import accounts
-from qkan_orch.backends.base import Backend, Capabilities
+from qkan_orch.backends.base import Backend, Capabilities, Price
 from qkan_orch.models.errors import InputError
 
 log = logging.getLogger("qkan.backends")
+KINDS = ("analytic", "simulator", "noisy simulator", "qpu")
+PROVIDERS = ("exact", "aer", "ibm", "braket", "pennylane")
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``; did you mean a, b, c?`` with the three closest of ``known``, or nothing when none is close:
+    a typo should point at the name meant, not at a list of every name."""
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 def installed_pennylane_devices() -> list[str]:
@@ -47,10 +58,8 @@ def get_backend(name: str) -> Backend:
     if name.startswith("pennylane:"):
         device = name.removeprefix("pennylane:")
         if device not in installed_pennylane_devices():
-            raise InputError(
-                "backend",
-                f"PennyLane device '{device}' is not installed (installed: {', '.join(installed_pennylane_devices())})",
-            )
+            raise InputError("backend", f"PennyLane device '{device}' is not installed"
+                             f"{did_you_mean(device, installed_pennylane_devices())}")
         from qkan_orch.backends.pennylane_device import PennyLaneBackend
 
         return PennyLaneBackend(device)
@@ -60,7 +69,8 @@ def get_backend(name: str) -> Backend:
             return backend
     raise InputError(
         "backend",
-        f"unknown backend '{name}' (local: exact, aer, aer:fake_<device>, braket:local, braket:local_dm, "
+        f"unknown backend '{name}'{did_you_mean(name, local_names())} (local: exact, aer, aer:fake_<device>, "
+        "braket:local, braket:local_dm, "
         "pennylane:<device>, ibm:fake_<device>; hardware: ibm:<backend>, braket:<device ARN>; "
         "`qkan-orch backends` lists them all)",
     )
@@ -78,16 +88,24 @@ def _plugins() -> list[Callable[[str], Backend | None]]:
     return plugins
 
 
+def provider_of(name: str) -> str:
+    return name.split(":", 1)[0]
+
+
 def backend_names() -> list[str]:
     """Every backend this installation can run offline, then the hardware its accounts reach."""
+    return local_names() + hardware_names()
+
+
+def local_names() -> list[str]:
+    """Every backend this installation can run offline (no account, no network)."""
     from qkan_orch.backends.qiskit_common import fake_backend_classes
 
     fakes = sorted(fake_backend_classes())
     names = ["exact", "aer", *(f"aer:{fake}" for fake in fakes), "braket:local", "braket:local_dm"]
     names += [f"pennylane:{device}" for device in installed_pennylane_devices()
               if device.endswith(".qubit") and not device.startswith("braket.aws")]  # cloud: needs an ARN
-    names += [f"ibm:{fake}" for fake in fakes]
-    return names + hardware_names()
+    return names + [f"ibm:{fake}" for fake in fakes]
 
 
 def hardware_names() -> list[str]:
@@ -107,12 +125,54 @@ def hardware_names() -> list[str]:
     return names
 
 
-def list_backends() -> list[Capabilities]:
-    """Capabilities of every backend ``backend_names`` lists that answers."""
+@dataclass(frozen=True)
+class Unconfigured:
+    """Hardware with no account set up: what it is, what it costs, and the setting that would list it."""
+
+    capabilities: Capabilities
+    setting: str
+
+
+def unconfigured_hardware() -> list[Unconfigured]:
+    """One row per provider whose account is not set, so a newcomer sees what setting enables it."""
+    from qkan_orch.backends.pricing import BRAKET_PER_SHOT, BRAKET_REGIONS, braket_price, ibm_price
+
+    rows = []
+    if accounts().ibm_token is None:
+        rows.append(Unconfigured(Capabilities(name="ibm:<backend>", kind="qpu", qubits=0, noise="device",
+                                              price=ibm_price()), "QKAN_IBM_TOKEN"))
+    if not accounts().braket_s3_bucket:
+        rows += [Unconfigured(Capabilities(name=f"braket:arn:aws:braket:{BRAKET_REGIONS[path]}::device/qpu/{path}",
+                                           kind="qpu", qubits=0, noise="device", price=braket_price(path) or Price()),
+                              "QKAN_BRAKET_S3_BUCKET (and AWS credentials)") for path in BRAKET_PER_SHOT]
+    return rows
+
+
+def check_filters(kind: str | None, provider: str | None) -> None:
+    if kind is not None and kind not in KINDS:
+        raise InputError("kind", f"no backend kind '{kind}'{did_you_mean(kind, KINDS)} (kinds: {', '.join(KINDS)})")
+    if provider is not None and provider not in PROVIDERS:
+        raise InputError("provider", f"no provider '{provider}'{did_you_mean(provider, PROVIDERS)} "
+                         f"(providers: {', '.join(PROVIDERS)})")
+
+
+def name_matches(name: str, provider: str | None = None, text: str | None = None) -> bool:
+    """Whether ``name`` passes the provider and substring filters (both optional, substring case-blind)."""
+    return (provider is None or provider_of(name) == provider) and (not text or text.lower() in name.lower())
+
+
+def list_backends(kind: str | None = None, provider: str | None = None, text: str | None = None) -> list[Capabilities]:
+    """Capabilities of every backend ``backend_names`` lists that answers and passes the filters; names are
+    filtered before any capabilities are computed (each SDK takes seconds to import)."""
+    check_filters(kind, provider)
+    names = local_names() + (hardware_names() if provider in (None, "ibm", "braket") else [])
     found = []
-    for name in backend_names():
+    for name in (n for n in names if name_matches(n, provider, text)):
         try:
-            found.append(get_backend(name).capabilities())
+            caps = get_backend(name).capabilities()
         except Exception as exc:  # hardware that cannot be reached now is left out of the list
             log.warning("backend %s not listed: %s", name, type(exc).__name__)
+            continue
+        if kind is None or caps.kind == kind:
+            found.append(caps)
     return found

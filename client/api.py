@@ -165,8 +165,12 @@ class Client:
 
     # -- service ---------------------------------------------------------------------------------
 
-    def backends(self) -> list[Backend]:
-        return [Backend.from_json(entry) for entry in self._call("GET", "/v1/backends")]
+    def backends(
+        self, kind: str | None = None, provider: str | None = None, filter: str | None = None
+    ) -> list[Backend]:
+        """Backends, optionally only one kind, one provider, or names containing ``filter``."""
+        params = {k: v for k, v in (("kind", kind), ("provider", provider), ("filter", filter)) if v}
+        return [Backend.from_json(entry) for entry in self._call("GET", "/v1/backends", params=params)]
 
     def queues(self) -> Queues:
         return Queues.from_json(self._call("GET", "/v1/queues"))

@@ -189,6 +189,8 @@ class Backend(_Response):
     calibration_time: str | None = None
     calibration_age_hours: float | None = None
     price: dict[str, Any] = field(default_factory=dict)
+    configured: bool = True
+    enable_with: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -160,6 +160,8 @@ class BackendOut(BaseModel):
     calibration_time: str | None = None
     calibration_age_hours: float | None = None
     price: dict[str, Any] = Field(default_factory=dict, description="USD per task, shot and QPU second; source")
+    configured: bool = Field(True, description="False: hardware whose account is not set up; see enable_with")
+    enable_with: str | None = Field(None, description="The setting that would make this hardware usable")
 
 
 class QueueOut(BaseModel):

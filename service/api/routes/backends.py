@@ -4,13 +4,15 @@ import threading
 import time
 from datetime import UTC, datetime
 from functools import cache
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 
 from qkan_orch.backends import Capabilities, Status, get_backend, list_backends
 from qkan_orch.backends.queues import queue_for
+from qkan_orch.backends.registry import check_filters, name_matches, unconfigured_hardware
 from qkan_orch.service.api.deps import KeyDep, SessionDep
 from qkan_orch.service.api.errors import ERROR_RESPONSES
 from qkan_orch.service.api.schemas import BackendOut
@@ -24,13 +26,28 @@ _listing = threading.Lock()
 
 
 @router.get("", response_model=list[BackendOut], summary="Backends: capabilities, price, status, pending jobs")
-async def backends(_: KeyDep, session: SessionDep) -> list[BackendOut]:
-    capabilities = await run_in_threadpool(all_capabilities)
+async def backends(
+    _: KeyDep,
+    session: SessionDep,
+    kind: Annotated[str | None, Query(description="analytic | simulator | noisy simulator | qpu")] = None,
+    provider: Annotated[str | None, Query(description="exact | aer | ibm | braket | pennylane")] = None,
+    filter: Annotated[str | None, Query(max_length=200, description="Names containing this text")] = None,
+) -> list[BackendOut]:
+    check_filters(kind, provider)
+    capabilities = [c for c in await run_in_threadpool(all_capabilities)
+                    if name_matches(c.name, provider, filter) and kind in (None, c.kind)]
     statuses = await run_in_threadpool(lambda: [_fresh_status(c.name) for c in capabilities])
     pending = dict(session.execute(
         select(Job.backend, func.count()).where(Job.state == JobState.WAITING_ON_PROVIDER).group_by(Job.backend)
     ).all())
-    return [_out(caps, status, pending.get(caps.name, 0)) for caps, status in zip(capabilities, statuses, strict=True)]
+    rows = [_out(caps, status, pending.get(caps.name, 0)) for caps, status in zip(capabilities, statuses, strict=True)]
+    for hardware in unconfigured_hardware():
+        caps = hardware.capabilities
+        if name_matches(caps.name, provider, filter) and kind in (None, caps.kind):
+            status = Status(online=False, message=f"not configured: set {hardware.setting}")
+            rows.append(_out(caps, status, 0).model_copy(update={"configured": False,
+                                                                 "enable_with": hardware.setting}))
+    return rows
 
 
 def all_capabilities() -> tuple[Capabilities, ...]:
