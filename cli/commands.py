@@ -7,20 +7,16 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from qkan_orch.backends import get_backend, list_backends, run_plan
-from qkan_orch.backends.base import DEFAULT_SHOTS, Capabilities
-from qkan_orch.backends.runner import RunReport
-from qkan_orch.circuits import FeedForwardPlan
 from qkan_orch.cli.arrays import MITIGATION_HELP, pack_arg, parse_mitigation, read_array, write_array
-from qkan_orch.mitigation import Mitigation, mitigated
-from qkan_orch.models import build_model, fit, load_model, parse_spec, save_model
 from qkan_orch.models.errors import InputError
-from qkan_orch.models.functions import FUNCTIONS, get_function
-from qkan_orch.models.spec import IgnoredOptionsWarning, load_spec_file
+
+if TYPE_CHECKING:  # torch, the backends and Qiskit load in the handlers: the service commands start without them
+    import numpy as np
+
+    from qkan_orch.backends.base import Capabilities
+    from qkan_orch.backends.runner import RunReport
 
 
 def parse_options(text: str | None) -> dict:
@@ -35,7 +31,7 @@ def parse_options(text: str | None) -> dict:
     return options
 
 
-def resolve_shots(caps: Capabilities, shots: int | None) -> int | None:
+def resolve_shots(caps: "Capabilities", shots: int | None) -> int | None:
     """``--shots`` checked even where the backend ignores it, then the backend's default."""
     if shots is not None and shots <= 0:
         raise InputError("shots", f"must be a positive integer, got {shots}")
@@ -45,6 +41,8 @@ def resolve_shots(caps: Capabilities, shots: int | None) -> int | None:
 @contextmanager
 def spec_warnings() -> Iterator[None]:
     """qkan options a spec carries that we ignore, as one ``warning:`` line instead of Python's two-line form."""
+    from qkan_orch.models.spec import IgnoredOptionsWarning
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", IgnoredOptionsWarning)
         yield
@@ -56,6 +54,11 @@ def spec_warnings() -> Iterator[None]:
 
 
 def predict(args: argparse.Namespace) -> int:
+    from qkan_orch.backends import get_backend, run_plan
+    from qkan_orch.circuits import FeedForwardPlan
+    from qkan_orch.mitigation import Mitigation, mitigated
+    from qkan_orch.models import load_model
+
     if not args.out.lower().endswith((".npy", ".csv")):
         raise InputError("out", f"{args.out}: use a .npy or .csv file")
     with spec_warnings():
@@ -90,7 +93,7 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _packing(report: RunReport) -> str:
+def _packing(report: "RunReport") -> str:
     """The copies per circuit (a range if rounds differ) and the physical qubits, where the backend says."""
     widths = sorted({r.pack for r in report.rounds if r.pack is not None})
     if not widths:
@@ -100,9 +103,11 @@ def _packing(report: RunReport) -> str:
     return text + (f" on qubits {','.join(map(str, qubits))}" if qubits else "")
 
 
-def compare(outputs: np.ndarray, stderr: np.ndarray, reference: np.ndarray) -> str:
+def compare(outputs: "np.ndarray", stderr: "np.ndarray", reference: "np.ndarray") -> str:
     """RMSE and largest error against ``reference``, the σ the shots alone explain, and the slope of a line
     fitted through (reference, output): shot noise shows as σ ≈ RMSE, device noise as a slope below 1."""
+    import numpy as np
+
     y, ref = outputs.ravel(), reference.ravel()
     error = y - ref
     sigma = float(np.sqrt(np.mean(stderr.ravel() ** 2)))
@@ -112,6 +117,13 @@ def compare(outputs: np.ndarray, stderr: np.ndarray, reference: np.ndarray) -> s
 
 
 def train(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from qkan_orch.models import build_model, fit, parse_spec, save_model
+    from qkan_orch.models.functions import get_function
+    from qkan_orch.models.spec import load_spec_file
+
     if not args.out.endswith(".safetensors"):
         raise InputError("out", f"{args.out}: models are saved as .safetensors")
     with spec_warnings():
@@ -161,25 +173,31 @@ def _spec_from_flags(args: argparse.Namespace) -> dict:
 
 
 def backends(args: argparse.Namespace) -> int:
-    from qkan_orch.backends.registry import name_matches, unconfigured_hardware
+    from qkan_orch.backends import list_backends
 
-    rows = [(c, None) for c in list_backends(args.kind, args.provider, args.filter)]
-    rows += [(h.capabilities, h.setting) for h in unconfigured_hardware()
-             if name_matches(h.capabilities.name, args.provider, args.filter) and args.kind in (None, "qpu")]
+    rows = list_backends()
     if args.json:
-        print(json.dumps([asdict(c) | {"configured": setting is None, "enable_with": setting} for c, setting in rows],
-                         indent=2))
+        print(json.dumps([asdict(c) for c in rows], indent=2))
         return 0
-    width = max([28, *(len(c.name) for c, _ in rows)])
-    print(f"{'name':<{width}} {'kind':<16} {'qubits':>6} {'pack':>4}  noise")
-    for c, setting in rows:
-        qubits, noise = (c.qubits, c.noise) if setting is None else ("?", f"not configured: set {setting}")
-        print(f"{c.name:<{width}} {c.kind:<16} {qubits:>6} {c.default_pack:>4}  {noise}")
+    print(f"{'name':<28} {'kind':<16} {'qubits':>6} {'pack':>4}  noise")
+    for c in rows:
+        print(f"{c.name:<28} {c.kind:<16} {c.qubits:>6} {c.default_pack:>4}  {c.noise}")
     return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="run a trained model's inference on a backend")
+    """predict's and train's flags need the backends and torch (defaults, choices): ``flags=`` adds them only when
+    that command runs (see ``cli.main._Parser``)."""
+    sub.add_parser("predict", help="run a trained model's inference on a backend", flags=_predict_flags)
+    sub.add_parser("train", help="train a QKAN on a built-in function or a CSV", flags=_train_flags)
+    b = sub.add_parser("backends", help="list backends: name, kind, qubits, default packing, noise")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(handler=backends)
+
+
+def _predict_flags(p: argparse.ArgumentParser) -> None:
+    from qkan_orch.backends.base import DEFAULT_SHOTS
+
     p.add_argument("--model", required=True, help="our .safetensors, or a qkan .pt state_dict")
     p.add_argument("--spec", help="spec JSON (required for a .pt: the kwargs of its QKAN(...))")
     p.add_argument("--inputs", required=True, help=".npy or .csv, one sample per row")
@@ -196,7 +214,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=predict)
 
-    t = sub.add_parser("train", help="train a QKAN on a built-in function or a CSV")
+
+def _train_flags(t: argparse.ArgumentParser) -> None:
+    from qkan_orch.models.functions import FUNCTIONS
+
     source = t.add_mutually_exclusive_group(required=True)
     source.add_argument("--function", choices=sorted(FUNCTIONS), help="built-in target on [-1, 1]^d")
     source.add_argument("--csv", help="CSV: input columns, then target columns")
@@ -216,10 +237,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, help="where to save the model (.safetensors)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(handler=train)
-
-    b = sub.add_parser("backends", help="list backends: name, kind, qubits, default packing, noise")
-    b.add_argument("--json", action="store_true")
-    b.add_argument("--kind", help="only this kind: analytic | simulator | noisy simulator | qpu")
-    b.add_argument("--provider", help="only this provider: exact | aer | ibm | braket | pennylane")
-    b.add_argument("--filter", help="only names containing this text (case-insensitive)")
-    b.set_defaults(handler=backends)

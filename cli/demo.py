@@ -17,13 +17,15 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qkan_orch.client import Client, JobState
-from qkan_orch.models import Model, build_model, fit, parse_spec, save_model
-from qkan_orch.models.functions import get_function
-from qkan_orch.models.training import TrainResult
+
+if TYPE_CHECKING:  # torch loads when the demo runs, not with every CLI command
+    from qkan_orch.models import Model
+    from qkan_orch.models.training import TrainResult
 
 DEMO_BACKENDS = (
     "exact", "aer", "aer:fake_sherbrooke", "aer:fake_melbourne", "braket:local",
@@ -33,8 +35,11 @@ DEMO_SPEC = {"width": [2, 3, 1], "reps": 3}
 DEMO_FUNCTION = "sin_cos"
 
 
-def demo_model(progress: bool = False) -> tuple[Model, TrainResult]:
+def demo_model(progress: bool = False) -> tuple["Model", "TrainResult"]:
     """The demo's model, trained as the demo trains it; benchmarks and tests use the very same."""
+    from qkan_orch.models import build_model, fit, parse_spec
+    from qkan_orch.models.functions import get_function
+
     function = get_function(DEMO_FUNCTION)
     train_x = function.sample(256, seed=0)
     model = build_model(parse_spec(DEMO_SPEC), seed=0)
@@ -43,6 +48,9 @@ def demo_model(progress: bool = False) -> tuple[Model, TrainResult]:
 
 
 def demo(args: argparse.Namespace) -> int:
+    from qkan_orch.models import save_model
+    from qkan_orch.models.functions import get_function
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.quiet

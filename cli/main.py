@@ -2,12 +2,39 @@
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 
 from qkan_orch.client.api import ApiError
 from qkan_orch.models.errors import InputError
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line errors. A subcommand whose flags need heavy imports (torch, the backends) passes ``flags=`` to
+    add them only when it is parsed or its help shown: commands that only talk to the service start fast."""
+
+    def __init__(self, *args, flags: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._flags = flags
+
+    def _add_flags(self) -> None:
+        if self._flags is not None:
+            flags, self._flags = self._flags, None
+            flags(self)
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._add_flags()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._add_flags()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._add_flags()
+        return super().format_help()
+
     def error(self, message: str) -> None:  # one line, no usage block
         self.exit(2, f"{self.prog}: error: {message}\n")
 
