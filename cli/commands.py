@@ -174,14 +174,20 @@ def _spec_from_flags(args: argparse.Namespace) -> dict:
 
 def backends(args: argparse.Namespace) -> int:
     from qkan_orch.backends import list_backends
+    from qkan_orch.backends.registry import name_matches, unconfigured_hardware
 
-    rows = list_backends()
+    rows = [(c, None) for c in list_backends(args.kind, args.provider, args.filter)]
+    rows += [(h.capabilities, h.setting) for h in unconfigured_hardware()
+             if name_matches(h.capabilities.name, args.provider, args.filter) and args.kind in (None, "qpu")]
     if args.json:
-        print(json.dumps([asdict(c) for c in rows], indent=2))
+        print(json.dumps([asdict(c) | {"configured": setting is None, "enable_with": setting} for c, setting in rows],
+                         indent=2))
         return 0
-    print(f"{'name':<28} {'kind':<16} {'qubits':>6} {'pack':>4}  noise")
-    for c in rows:
-        print(f"{c.name:<28} {c.kind:<16} {c.qubits:>6} {c.default_pack:>4}  {c.noise}")
+    width = max([28, *(len(c.name) for c, _ in rows)])
+    print(f"{'name':<{width}} {'kind':<16} {'qubits':>6} {'pack':>4}  noise")
+    for c, setting in rows:
+        qubits, noise = (c.qubits, c.noise) if setting is None else ("?", f"not configured: set {setting}")
+        print(f"{c.name:<{width}} {c.kind:<16} {qubits:>6} {c.default_pack:>4}  {noise}")
     return 0
 
 
@@ -192,6 +198,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("train", help="train a QKAN on a built-in function or a CSV", flags=_train_flags)
     b = sub.add_parser("backends", help="list backends: name, kind, qubits, default packing, noise")
     b.add_argument("--json", action="store_true")
+    b.add_argument("--kind", help="only this kind: analytic | simulator | noisy simulator | qpu")
+    b.add_argument("--provider", help="only this provider: exact | aer | ibm | braket | pennylane")
+    b.add_argument("--filter", help="only names containing this text (case-insensitive)")
     b.set_defaults(handler=backends)
 
 
