@@ -38,14 +38,9 @@ def no_accounts() -> None:
 @pytest.fixture(scope="module")
 def qc(tmp_path_factory, no_accounts) -> Client:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("discovery")
-    with stack_env("embedded-redis+sqlite", tmp) as env:
-        service = LocalService(tmp, env, concurrency=1)
-        service.start()
-        try:
-            with Client(service.url, service.create_key("discovery")) as client:
-                yield client
-        finally:
-            service.stop()
+    with (stack_env("embedded-redis+sqlite", tmp) as env, LocalService(tmp, env, concurrency=1) as service,
+          Client(service.url, service.create_key("discovery")) as client):
+        yield client
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -34,13 +34,8 @@ CLI = str(Path(sys.executable).parent / "qkan-orch")
 @pytest.fixture(scope="module", params=["system-redis+postgresql", "system-redis+sqlite"])
 def svc(request, tmp_path_factory) -> LocalService:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp(request.param)
-    with stack_env(request.param, tmp) as env:
-        service = LocalService(tmp, env, concurrency=1)
-        service.start()
-        try:
-            yield service
-        finally:
-            service.stop()
+    with stack_env(request.param, tmp) as env, LocalService(tmp, env, concurrency=1) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")

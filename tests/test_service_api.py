@@ -35,13 +35,8 @@ pytestmark = pytest.mark.usefixtures("plugin_backends")
 @pytest.fixture(scope="module", params=list(STACKS))
 def svc(request, tmp_path_factory) -> LocalService:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp(request.param)
-    with stack_env(request.param, tmp) as env:
-        service = LocalService(tmp, env, concurrency=2)
-        service.start()
-        try:
-            yield service
-        finally:
-            service.stop()
+    with stack_env(request.param, tmp) as env, LocalService(tmp, env, concurrency=2) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
