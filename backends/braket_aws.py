@@ -104,6 +104,9 @@ class BraketDeviceBackend(CalibratedBackend):
     def device(self) -> Device:
         """The AwsDevice, created on first use (one GetDevice call) unless one was injected."""
         if self._device is None:
+            if not accounts().braket_s3_bucket:  # before AWS is asked: no account is a setting, not an outage
+                raise InputError("QKAN_BRAKET_S3_BUCKET", f"set an S3 bucket for the results of '{self.name}' "
+                                 "(and AWS credentials); POST /v1/estimate quotes it without")
             with self._aws("GetDevice"):
                 try:
                     session = AwsSession(boto3.Session(region_name=self.region or None))

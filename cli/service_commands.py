@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qkan_orch.cli.arrays import MITIGATION_HELP, pack_arg, parse_mitigation, write_array
+from qkan_orch.cli.arrays import MITIGATION_HELP, pack_arg, parse_mitigation, read_array, write_array
 from qkan_orch.models.errors import InputError
 from qkan_orch.service.store.states import JobState
 
@@ -129,6 +129,10 @@ def submit(args: argparse.Namespace) -> int:
     from qkan_orch.cli.commands import parse_options
 
     options = parse_options(args.options) or None
+    if args.dry_run:
+        return _quote(args, options)
+    if not args.inputs:
+        raise InputError("inputs", "give --inputs FILE (.npy or .csv)")
     with _client(args) as qc:  # the file is uploaded as is; the service parses and checks it
         job = qc.submit(args.model, Path(args.inputs), args.backend, args.shots, args.pack, options,
                         args.idempotency_key, parse_mitigation(args.mitigation))
@@ -141,6 +145,33 @@ def submit(args: argparse.Namespace) -> int:
             status = qc.wait(job.id, progress=not args.quiet)
             print(status.state, file=sys.stderr)
             return 0 if status.state == JobState.SUCCEEDED else 1
+    return 0
+
+
+def _quote(args: argparse.Namespace, options: dict | None) -> int:
+    """``submit --dry-run``: the quote of the submission (inputs counted here, not sent); nothing is stored."""
+    if args.samples is not None:
+        samples = args.samples
+    elif args.inputs:
+        samples = len(read_array(args.inputs))
+    else:
+        raise InputError("inputs", "give --inputs FILE or --samples N to quote")
+    with _client(args) as qc:
+        q = qc.estimate(args.model, samples, args.backend, args.shots, args.pack, options,
+                        parse_mitigation(args.mitigation))
+    if args.json:
+        print(json.dumps(asdict(q), indent=2))
+        return 0
+    e = q.estimate
+    shots = f"{q.shots:,} shots per circuit" if q.shots else "no shots (analytic)"
+    print(f"{q.backend}: {q.samples:,} samples, {q.rounds} rounds, {q.circuits:,} edge circuits, "
+          f"{q.width} per circuit, {shots}, mitigation {q.mitigation.get('method', 'none')}")
+    print(f"at most {e.executions:,} circuit executions, {e.shots:,} shots, {e.tasks:,} provider jobs, "
+          f"{e.qpu_seconds:,.1f} QPU s: USD {e.cost:,.2f} ({q.price.get('source', '')})")
+    for assumption in q.assumptions:
+        print(f"assumes: {assumption}")
+    if not q.within_budget:
+        print(f"over budget: {q.budget_message}")
     return 0
 
 
@@ -220,7 +251,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
 
     j = sub.add_parser("submit", help="submit an inference job; prints its id")
     j.add_argument("--model", required=True, help="model id on the service")
-    j.add_argument("--inputs", required=True, help=".npy or .csv")
+    j.add_argument("--inputs", help=".npy or .csv")
     j.add_argument("--backend", default="exact")
     j.add_argument("--shots", type=int)
     j.add_argument("--pack", type=pack_arg, help="template copies per circuit, or auto (from calibration)")
@@ -229,6 +260,10 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--idempotency-key")
     j.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
     j.add_argument("--quiet", action="store_true")
+    j.add_argument("--dry-run", action="store_true",
+                   help="quote it instead: executions, shots, tasks, QPU seconds, USD (hardware: no account needed)")
+    j.add_argument("--samples", type=int, help="--dry-run without an inputs file: the number of samples")
+    j.add_argument("--json", action="store_true", help="--dry-run: the quote as JSON")
     client_flags(j)
     j.set_defaults(handler=submit)
 

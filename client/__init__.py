@@ -6,6 +6,7 @@
         job = qc.submit(model.id, x, backend="aer:fake_sherbrooke", shots=4000)
         done = qc.wait(job.id)  # a Job: done.state is a JobState, done.rounds its rounds
         outputs, stderr = qc.result(job.id)
+        quote = qc.estimate(model.id, samples=64, backend="ibm:ibm_torino")  # no account needed
 """
 
 from qkan_orch.client.api import ApiError, Client
@@ -19,6 +20,7 @@ from qkan_orch.client.responses import (
     Page,
     Queue,
     Queues,
+    Quote,
     Round,
     Worker,
 )
@@ -26,5 +28,5 @@ from qkan_orch.service.store.states import JobState
 
 __all__ = [
     "ApiError", "Backend", "Client", "Estimate", "Job", "JobError", "JobResult", "JobState", "Model", "Page", "Queue",
-    "Queues", "Round", "Worker",
+    "Queues", "Quote", "Round", "Worker",
 ]

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 from tqdm.auto import tqdm
 
-from qkan_orch.client.responses import Backend, Job, JobResult, Model, Page, Queues
+from qkan_orch.client.responses import Backend, Job, JobResult, Model, Page, Queues, Quote
 from qkan_orch.service.store.states import JobState
 
 
@@ -96,6 +96,27 @@ class Client:
             return Job.from_json(self._call("POST", "/v1/jobs", data=form, files=files))
         body = {**fields, "inputs": np.asarray(inputs, dtype=float).tolist()}
         return Job.from_json(self._call("POST", "/v1/jobs", json=body))
+
+    def estimate(
+        self,
+        model_id: str,
+        samples: int | np.ndarray | list,
+        backend: str = "exact",
+        shots: int | None = None,
+        pack: int | str | None = None,
+        options: dict | None = None,
+        mitigation: str | dict | None = None,
+    ) -> Quote:
+        """What ``submit`` with these settings would run and cost, checked as it would be; nothing is stored.
+
+        ``samples``: the inputs' row count, or the inputs. Hardware without an account is quoted from its
+        published limits (``Quote.configured`` is False, ``Quote.assumptions`` says what was assumed).
+        """
+        count = samples if isinstance(samples, int) else len(samples)
+        body = {"model_id": model_id, "samples": count, "backend": backend, "shots": shots, "pack": pack,
+                "options": options or {}, "mitigation": mitigation}
+        return Quote.from_json(self._call("POST", "/v1/estimate", json={k: v for k, v in body.items()
+                                                                         if v is not None}))
 
     def status(self, job_id: str) -> Job:
         return Job.from_json(self._call("GET", f"/v1/jobs/{job_id}"))

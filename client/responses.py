@@ -105,6 +105,27 @@ class Estimate(_Response):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Quote(_Response):
+    """What a submission would run and cost (``Client.estimate``); ``configured`` False: hardware quoted from its
+    published limits, without an account, under ``assumptions``."""
+
+    model_id: str
+    backend: str
+    samples: int
+    rounds: int
+    circuits: int
+    shots: int | None
+    width: int
+    mitigation: dict[str, Any]
+    estimate: Estimate
+    price: dict[str, Any]
+    configured: bool
+    assumptions: list[str]
+    within_budget: bool
+    budget_message: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Job(_Response):
     """A job's state, progress, usage and timings (training jobs too: ``kind == "train"``)."""
 

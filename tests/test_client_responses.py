@@ -7,7 +7,19 @@ from datetime import UTC, datetime
 
 import pytest
 
-from qkan_orch.client import Backend, Estimate, Job, JobError, JobResult, JobState, Model, Page, Queues, Round
+from qkan_orch.client import (
+    Backend,
+    Estimate,
+    Job,
+    JobError,
+    JobResult,
+    JobState,
+    Model,
+    Page,
+    Queues,
+    Quote,
+    Round,
+)
 from qkan_orch.client.responses import Queue, Worker
 from qkan_orch.service.api import schemas
 
@@ -15,7 +27,7 @@ PAIRS = [
     (Model, schemas.ModelOut), (Round, schemas.RoundOut), (JobError, schemas.JobError),
     (Estimate, schemas.EstimateOut), (Job, schemas.JobOut), (JobResult, schemas.JobResultOut),
     (Backend, schemas.BackendOut), (Queue, schemas.QueueOut), (Worker, schemas.WorkerOut),
-    (Queues, schemas.QueuesOut),
+    (Queues, schemas.QueuesOut), (Quote, schemas.QuoteOut),
 ]
 
 JOB = {

@@ -1,8 +1,8 @@
 """Creating jobs: an inference request checked, estimated and budgeted; any job inserted, then published.
 
-The routes parse HTTP (JSON or multipart) and call these; everything a
-submission decides — replay, limits, shots, rounds, estimate, budget, queue —
-is decided here, from the parsed model spec rather than its raw JSON.
+The routes parse HTTP (JSON or multipart) and call these. Replay and queue
+are decided here; limits, shots, rounds, estimate and budget by the quote
+(``quotes``) a dry run gets too, from the parsed model spec.
 """
 
 import hashlib
@@ -17,22 +17,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from qkan_orch.backends import get_backend
 from qkan_orch.backends.base import Estimate, Pack
 from qkan_orch.backends.queues import queue_for
-from qkan_orch.circuits import validate_inputs
-from qkan_orch.mitigation import Mitigation, mitigated
-from qkan_orch.models import parse_spec
-from qkan_orch.models.errors import InputError
-from qkan_orch.service.api.bounds import check_estimate, check_rounds, check_samples, round_rows
-from qkan_orch.service.api.budgets import check_budget
-from qkan_orch.service.api.errors import HTTPProblem, not_found
+from qkan_orch.service.api.errors import HTTPProblem
 from qkan_orch.service.api.job_views import job_out
+from qkan_orch.service.api.quotes import RunRequest, quote
 from qkan_orch.service.api.schemas import JobOut, JobRequest
 from qkan_orch.service.broker import ADVANCE_TASK
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store.arrays import pack_arrays
-from qkan_orch.service.store.models import get_model
 from qkan_orch.service.store.states import JobState
 from qkan_orch.service.store.tables import ApiKey, Job
 
@@ -61,28 +54,15 @@ def submit_inference(session: Session, broker: Celery, settings: Settings, key: 
                 raise HTTPProblem(409, "idempotency_conflict", "this idempotency_key was used for a different request",
                                   "idempotency_key")
             return job_out(session, existing), True
-    model_row = get_model(session, key.id, body.model_id)
-    if model_row is None:
-        raise not_found("model", body.model_id)
-    check_samples(settings, inputs.shape[0], "inputs")
-    spec = parse_spec(model_row.spec)
-    inputs = validate_inputs(inputs, spec.in_dim)
-    rows = round_rows(spec, inputs.shape[0])
-    check_rounds(settings, rows, inputs.shape[0])
-    backend = get_backend(body.backend)
-    shots = backend.capabilities().shots_for(body.shots)
-    if shots is not None and shots > settings.max_shots:
-        raise InputError("shots", f"{shots} exceeds this service's limit of {settings.max_shots}")
-    mitigation = Mitigation.parse(body.mitigation, backend.capabilities())
-    # the estimate validates shots, pack and options, and counts calibration rows and fold scales
-    estimate = mitigated(backend, mitigation).estimate(rows, shots, body.pack, body.options, columns=spec.columns)
-    check_estimate(settings, estimate)
-    check_budget(session, key, estimate)
+    run = RunRequest(body.model_id, len(inputs) if inputs.ndim else 1, body.backend, body.shots, body.pack,
+                     body.options, body.mitigation)
+    quoted = quote(session, settings, key, run, inputs=inputs)
+    assert quoted.inputs is not None
     job = create_job(
-        session, broker, key, kind="inference", model_id=model_row.id, backend=body.backend, shots=shots,
-        pack=body.pack, options=body.options, arrays={"inputs": inputs}, rounds_total=len(rows),
-        idempotency_key=body.idempotency_key, request_hash=request_hash, estimate=estimate,
-        mitigation=mitigation.to_json(),
+        session, broker, key, kind="inference", model_id=quoted.model_id, backend=body.backend, shots=quoted.shots,
+        pack=body.pack, options=body.options, arrays={"inputs": quoted.inputs}, rounds_total=len(quoted.rows),
+        idempotency_key=body.idempotency_key, request_hash=request_hash, estimate=quoted.estimate,
+        mitigation=quoted.mitigation.to_json(),
     )
     return job_out(session, job), False
 

@@ -64,6 +64,25 @@ class JobRequest(BaseModel):
                                         description="Repeat a submission safely: same key → same job")
 
 
+class EstimateRequest(BaseModel):
+    """A submission without its inputs (their count is enough), to quote before running."""
+
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(),
+        json_schema_extra={"examples": [{"model_id": "6f1c2d3e-0000-4000-8000-000000000000", "samples": 64,
+                                         "backend": "braket:arn:aws:braket:eu-north-1::device/qpu/iqm/Garnet",
+                                         "shots": 1000, "pack": 20}]},
+    )
+
+    model_id: str = Field(min_length=1, max_length=64)
+    samples: int = Field(ge=1, description="Rows the inputs would have")
+    backend: str = Field("exact", min_length=1, max_length=200, description="See GET /v1/backends")
+    shots: int | None = JobRequest.model_fields["shots"]
+    pack: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] | None = JobRequest.model_fields["pack"]
+    options: dict[str, Any] = Field(default_factory=dict, description="Backend options")
+    mitigation: str | dict[str, Any] | None = JobRequest.model_fields["mitigation"]
+
+
 class RoundOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -91,6 +110,28 @@ class EstimateOut(BaseModel):
     cost: float = Field(description="USD at the list price in backends/pricing.py")
     peak_bytes: int = Field(0, description="Worker memory its largest round needs, about (0: estimated before "
                                            "this field existed)")
+
+
+class QuoteOut(BaseModel):
+    """What ``POST /v1/jobs`` would run and cost, decided as it would decide; nothing is stored."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_id: str
+    backend: str
+    samples: int
+    rounds: int
+    circuits: int = Field(description="Edge circuits of all rounds, before deduplication")
+    shots: int | None
+    width: int = Field(description="Template copies per circuit (pack)")
+    mitigation: dict[str, Any]
+    estimate: EstimateOut = Field(description="Upper bound, as stored on the job and checked against budgets")
+    price: dict[str, Any] = Field(description="USD per task, shot and QPU second; source")
+    configured: bool = Field(description="False: hardware whose account is not set up, quoted from the price "
+                                         "table and the device's published limits")
+    assumptions: list[str] = Field(description="What the quote assumed where the provider would decide")
+    within_budget: bool
+    budget_message: str | None = Field(None, description="The refusal a submission would get (HTTP 402)")
 
 
 class JobOut(BaseModel):

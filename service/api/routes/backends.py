@@ -2,6 +2,7 @@
 
 import threading
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import cache
 from typing import Annotated
@@ -78,12 +79,10 @@ def _out(caps: Capabilities, status: Status, pending: int) -> BackendOut:
     if status.calibration_time:
         calibrated = datetime.fromisoformat(status.calibration_time)
         age = round((datetime.now(UTC) - calibrated).total_seconds() / 3600, 2)
-    price = caps.price
     return BackendOut(
         name=caps.name, kind=caps.kind, qubits=caps.qubits, noise=caps.noise, max_shots=caps.max_shots,
         default_pack=caps.default_pack, max_pack=caps.max_pack, options=list(caps.options),
         online=status.online, queue=queue_for(caps.name), status_message=status.message, pending_jobs=pending,
         provider_queue=status.queue_length, calibration_time=status.calibration_time, calibration_age_hours=age,
-        price={"per_task": price.per_task, "per_shot": price.per_shot, "per_second": price.per_second,
-               "source": price.source},
+        price=asdict(caps.price),
     )

@@ -1,0 +1,97 @@
+"""What an inference run would use and cost: the one decision ``POST /v1/jobs`` and ``POST /v1/estimate`` share.
+
+A quote is everything a submission decides before it stores anything —
+limits, shots, mitigation, packing width, the estimate and the key's budget —
+so a dry run tells the user what the submission would say. The estimate route
+quotes hardware whose account is not set up from its published limits
+(``backends.published``); a submission needs the real backend.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from qkan_orch.backends import get_backend
+from qkan_orch.backends.base import Backend, Estimate, Pack
+from qkan_orch.circuits import validate_inputs
+from qkan_orch.mitigation import Mitigation, mitigated
+from qkan_orch.models import parse_spec
+from qkan_orch.models.errors import InputError
+from qkan_orch.models.spec import ModelSpec
+from qkan_orch.service.api.bounds import check_estimate, check_rounds, check_samples, round_rows
+from qkan_orch.service.api.budgets import check_budget
+from qkan_orch.service.api.errors import HTTPProblem, not_found
+from qkan_orch.service.settings import Settings
+from qkan_orch.service.store.models import get_model
+from qkan_orch.service.store.tables import ApiKey
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """The parts of a submission a quote depends on: its inputs only through their count."""
+
+    model_id: str
+    samples: int  # a submission's: its inputs' rows
+    backend: str
+    shots: int | None
+    pack: Pack
+    options: dict[str, Any]
+    mitigation: str | dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Quote:
+    model_id: str
+    spec: ModelSpec
+    backend: Backend
+    configured: bool  # False: quoted from published limits, the provider account is not set up
+    assumptions: tuple[str, ...]
+    shots: int | None
+    width: int  # template copies per circuit
+    rows: list[int]  # circuits per round, before deduplication
+    mitigation: Mitigation
+    estimate: Estimate
+    over_budget: str | None  # the 402 message a submission would get, or None
+    inputs: np.ndarray | None  # a submission's inputs, checked against the model
+
+
+def quote(session: Session, settings: Settings, key: ApiKey, run: RunRequest, *, dry_run: bool = False,
+          inputs: np.ndarray | None = None) -> Quote:
+    """Check ``run`` as a submission would and estimate it. A dry run quotes unconfigured hardware from its
+    published limits and reports a budget overrun in ``over_budget``; a submission is refused (402)."""
+    model_row = get_model(session, key.id, run.model_id)
+    if model_row is None:
+        raise not_found("model", run.model_id)
+    check_samples(settings, run.samples, "inputs")
+    spec = parse_spec(model_row.spec)
+    if inputs is not None:
+        inputs = validate_inputs(inputs, spec.in_dim)
+    rows = round_rows(spec, run.samples)
+    check_rounds(settings, rows, run.samples)
+    if dry_run:
+        from qkan_orch.backends.published import quoting_backend
+
+        backend, assumptions = quoting_backend(run.backend)
+    else:
+        backend, assumptions = get_backend(run.backend), ()
+    caps = backend.capabilities()
+    shots = caps.shots_for(run.shots)
+    if shots is not None and shots > settings.max_shots:
+        raise InputError("shots", f"{shots} exceeds this service's limit of {settings.max_shots}")
+    mitigation = Mitigation.parse(run.mitigation, caps)
+    runner = mitigated(backend, mitigation)
+    _, width, _ = runner.validate(shots, run.pack, run.options)
+    # the estimate validates shots, pack and options, and counts calibration rows and fold scales
+    estimate = runner.estimate(rows, shots, run.pack, run.options, columns=spec.columns)
+    check_estimate(settings, estimate)
+    over_budget = None
+    try:
+        check_budget(session, key, estimate)  # locks the key's row until the submission's insert commits
+    except HTTPProblem as problem:
+        if not dry_run:
+            raise
+        over_budget = problem.message
+    return Quote(model_row.id, spec, backend, not assumptions, assumptions, shots, width, rows, mitigation, estimate,
+                 over_budget, inputs)
