@@ -142,6 +142,13 @@ def test_submitting_to_unconfigured_hardware_is_refused_and_stores_nothing(svc: 
     assert jobs_stored(svc) == before
 
 
+def readme_quote() -> list[str]:
+    """The output of the README's ``submit --dry-run`` example, as printed (the lines after the command)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("$ qkan-orch submit --dry-run", 1)[1].split("```", 1)[0]
+    return block.split("\n", 2)[2].splitlines()
+
+
 def cli(*args: str, svc: LocalService, key: str) -> subprocess.CompletedProcess:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("QKAN_")}, "QKAN_URL": svc.url,
            "QKAN_API_KEY": key}
@@ -159,6 +166,7 @@ def test_submit_dry_run_prints_the_quote_and_submits_nothing(svc: LocalService, 
     done = cli(*common, "--inputs", str(tmp_path / "x.npy"), svc=svc, key=key)
     assert done.returncode == 0, done.stderr
     assert "129 circuit executions" in done.stdout and "USD 225.75" in done.stdout and "assumes:" in done.stdout
+    assert cli(*common, "--samples", "64", svc=svc, key=key).stdout.splitlines() == readme_quote()
     as_json = cli(*common, "--samples", "64", "--json", svc=svc, key=key)
     assert json.loads(as_json.stdout)["estimate"]["cost"] == pytest.approx(225.75)
     missing = cli(*common, svc=svc, key=key)

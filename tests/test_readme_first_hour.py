@@ -73,8 +73,11 @@ def test_the_first_hour_block_runs_as_printed(first_hour: tuple[Path, subprocess
     assert np.allclose(np.loadtxt(folder / "x.csv", delimiter=",", skiprows=1), x)
     with safe_open(folder / "model.safetensors", "np") as model:
         assert model.keys()
-    ids = done.stdout.split()  # only the second upload prints to stdout: the other ids go to variables
-    assert len(ids) == 1 and uuid.UUID(ids[0])  # the repeated upload: the model's id, nothing else
+    # on stdout: the second upload (the other ids go to variables), then the dry run's quote
+    upload, *quote = done.stdout.splitlines()
+    assert uuid.UUID(upload)  # the repeated upload: the model's id, nothing else
+    assert quote[0].startswith("ibm:ibm_torino: 16 samples, 2 rounds, 144 edge circuits, 4 per circuit")
+    assert "USD" in quote[1] and quote[2].startswith("assumes: no IBM Quantum account")
     assert done.stderr.count("succeeded") == 1  # submit --wait
     y_lines = (folder / "y.csv").read_text().splitlines()
     assert y_lines[0] == "y0" and len(y_lines) == 17
