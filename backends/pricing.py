@@ -26,6 +26,13 @@ BRAKET_REGIONS = {
     "ionq/Forte-Enterprise-1": "us-east-1", "iqm/Garnet": "eu-north-1", "iqm/Emerald": "eu-north-1",
     "rigetti/Ankaa-3": "us-west-1",
 }
+# Qubits of those devices and of the on-demand simulators, as their providers publish them (quotes without
+# an account: backends.published).
+BRAKET_QUBITS = {
+    "ionq/Aria-1": 25, "ionq/Aria-2": 25, "ionq/Forte-1": 36, "ionq/Forte-Enterprise-1": 36,
+    "iqm/Garnet": 20, "iqm/Emerald": 54, "rigetti/Ankaa-3": 84,
+    "amazon/sv1": 34, "amazon/dm1": 17, "amazon/tn1": 50,
+}
 # Amazon Braket on-demand simulators bill per minute of run time (minimum 3 s per task).
 BRAKET_SIMULATOR_PER_MINUTE = {"amazon/sv1": 0.075, "amazon/dm1": 0.075, "amazon/tn1": 0.275}
 

@@ -18,17 +18,11 @@ from qkan_orch.backends.base import Backend, Capabilities, Pack, Price, Status
 from qkan_orch.backends.braket_aws import OPTIONS as BRAKET_OPTIONS
 from qkan_orch.backends.braket_aws import BraketDeviceBackend
 from qkan_orch.backends.ibm import IBMBackend
-from qkan_orch.backends.pricing import BRAKET_REGIONS, braket_price
+from qkan_orch.backends.names import did_you_mean
+from qkan_orch.backends.pricing import BRAKET_QUBITS, BRAKET_REGIONS, braket_price
 from qkan_orch.backends.qiskit_common import fake_backend, fake_backend_classes
-from qkan_orch.backends.registry import did_you_mean, get_backend
+from qkan_orch.backends.registry import get_backend
 from qkan_orch.models.errors import InputError
-
-# Qubits of the Braket devices in the price table, as their providers publish them.
-BRAKET_QUBITS = {
-    "ionq/Aria-1": 25, "ionq/Aria-2": 25, "ionq/Forte-1": 36, "ionq/Forte-Enterprise-1": 36,
-    "iqm/Garnet": 20, "iqm/Emerald": 54, "rigetti/Ankaa-3": 84,
-    "amazon/sv1": 34, "amazon/dm1": 17, "amazon/tn1": 50,
-}
 
 
 class PublishedIBMDevice(IBMBackend):

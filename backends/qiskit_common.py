@@ -19,7 +19,7 @@ from qiskit.transpiler import Target
 from qiskit_aer.noise import NoiseModel
 from qiskit_aer.noise.device.models import basic_device_gate_errors, basic_device_readout_errors
 
-from qkan_orch.backends.registry import did_you_mean
+from qkan_orch.backends.names import did_you_mean
 from qkan_orch.circuits.batch import Template
 from qkan_orch.circuits.lower_qiskit import qiskit_template
 from qkan_orch.models.errors import InputError

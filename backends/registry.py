@@ -4,27 +4,18 @@ Each SDK (Qiskit, Braket, PennyLane) takes about a second to import, so a
 backend's module is imported only when its name is asked for.
 """
 
-import difflib
 import importlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 from qkan_orch.backends.accounts import accounts
 from qkan_orch.backends.base import Backend, Capabilities, Price
+from qkan_orch.backends.names import check_filters, did_you_mean, name_matches
 from qkan_orch.models.errors import InputError
 
 log = logging.getLogger("qkan.backends")
-KINDS = ("analytic", "simulator", "noisy simulator", "qpu")
-PROVIDERS = ("exact", "aer", "ibm", "braket", "pennylane")
-
-
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """``; did you mean a, b, c?`` with the three closest of ``known``, or nothing when none is close:
-    a typo should point at the name meant, not at a list of every name."""
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
-    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 def installed_pennylane_devices() -> list[str]:
@@ -88,10 +79,6 @@ def _plugins() -> list[Callable[[str], Backend | None]]:
     return plugins
 
 
-def provider_of(name: str) -> str:
-    return name.split(":", 1)[0]
-
-
 def backend_names() -> list[str]:
     """Every backend this installation can run offline, then the hardware its accounts reach."""
     return local_names() + hardware_names()
@@ -135,7 +122,7 @@ class Unconfigured:
 
 def unconfigured_hardware() -> list[Unconfigured]:
     """One row per provider whose account is not set, so a newcomer sees what setting enables it."""
-    from qkan_orch.backends.pricing import BRAKET_PER_SHOT, BRAKET_REGIONS, braket_price, ibm_price
+    from qkan_orch.backends.pricing import BRAKET_PER_SHOT, BRAKET_QUBITS, BRAKET_REGIONS, braket_price, ibm_price
 
     rows = []
     if accounts().ibm_token is None:
@@ -143,22 +130,10 @@ def unconfigured_hardware() -> list[Unconfigured]:
                                               price=ibm_price()), "QKAN_IBM_TOKEN"))
     if not accounts().braket_s3_bucket:
         rows += [Unconfigured(Capabilities(name=f"braket:arn:aws:braket:{BRAKET_REGIONS[path]}::device/qpu/{path}",
-                                           kind="qpu", qubits=0, noise="device", price=braket_price(path) or Price()),
+                                           kind="qpu", qubits=BRAKET_QUBITS[path], noise="device",
+                                           max_pack=BRAKET_QUBITS[path], price=braket_price(path) or Price()),
                               "QKAN_BRAKET_S3_BUCKET (and AWS credentials)") for path in BRAKET_PER_SHOT]
     return rows
-
-
-def check_filters(kind: str | None, provider: str | None) -> None:
-    if kind is not None and kind not in KINDS:
-        raise InputError("kind", f"no backend kind '{kind}'{did_you_mean(kind, KINDS)} (kinds: {', '.join(KINDS)})")
-    if provider is not None and provider not in PROVIDERS:
-        raise InputError("provider", f"no provider '{provider}'{did_you_mean(provider, PROVIDERS)} "
-                         f"(providers: {', '.join(PROVIDERS)})")
-
-
-def name_matches(name: str, provider: str | None = None, text: str | None = None) -> bool:
-    """Whether ``name`` passes the provider and substring filters (both optional, substring case-blind)."""
-    return (provider is None or provider_of(name) == provider) and (not text or text.lower() in name.lower())
 
 
 def list_backends(kind: str | None = None, provider: str | None = None, text: str | None = None) -> list[Capabilities]:

@@ -5,8 +5,10 @@ in seconds and as a multiple of ``python -c pass`` (the interpreter's own
 start-up). The commands: ``status --help`` (parsing only) and ``status JOB``
 against a port nothing listens on (parsing, the client, one refused
 connection). The target is ``status`` under 0.5 s; before the CLI imported
-torch, Qiskit and the SDKs lazily it took about 3 s. Not a test and not run by
-CI. Run it with::
+torch, Qiskit and the SDKs lazily it took about 3 s. Also ``backends``, cold
+(a fresh cache folder: every SDK is asked, once) and then from its cache
+file (the target: well under a second). Not a test and not run by CI. Run
+it with::
 
     .venv/bin/python bench/cli_startup.py              # 15 runs each, a few seconds
     .venv/bin/python bench/cli_startup.py --runs 40
@@ -23,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -39,12 +42,12 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def median_seconds(command: list[str], runs: int) -> float:
+def median_seconds(command: list[str], runs: int, env: dict[str, str] | None = None) -> float:
     """Median wall time of ``command`` in a fresh process; its exit code is not checked (status fails by design)."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, env=env)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"# {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, {args.runs} runs each, median wall time")
     results = {name: median_seconds(command, args.runs) for name, command in commands.items()}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "XDG_CACHE_HOME": cache}
+        results["qkan-orch backends (cold)"] = median_seconds([cli, "backends"], 1, env)
+        results["qkan-orch backends (cached)"] = median_seconds([cli, "backends"], args.runs, env)
     baseline = results["python -c pass"]
     for name, seconds in results.items():
         print(f"{name:<36} {seconds:7.3f} s  {seconds / baseline:5.1f}× python -c pass")

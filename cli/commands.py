@@ -6,7 +6,6 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from qkan_orch.cli.arrays import MITIGATION_HELP, pack_arg, parse_mitigation, read_array, write_array
@@ -173,21 +172,19 @@ def _spec_from_flags(args: argparse.Namespace) -> dict:
 
 
 def backends(args: argparse.Namespace) -> int:
-    from qkan_orch.backends import list_backends
-    from qkan_orch.backends.registry import name_matches, unconfigured_hardware
+    from qkan_orch.cli.backend_listing import backend_rows
 
-    rows = [(c, None) for c in list_backends(args.kind, args.provider, args.filter)]
-    rows += [(h.capabilities, h.setting) for h in unconfigured_hardware()
-             if name_matches(h.capabilities.name, args.provider, args.filter) and args.kind in (None, "qpu")]
+    rows = backend_rows(args.kind, args.provider, args.filter)
     if args.json:
-        print(json.dumps([asdict(c) | {"configured": setting is None, "enable_with": setting} for c, setting in rows],
-                         indent=2))
+        print(json.dumps(rows, indent=2))
         return 0
-    width = max([28, *(len(c.name) for c, _ in rows)])
+    width = max([28, *(len(r["name"]) for r in rows)])
     print(f"{'name':<{width}} {'kind':<16} {'qubits':>6} {'pack':>4}  noise")
-    for c, setting in rows:
-        qubits, noise = (c.qubits, c.noise) if setting is None else ("?", f"not configured: set {setting}")
-        print(f"{c.name:<{width}} {c.kind:<16} {qubits:>6} {c.default_pack:>4}  {noise}")
+    for r in rows:
+        configured = r["configured"]
+        qubits = r["qubits"] or "?"
+        noise = r["noise"] if configured else f"not configured: set {r['enable_with']}"
+        print(f"{r['name']:<{width}} {r['kind']:<16} {qubits:>6} {r['default_pack']:>4}  {noise}")
     return 0
 
 

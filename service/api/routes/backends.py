@@ -12,8 +12,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 
 from qkan_orch.backends import Capabilities, Status, get_backend, list_backends
+from qkan_orch.backends.names import check_filters, name_matches
 from qkan_orch.backends.queues import queue_for
-from qkan_orch.backends.registry import check_filters, name_matches, unconfigured_hardware
+from qkan_orch.backends.registry import unconfigured_hardware
 from qkan_orch.service.api.deps import KeyDep, SessionDep
 from qkan_orch.service.api.errors import ERROR_RESPONSES
 from qkan_orch.service.api.schemas import BackendOut
