@@ -107,3 +107,15 @@ def test_the_worker_logs_third_parties_at_warning_and_ours_with_the_job_id(
     ours = [m for m in lines if m["logger"].startswith("qkan") and m["process"].startswith("ForkPool")]
     assert ours, log  # the job's steps (run in the pool's processes) logged
     assert all(m["job"] == job_id for m in ours), [m.group(0) for m in ours]  # the one job this worker ran
+
+
+def test_the_api_logs_its_own_lines_with_the_job_id_and_no_third_party_info(
+        first_hour: tuple[Path, subprocess.CompletedProcess]) -> None:
+    folder, _ = first_hour
+    log = (folder / "serve.log").read_text()  # serve's terminal: the API's lines (uvicorn's own format aside)
+    job_id = json.loads((folder / "result.json").read_text())["job_id"]
+    ours = [m for m in LINE.finditer(log) if m["logger"].startswith("qkan.api")]
+    assert any(m["job"] == job_id and "queued: 16 samples on aer" in log[m.end():].split("\n", 1)[0]
+               for m in ours), log
+    assert all(m["job"] for m in ours if m["level"] == "INFO"), log  # every INFO line names its job
+    assert not [m.group(0) for m in LINE.finditer(log) if not m["logger"].startswith(("qkan", "celery"))], log

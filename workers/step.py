@@ -13,13 +13,13 @@ import uuid
 from qkan_orch.backends.accounts import redact
 from qkan_orch.backends.base import ProviderJobFailed, TransientBackendError
 from qkan_orch.models.errors import InputError
+from qkan_orch.service.job_logging import job_context
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.database import session_factory
 from qkan_orch.workers import lease, memory_ceiling
 from qkan_orch.workers.claimed_job import ClaimedJob, Step
 from qkan_orch.workers.inference_step import infer
-from qkan_orch.workers.job_logging import job_context
 from qkan_orch.workers.training_step import train
 
 log = logging.getLogger("qkan.worker")

@@ -12,11 +12,11 @@ from celery import Task
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init, worker_ready
 
 from qkan_orch.backends.accounts import redact_logs
+from qkan_orch.service import job_logging
 from qkan_orch.service.broker import ADVANCE_TASK
 from qkan_orch.service.settings import get_settings
 from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.database import engine_for, session_scope, upgrade
-from qkan_orch.workers import job_logging
 from qkan_orch.workers.app import celery_app
 from qkan_orch.workers.step import advance_job
 from qkan_orch.workers.sweeper import Sweeper

@@ -13,6 +13,7 @@ from qkan_orch.service.api.event_hub import EventHub
 from qkan_orch.service.api.limits import BodyLimit
 from qkan_orch.service.api.routes import backends, estimate, health, jobs, models, queues
 from qkan_orch.service.broker import Courier
+from qkan_orch.service.job_logging import configure_api
 from qkan_orch.service.settings import Settings
 
 DESCRIPTION = """Run trained QKAN models on quantum simulators and hardware.
@@ -25,9 +26,10 @@ sees only its own models and jobs. Errors are `{"error": {"code", "message", "fi
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Once the server has set up logging: no provider secret reaches its log, whatever an SDK says.
-    At shutdown the event streams' poller and the broker courier stop."""
-    redact_logs(*map(logging.getLogger, ("", "uvicorn", "uvicorn.error", "uvicorn.access")))
+    """Once the server has set up logging: ours with the job id (``job_logging``), and no provider secret reaches
+    any log, whatever an SDK says. At shutdown the event streams' poller and the broker courier stop."""
+    configure_api(app.state.settings.log_level)
+    redact_logs(*map(logging.getLogger, ("", "qkan", "uvicorn", "uvicorn.error", "uvicorn.access")))
     yield
     await app.state.event_hub.close()
     app.state.courier.close()

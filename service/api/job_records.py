@@ -7,6 +7,7 @@ are decided here; limits, shots, rounds, estimate and budget by the quote
 
 import hashlib
 import json
+import logging
 import uuid
 from dataclasses import asdict
 from typing import Any
@@ -24,10 +25,13 @@ from qkan_orch.service.api.job_views import job_out
 from qkan_orch.service.api.quotes import RunRequest, quote
 from qkan_orch.service.api.schemas import JobOut, JobRequest
 from qkan_orch.service.broker import ADVANCE_TASK
+from qkan_orch.service.job_logging import job_context
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store.arrays import pack_arrays
 from qkan_orch.service.store.states import JobState
 from qkan_orch.service.store.tables import ApiKey, Job
+
+log = logging.getLogger("qkan.api")
 
 
 class DuplicateSubmission(HTTPProblem):
@@ -64,6 +68,10 @@ def submit_inference(session: Session, broker: Celery, settings: Settings, key: 
         idempotency_key=body.idempotency_key, request_hash=request_hash, estimate=quoted.estimate,
         mitigation=quoted.mitigation.to_json(),
     )
+    with job_context(job.id):
+        e = quoted.estimate
+        log.info("queued: %d samples on %s, %d rounds, ≤ %d executions, ≤ USD %.2f", len(quoted.inputs),
+                 body.backend, len(quoted.rows), e.executions, e.cost)
     return job_out(session, job), False
 
 

@@ -1,6 +1,7 @@
 """/v1/jobs: submit inference, follow it (status, events), fetch results, cancel."""
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -28,6 +29,7 @@ from qkan_orch.service.api.job_views import job_out, jobs_out
 from qkan_orch.service.api.schemas import JobOut, JobPage, JobRequest, JobResultOut
 from qkan_orch.service.api.uploads import read_table
 from qkan_orch.service.broker import PublishStep, Revoke
+from qkan_orch.service.job_logging import job_context
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.arrays import unpack_arrays
@@ -35,6 +37,7 @@ from qkan_orch.service.store.database import session_scope
 from qkan_orch.service.store.states import TERMINAL, JobState
 from qkan_orch.service.store.tables import ApiKey, Job, JobResult
 
+log = logging.getLogger("qkan.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
 _MULTIPART_BODY = {
@@ -236,6 +239,8 @@ def cancel(job_id: str, key: KeyDep, session: SessionDep, courier: CourierDep) -
         courier.deliver(Revoke(job.task_id))
     if not idle:  # the next step cancels the provider job and ends the job
         courier.deliver(PublishStep(job.id, job.queue))
+    with job_context(job.id):
+        log.info("cancelled" if idle else "cancel requested: the next step ends it")
     return job_out(session, job)
 
 

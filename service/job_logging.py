@@ -1,10 +1,13 @@
-"""The worker's log: third-party loggers at WARNING, ours at ``QKAN_LOG_LEVEL``, the job id on every line.
+"""Worker and API logs: third-party loggers at WARNING, ours at ``QKAN_LOG_LEVEL``, the job id on every line.
 
 Qiskit's transpiler alone logs a line per pass at INFO, drowning what the
 worker itself says; Celery's loggers stay at our level (its task lines are
 how an operator follows the queues). The job id travels in a context
-variable that ``job_context`` sets while a step runs, so every module's
-line carries it without passing it around.
+variable that ``job_context`` sets while a step runs (or the API creates or
+cancels a job), so every module's line carries it without passing it around.
+In the API, uvicorn keeps its own handlers (its access log is the request
+log); ours get one handler with this format, and other libraries stay at
+Python's last-resort WARNING.
 """
 
 import logging
@@ -34,6 +37,18 @@ def job_context(job_id: str) -> Iterator[None]:
         yield
     finally:
         _current_job.reset(token)
+
+
+def configure_api(level: str) -> None:
+    """The API process: the ``qkan`` loggers on one stderr handler with the job id; once per process."""
+    ours = logging.getLogger("qkan")
+    if any(isinstance(f, JobIdFilter) for h in ours.handlers for f in h.filters):
+        return
+    handler = logging.StreamHandler()
+    handler.addFilter(JobIdFilter())
+    handler.setFormatter(logging.Formatter(FORMAT))
+    ours.addHandler(handler)
+    ours.setLevel(level.upper())  # still propagating: uvicorn puts no handler on the root
 
 
 def configure(root: logging.Logger, level: str) -> None:
