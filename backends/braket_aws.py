@@ -13,17 +13,16 @@ blocks until earlier tasks *finish* when a round has more circuits than
 
 Programs are sent non-verbatim: Braket compiles h/x/z/rz/ry to the device's
 natives. With an integer ``pack`` the W copies sit on qubits 0..W−1 and Braket
-places them itself (qubit rewiring allowed). With ``pack="auto"`` we place them:
-the device's standardized calibration (``properties.standardized``: per-qubit
-read-out and RB fidelities, T2) goes through the provider-neutral rule of
-``backends.calibration``, copy w runs on physical qubit ``qubits[w]`` with
-rewiring disabled, and the placement is recorded on the handle and the result
-as for IBM. A program-set request carries no device parameters, so it cannot
-disable rewiring: placed rounds go as one task per packed circuit. Devices
-without a standardized calibration (and the LocalSimulator) refuse
-``pack="auto"``. Verbatim boxes are not implemented (they would need the
-template rewritten in each device's native gates); ``submit`` refuses a device
-whose OpenQASM action lacks a gate the template uses.
+places them itself (qubit rewiring allowed). With ``pack="auto"`` we place them
+from the device's calibration (``braket_calibration``): copy w runs on physical
+qubit ``qubits[w]`` with rewiring disabled (``braket_programs``), and the
+placement is recorded on the handle and the result as for IBM. A program-set
+request carries no device parameters, so it cannot disable rewiring: placed
+rounds go as one task per packed circuit. Devices without a standardized
+calibration (and the LocalSimulator) refuse ``pack="auto"``. Verbatim boxes are
+not implemented (they would need the template rewritten in each device's native
+gates); ``submit`` refuses a device whose OpenQASM action lacks a gate the
+template uses. Task results become counts in ``braket_results``.
 
 A ``braket.devices.LocalSimulator`` passed as ``device`` runs this very code
 offline; its tasks finish inside ``submit``, so the handle carries the result.
@@ -34,7 +33,6 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from typing import Any
 
 import boto3
@@ -43,11 +41,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from braket.aws import AwsDevice, AwsQuantumTask, AwsSession
 from braket.circuits import Circuit
 from braket.devices import Device, LocalSimulator
-from braket.program_sets import CircuitBinding, ProgramSet
-from braket.schema_common import BraketSchemaBase
-from braket.task_result import GateModelTaskResult, ProgramSetExecutableResult, ProgramSetTaskResult
+from braket.program_sets import ProgramSet
 from braket.tasks.local_quantum_task import LocalQuantumTask
-from braket.tasks.program_set_quantum_task_result import ProgramSetQuantumTaskResult
 
 from qkan_orch.backends.accounts import accounts, redact
 from qkan_orch.backends.base import (
@@ -60,6 +55,9 @@ from qkan_orch.backends.base import (
     Status,
     TransientBackendError,
 )
+from qkan_orch.backends.braket_calibration import _calibration_time, braket_calibration
+from qkan_orch.backends.braket_programs import _bindings, placed_template
+from qkan_orch.backends.braket_results import Counts, _local_counts, _task_counts
 from qkan_orch.backends.calibration import CalibratedBackend, Placement, counts_result, part_rows
 from qkan_orch.backends.pricing import braket_price
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Parts, Template, parts_of
@@ -80,8 +78,6 @@ USER_ERROR_CODES = {"ResourceNotFoundException", "ValidationException", "DeviceO
                     "DeviceRetiredException"}
 METADATA_TTL = 60.0  # seconds a GetDevice answer is trusted for the offline check
 SIMULATOR_MIN_SECONDS = 3.0  # on-demand simulators bill at least 3 s per task
-MICROSECONDS = {"s": 1e6, "ms": 1e3, "us": 1.0, "µs": 1.0, "ns": 1e-3}  # per unit of a coherence time
-RB = ("RANDOMIZED_BENCHMARKING", "SIMULTANEOUS_RANDOMIZED_BENCHMARKING")  # preferred first
 
 
 class BraketDeviceBackend(CalibratedBackend):
@@ -326,7 +322,7 @@ class BraketDeviceBackend(CalibratedBackend):
             shots_read = [c for meta in metas for c in _task_counts(session, meta)]
         return self._batch_result(shots_read, len(metas), list(handle.data["tasks"]), handle.data)
 
-    def _batch_result(self, counts: list["Counts"], tasks: int, arns: list[str], data: dict[str, Any]
+    def _batch_result(self, counts: list[Counts], tasks: int, arns: list[str], data: dict[str, Any]
                       ) -> BatchResult:
         """Counts per packed circuit → p0 per row; measured qubit ``qubits[w]`` is copy w."""
         width, shots = int(data["width"]), int(data["shots"])
@@ -360,145 +356,3 @@ class BraketDeviceBackend(CalibratedBackend):
                     task.cancel()
                 except (ClientError, BotoCoreError):
                     pass  # a task that already ended cannot be cancelled
-
-
-def _bindings(executables: list[tuple[Circuit, dict[str, float]]]) -> list[Any]:
-    """A program set's programs: consecutive executables of one circuit as one CircuitBinding of their
-    inputs; a circuit without parameters (read-out calibration) as itself, once per executable."""
-    programs: list[Any] = []
-    k = 0
-    while k < len(executables):
-        circuit, inputs = executables[k]
-        same = k
-        while same < len(executables) and executables[same][0] is circuit:
-            same += 1
-        if inputs:
-            rows = [row for _, row in executables[k:same]]
-            programs.append(CircuitBinding(circuit, input_sets={name: [r[name] for r in rows] for name in inputs}))
-        else:
-            programs += [circuit] * (same - k)
-        k = same
-    return programs
-
-
-# Per packed circuit: ones per measured qubit, the measured qubits (in that order), shots read.
-Counts = tuple[np.ndarray, list[int], int]
-
-
-def _counts(measurements: Any, probabilities: dict[str, float] | None, qubits: Any, shots: int) -> Counts:
-    """Marginal ones of one circuit's result; devices return either the shots or their probabilities."""
-    measured = [int(q) for q in qubits or []]
-    if measurements is not None and len(measurements):
-        bits = np.asarray(measurements, dtype=np.int64)
-        return bits.sum(axis=0), measured, int(bits.shape[0])
-    if probabilities:
-        ones = sum(p * np.array([b == "1" for b in key], dtype=np.float64) for key, p in probabilities.items())
-        return np.rint(np.asarray(ones) * shots).astype(np.int64), measured, shots
-    raise ProviderJobFailed("Amazon Braket returned a result without measurements")
-
-
-def _task_counts(session: AwsSession, meta: dict[str, Any]) -> list[Counts]:
-    """Read a finished task's results.json (and a program set's parts) from S3 through the task's session."""
-    bucket, folder = meta["outputS3Bucket"], meta["outputS3Directory"]
-    shots = int(meta["shots"])
-    result = BraketSchemaBase.parse_raw_schema(
-        session.retrieve_s3_object_body(bucket, f"{folder}/{AwsQuantumTask.RESULTS_FILENAME}"))
-    if isinstance(result, GateModelTaskResult):
-        return [_counts(result.measurements, result.measurementProbabilities, result.measuredQubits, shots)]
-    if not isinstance(result, ProgramSetTaskResult):
-        raise ProviderJobFailed(f"Amazon Braket returned an unexpected result type {type(result).__name__}")
-    where = result.s3Location
-
-    def load(part: Any) -> Any:  # program sets may store their parts as paths relative to s3Location
-        if isinstance(part, str) and where:
-            return BraketSchemaBase.parse_raw_schema(session.retrieve_s3_object_body(where[0], f"{where[1]}/{part}"))
-        return part
-
-    executables = [e for program in result.programResults  # programs in order, each's executables by input
-                   for e in sorted((load(x) for x in load(program).executableResults),
-                                   key=lambda x: getattr(x, "inputsIndex", 0) or 0)]
-    failed = [e for e in executables if not isinstance(e, ProgramSetExecutableResult)]
-    if failed:
-        raise ProviderJobFailed(redact(f"Amazon Braket program set task {meta.get('quantumTaskArn')}: "
-                                       f"{len(failed)} executables failed: {failed[0]}"))
-    per_circuit = shots // max(1, len(executables))
-    return [_counts(e.measurements, e.measurementProbabilities, e.measuredQubits, per_circuit) for e in executables]
-
-
-def _local_counts(result: Any) -> list[Counts]:
-    """The same from the SDK result objects a LocalSimulator task returns (executables already in order)."""
-    entries = ([e for program in result.entries for e in program.entries]
-               if isinstance(result, ProgramSetQuantumTaskResult) else [result])
-    return [_counts(e.measurements, None, e.measured_qubits, 0) for e in entries]
-
-
-# -- calibration and placement -------------------------------------------------------------------
-
-
-@cache
-def placed_template(template: Template, qubits: tuple[int, ...]) -> Circuit:
-    """``braket_template`` with copy w moved to physical qubit ``qubits[w]``; parameter names unchanged."""
-    return Circuit().add_circuit(braket_template(template, len(qubits)), target_mapping=dict(enumerate(qubits)))
-
-
-def _label(value: Any) -> str:
-    """Schema enums and plain strings alike (v1 units are free text, v2/v3 enums)."""
-    return str(getattr(value, "value", value) or "")
-
-
-def _microseconds(duration: Any) -> float | None:
-    """A CoherenceTime/Duration in µs; an unknown unit leaves the qubit uncalibrated rather than guessed."""
-    if duration is None:
-        return None
-    scale = MICROSECONDS.get(_label(duration.unit).lower())
-    return None if scale is None else float(duration.value) * scale
-
-
-def _fidelities(entries: Any) -> dict[str, float]:
-    """Fidelity per measurement type (READOUT, RANDOMIZED_BENCHMARKING, …), the first of each."""
-    found: dict[str, float] = {}
-    for entry in entries or ():
-        found.setdefault(_label(getattr(entry.fidelityType, "name", None)).upper(), float(entry.fidelity))
-    return found
-
-
-def braket_calibration(props: Any) -> list[dict] | None:
-    """Per qubit of the standardized properties: the table ``backends.calibration`` chooses from.
-
-    None when the device publishes no per-qubit calibration. Schema v3 (IonQ, AQT) gives read-out and
-    T2 for the whole device; they then apply to every qubit. Qubits of the connectivity graph missing
-    from the table are listed as not operational, so they are counted but never chosen.
-    """
-    std = getattr(props, "standardized", None)
-    per_qubit = getattr(std, "oneQubitProperties", None)
-    if not per_qubit:
-        return None
-    device_readout = getattr(std, "readoutFidelity", None)
-    device_gate = _fidelities(getattr(std, "singleQubitFidelity", None))
-    table = []
-    for key, qubit in per_qubit.items():
-        fid = _fidelities(qubit.oneQubitFidelity)
-        readout = fid.get("READOUT", float(device_readout[0].fidelity) if device_readout else None)
-        rb = next((f[k] for f in (fid, device_gate) for k in RB if k in f), None)
-        table.append({"qubit": int(key), "readout_error": None if readout is None else 1.0 - readout,
-                      "sx_error": None if rb is None else 1.0 - rb,
-                      "t2_us": _microseconds(getattr(qubit, "T2", None) or getattr(std, "T2", None)),
-                      "operational": True})
-    graph = getattr(getattr(getattr(props, "paradigm", None), "connectivity", None), "connectivityGraph", None) or {}
-    listed = {c["qubit"] for c in table}
-    missing = {int(q) for k, v in graph.items() for q in (k, *v)} - listed
-    table += [{"qubit": q, "readout_error": None, "sx_error": None, "t2_us": None, "operational": False}
-              for q in sorted(missing)]
-    return sorted(table, key=lambda c: c["qubit"])
-
-
-def _calibration_time(props: Any) -> str | None:
-    """When the calibration was taken, ISO 8601 (None without one).
-
-    Schema v1 (IQM) carries no time of its own; the device document it is part of does.
-    """
-    std = getattr(props, "standardized", None)
-    for part in (std, getattr(props, "provider", None), getattr(props, "service", None) if std else None):
-        if getattr(part, "updatedAt", None) is not None:
-            return part.updatedAt.isoformat()
-    return None
