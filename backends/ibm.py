@@ -2,64 +2,48 @@
 
 A batch becomes one PUB — the packed template transpiled once per (device,
 width, layout) and its (M, W·P) parameter array — split into several jobs only
-where IBM's per-job limits demand. A submission of several parts (a mitigated
+where IBM's per-job limits demand (``ibm_jobs``). A submission of several parts (a mitigated
 round: every fold scale, the read-out calibration circuits) is one PUB per
 part in the same job, on the same qubits. ``submit`` returns job ids at once;
 ``poll`` asks their status and never waits; ``cancel`` cancels them.
 
 ``ibm:fake_<name>`` runs this very code in Qiskit Runtime's local testing
-mode: the fake device's own noise model on Aer, offline. The Sampler
+mode (``ibm_local_testing``: the fake device's noise on Aer, offline, counts
+spooled for any worker to poll). The Sampler
 (``qiskit_ibm_runtime.executor_sampler``) prepares twirling and dynamical
 decoupling on the client and runs one ``executor`` program per job, so they
-take effect in local testing mode too. Such a job runs in a
-thread of the process that submitted it; its counts land in a spool folder so
-that any worker process can poll it, and a job whose process died is reported
-lost (the round is run again — nothing was billed). Local testing picks Aer's
-method (density matrix up to 8 copies, matrix product state above, since
-packed copies never entangle) and the fake device's noise model restricted to
-the qubits in use, both set on the AerSimulator the local job runs on (the
-executor's simulator options have no noise model).
+take effect in local testing mode too.
 """
 
 import logging
 import math
 import os
-import tempfile
-import threading
-import time
-import warnings
-from functools import cache, lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from qiskit.providers import BackendV2
-from qiskit_aer import AerSimulator
-from qiskit_aer.noise import NoiseModel
-from qiskit_aer.noise.device.models import basic_device_gate_errors, basic_device_readout_errors
-from qiskit_ibm_runtime import Batch, QiskitRuntimeService
+from qiskit_ibm_runtime import Batch
 from qiskit_ibm_runtime.executor_sampler import Sampler
 
-from qkan_orch.backends.accounts import accounts, redact
+from qkan_orch.backends.accounts import redact
 from qkan_orch.backends.base import (
     Capabilities,
     Handle,
     Pack,
     Price,
     ProviderJobFailed,
-    ProviderJobLost,
     Status,
     TransientBackendError,
 )
 from qkan_orch.backends.calibration import CalibratedBackend, Placement, counts_result, part_rows
+from qkan_orch.backends.ibm_account import runtime_service
+from qkan_orch.backends.ibm_jobs import _job_ones, _split_pubs
+from qkan_orch.backends.ibm_local_testing import _LOCAL_JOBS, _fake_device, _local_simulator, _spool_when_done, _spooled
 from qkan_orch.backends.pricing import ibm_price
 from qkan_orch.backends.qiskit_common import (
     check_fake_name,
-    fake_backend,
-    fake_backend_classes,
     fake_qubits,
     isa_template,
-    ones_per_clbit,
     pubs_for,
     qubit_calibration,
 )
@@ -74,78 +58,7 @@ JOB_OVERHEAD_SECONDS = 2.0  # per-job QPU time beyond the shots, for estimates
 DD_SEQUENCES = ("XX", "XpXm", "XY4")  # Runtime's dynamical-decoupling sequence types
 PENDING = {"INITIALIZING", "QUEUED", "VALIDATING", "RUNNING"}
 OPTIONS = ("seed", "twirling", "dynamical_decoupling", "max_readout_error", "max_sx_error", "min_t2_us")
-NO_ACCOUNT = (
-    "needs an IBM Quantum account: set QKAN_IBM_TOKEN (and QKAN_IBM_INSTANCE), or save one with "
-    "QiskitRuntimeService.save_account(); ibm:fake_<device> runs offline"
-)
-SPOOL = Path(tempfile.gettempdir()) / f"qkan-local-runtime-{os.getuid()}"
-SPOOL_KEEP_SECONDS = 86_400
 ANGLE_DECIMALS = 12  # local testing rounds angles/(π/2) to this many decimals (Runtime's default 5)
-
-
-@lru_cache
-def runtime_service() -> QiskitRuntimeService:
-    """The account's Runtime service, once per process (its construction is a network round trip)."""
-    acc = accounts()
-    try:
-        if acc.ibm_token is not None:
-            return QiskitRuntimeService(channel=acc.ibm_channel, token=acc.ibm_token.get_secret_value(),
-                                        instance=acc.ibm_instance)
-        return QiskitRuntimeService()
-    except Exception as exc:
-        if type(exc).__name__ == "AccountNotFoundError":
-            raise InputError("backend", f"ibm:<backend> {NO_ACCOUNT}") from None
-        raise TransientBackendError(redact(
-            f"IBM Quantum did not accept the configured account or cannot be reached ({type(exc).__name__}: {exc})"
-        )) from None
-
-
-@cache
-def _fake_device(device: str, method: str) -> BackendV2:
-    """A fake device per Aer method, so concurrent local jobs never share mutable options."""
-    backend = fake_backend_classes()[device]()
-    backend.set_options(method=method, max_parallel_experiments=0)
-    return backend
-
-
-@lru_cache(maxsize=16)
-def _local_simulator(device: str, method: str, qubits: tuple[int, ...]) -> AerSimulator:
-    """The AerSimulator a local job runs on: the fake device with Aer's ``method`` and its noise on ``qubits``.
-
-    Local testing copies it per job (``run_quantum_program``), so concurrent jobs never share options.
-    """
-    return AerSimulator.from_backend(_fake_device(device, method), method=method, max_parallel_experiments=0,
-                                     noise_model=_used_qubit_noise(device, qubits))
-
-
-@cache
-def _device_errors(device: str) -> tuple[list, list, list[str]]:
-    """Read-out and gate errors of every qubit, built as the fake device builds its own noise model."""
-    fake = fake_backend(device)
-    props = fake.properties()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gates = list(basic_device_gate_errors(props))
-    return list(basic_device_readout_errors(props)), gates, list(fake.configuration().basis_gates)
-
-
-@lru_cache(maxsize=64)
-def _used_qubit_noise(device: str, qubits: tuple[int, ...]) -> NoiseModel:
-    """The fake device's noise model restricted to ``qubits`` (its delay relaxation aside: no delays here).
-
-    Packed copies never interact, so errors of other qubits cannot reach the counts; Aer's
-    per-run cost of the full 127–156-qubit model (seconds) buys nothing here.
-    """
-    readout, gates, basis = _device_errors(device)
-    used = set(qubits)
-    model = NoiseModel(basis_gates=basis)
-    for on, error in readout:
-        if set(on) <= used:
-            model.add_readout_error(error, on)
-    for name, on, error in gates:
-        if set(on) <= used:
-            model.add_quantum_error(error, name, on)
-    return model
 
 
 class IBMBackend(CalibratedBackend):
@@ -316,32 +229,6 @@ class IBMBackend(CalibratedBackend):
                 log.warning("IBM job %s: cancel failed: %s", job_id, redact(str(exc)))
 
 
-def _split_pubs(pubs: list[tuple[Any, np.ndarray]], per_job: int) -> list[list[tuple[Any, np.ndarray]]]:
-    """PUBs (circuit, packed values) in order, cut into jobs of at most ``per_job`` parameter rows each.
-
-    A round that fits one job is one job, its calibration and fold-scale PUBs beside its data; a longer
-    one is split in order, so the PUBs' rows still come back one part after the other.
-    """
-    jobs: list[list[tuple[Any, np.ndarray]]] = [[]]
-    room = per_job
-    for circuit, values in pubs:
-        start = 0
-        while start < len(values):
-            if room == 0:
-                jobs.append([])
-                room = per_job
-            take = min(room, len(values) - start)
-            jobs[-1].append((circuit, values[start:start + take]))
-            start += take
-            room -= take
-    return [job for job in jobs if job]
-
-
-def _job_ones(result: Any, width: int) -> np.ndarray:
-    """Ones per (packed circuit, copy) of a Sampler job, its PUBs one after the other."""
-    return np.concatenate([ones_per_clbit(pub.data.meas.array, width) for pub in result], axis=0)
-
-
 def _rows_per_job(shots: int) -> int:
     """Parameter rows one Runtime job may carry at ``shots`` each."""
     return max(1, min(ROWS_PER_JOB, EXECUTIONS_PER_JOB // max(1, shots)))
@@ -370,55 +257,3 @@ def _set_native_options(sampler: Sampler, options: dict[str, Any], local: bool) 
     if dd := options.get("dynamical_decoupling"):
         sampler.options.dynamical_decoupling.enable = True
         sampler.options.dynamical_decoupling.sequence_type = dd if isinstance(dd, str) else "XY4"
-
-
-# -- local testing mode: jobs held by this process, counts spooled for every process ---------------
-
-_LOCAL_JOBS: dict[str, Any] = {}
-_swept = 0.0  # when this process last removed old spool files
-
-
-def _spool_when_done(job: Any, width: int) -> None:
-    SPOOL.mkdir(parents=True, exist_ok=True)
-    global _swept
-    if time.time() - _swept > SPOOL_KEEP_SECONDS / 24:  # now and then: results of jobs long since polled
-        _swept = time.time()
-        for old in SPOOL.iterdir():
-            if old.stat().st_mtime < _swept - SPOOL_KEEP_SECONDS:
-                old.unlink(missing_ok=True)
-    job_id = job.job_id()
-    _LOCAL_JOBS[job_id] = job
-
-    def wait() -> None:
-        try:
-            ones = _job_ones(job.result(), width)
-            tmp = SPOOL / f"{job_id}.tmp.npy"
-            np.save(tmp, ones)
-            os.replace(tmp, SPOOL / f"{job_id}.npy")
-        except Exception as exc:
-            (SPOOL / f"{job_id}.err").write_text(f"{type(exc).__name__}: {exc}", encoding="utf-8")
-        finally:
-            _LOCAL_JOBS.pop(job_id, None)
-
-    threading.Thread(target=wait, name=f"local-runtime-{job_id[:8]}", daemon=True).start()
-
-
-def _spooled(job_id: str, pid: int) -> tuple[np.ndarray, float] | None:
-    done, failed = SPOOL / f"{job_id}.npy", SPOOL / f"{job_id}.err"
-    if done.exists():
-        return np.load(done), 0.0
-    if failed.exists():
-        raise ProviderJobFailed(f"local testing job {job_id} failed: {failed.read_text(encoding='utf-8')}")
-    if job_id in _LOCAL_JOBS or _alive(pid):
-        return None
-    raise ProviderJobLost(f"local testing job {job_id} was lost with its process {pid}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -101,7 +101,7 @@ def hardware_names() -> list[str]:
 
     names = []
     if accounts().ibm_token is not None:
-        from qkan_orch.backends.ibm import runtime_service
+        from qkan_orch.backends.ibm_account import runtime_service
 
         try:
             names += [f"ibm:{b.name}" for b in runtime_service().backends(operational=None)]

@@ -180,7 +180,7 @@ def test_refusals_happen_before_any_submission(service) -> None:  # type: ignore
 def test_real_ibm_device_without_an_account_is_refused_with_how_to(monkeypatch: pytest.MonkeyPatch,
                                                                    tmp_path: Path) -> None:
     from qkan_orch.backends.accounts import accounts
-    from qkan_orch.backends.ibm import runtime_service
+    from qkan_orch.backends.ibm_account import runtime_service
 
     monkeypatch.setenv("HOME", str(tmp_path))  # no saved Qiskit account
     monkeypatch.delenv("QKAN_IBM_TOKEN", raising=False)
@@ -338,7 +338,7 @@ def test_local_testing_noise_on_the_qubits_in_use_is_the_fake_devices_own() -> N
     """Restricting the fake's model to the qubits a circuit uses changes nothing: same seed, same counts."""
     from qiskit_ibm_runtime.fake_provider import FakeSherbrooke
 
-    from qkan_orch.backends.ibm import _used_qubit_noise
+    from qkan_orch.backends.ibm_local_testing import _used_qubit_noise
 
     fake = FakeSherbrooke()
     fake.set_options(method="density_matrix")
