@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import pytest
 
 from conftest import make_inputs, make_model
 from qkan_orch.models import save_model
@@ -48,67 +47,51 @@ def serving(tmp: Path, cwd: Path | None = None) -> Iterator[tuple[dict[str, str]
         stop_group(process, timeout=60)  # SIGTERM: serve stops its worker and Redis on the way out
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[dict[str, str], subprocess.Popen, Path]]:
-    with serving(tmp_path) as (env, process):
-        yield env, process, tmp_path
-
-
-def test_serve_embedded_default_and_the_cli_on_top(served) -> None:  # type: ignore[no-untyped-def]
-    env, process, tmp = served
-    log = (tmp / "serve.log").read_text()
-    assert "embedded mode" in log and str(tmp / "data") in log
-    assert (tmp / "data" / "qkan.db").exists() and (tmp / "data" / "redis").is_dir()
-
-    save_model(make_model(width=[2, 3, 1], reps=2).float(), str(tmp / "m.safetensors"))
-    uploaded = cli("models", "upload", "--file", str(tmp / "m.safetensors"), "--name", "mine", env=env)
-    assert uploaded.returncode == 0, uploaded.stderr
-    model_id = uploaded.stdout.strip()  # the id alone (--json: the record)
-    assert model_id in cli("models", env=env).stdout
-
-    np.save(tmp / "x.npy", make_inputs(6, 2))
-    submitted = cli("submit", "--model", model_id, "--inputs", str(tmp / "x.npy"), "--backend", "aer",
-                    "--shots", "500", "--wait", "--quiet", env=env)
-    assert submitted.returncode == 0, submitted.stderr
-    job_id = submitted.stdout.strip()
-    status = json.loads(cli("status", job_id, env=env).stdout)
-    assert status["state"] == "succeeded" and status["shots_used"] == 500 * status["executions"]
-    fetched = cli("result", job_id, "--out", str(tmp / "y.csv"), "--stderr-out", str(tmp / "e.csv"), env=env)
-    assert fetched.returncode == 0, fetched.stderr
-    assert np.loadtxt(tmp / "y.csv", ndmin=2, skiprows=1).shape == (6, 1)
-    assert "±" in cli("result", job_id, env=env).stdout
-    again = cli("cancel", job_id, env=env)
-    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1 and "already" in again.stderr
-    missing = cli("status", "no-such-job", env=env)
-    assert missing.returncode == 2 and "HTTP 404" in missing.stderr and "Traceback" not in missing.stderr
-
-    children = psutil.Process(process.pid).children(recursive=True)
-    assert any("redis-server" in c.name() for c in children)
-    assert any("worker" in " ".join(c.cmdline()) for c in children)
-    process.send_signal(signal.SIGINT)  # Ctrl-C: the API stops, then its worker and Redis
-    process.wait(60)
-    gone = psutil.wait_procs(children, timeout=30)[1]
-    assert not gone, f"left running: {[p.name() for p in gone]}"
-
-
-def test_serve_runs_our_code_from_a_folder_whose_own_packages_share_our_names(tmp_path: Path) -> None:
-    """A user's ``models/`` (or ``client/``, ``service/`` …) in the working directory never replaces ours."""
+def test_serve_embedded_default_and_the_cli_on_top(tmp_path: Path) -> None:
+    """Run from a folder whose own ``models/`` (``client/``, ``service/`` …) would raise on import: a user's
+    packages that share our names never replace ours, in serve, its worker or the CLI. (One serve for both
+    checks: it starts an embedded Redis and a worker; a separate test of the decoys repeated all of that. serve
+    stopping cleanly on SIGTERM, as in that test, is test_supervision's SIGTERM test; SIGINT is here.)"""
     folder = tmp_path / "project"
     for name in DECOYS:
         (folder / name).mkdir(parents=True)
         (folder / name / "__init__.py").write_text(f"raise ImportError('decoy {name} imported')\n")
-    save_model(make_model(width=[2, 2, 1], reps=1).float(), str(tmp_path / "m.safetensors"))
-    np.save(tmp_path / "x.npy", make_inputs(4, 2))
     with serving(tmp_path, cwd=folder) as (env, process):
-        children = psutil.Process(process.pid).children(recursive=True)
-        uploaded = cli("models", "upload", "--file", str(tmp_path / "m.safetensors"), env=env, cwd=folder)
+        tmp = tmp_path
+        log = (tmp / "serve.log").read_text()
+        assert "embedded mode" in log and str(tmp / "data") in log
+        assert (tmp / "data" / "qkan.db").exists() and (tmp / "data" / "redis").is_dir()
+
+        save_model(make_model(width=[2, 3, 1], reps=2).float(), str(tmp / "m.safetensors"))
+        uploaded = cli("models", "upload", "--file", str(tmp / "m.safetensors"), "--name", "mine", env=env,
+                       cwd=folder)
         assert uploaded.returncode == 0, uploaded.stderr
-        submitted = cli("submit", "--model", uploaded.stdout.strip(), "--inputs", str(tmp_path / "x.npy"),
-                        "--backend", "exact", "--wait", "--quiet", env=env, cwd=folder)
-        assert submitted.returncode == 0, submitted.stderr + (tmp_path / "data" / "worker.log").read_text()
-        status = json.loads(cli("status", submitted.stdout.strip(), env=env, cwd=folder).stdout)
-        assert status["state"] == "succeeded", status
+        model_id = uploaded.stdout.strip()  # the id alone (--json: the record)
+        assert model_id in cli("models", env=env, cwd=folder).stdout
+
+        np.save(tmp / "x.npy", make_inputs(6, 2))
+        submitted = cli("submit", "--model", model_id, "--inputs", str(tmp / "x.npy"), "--backend", "aer",
+                        "--shots", "500", "--wait", "--quiet", env=env, cwd=folder)
+        assert submitted.returncode == 0, submitted.stderr + (tmp / "data" / "worker.log").read_text()
+        job_id = submitted.stdout.strip()
+        status = json.loads(cli("status", job_id, env=env, cwd=folder).stdout)
+        assert status["state"] == "succeeded" and status["shots_used"] == 500 * status["executions"]
+        fetched = cli("result", job_id, "--out", str(tmp / "y.csv"), "--stderr-out", str(tmp / "e.csv"), env=env,
+                      cwd=folder)
+        assert fetched.returncode == 0, fetched.stderr
+        assert np.loadtxt(tmp / "y.csv", ndmin=2, skiprows=1).shape == (6, 1)
+        assert "±" in cli("result", job_id, env=env, cwd=folder).stdout
+        again = cli("cancel", job_id, env=env, cwd=folder)
+        assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1 and "already" in again.stderr
+        missing = cli("status", "no-such-job", env=env, cwd=folder)
+        assert missing.returncode == 2 and "HTTP 404" in missing.stderr and "Traceback" not in missing.stderr
+
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert any("redis-server" in c.name() for c in children)
+        assert any("worker" in " ".join(c.cmdline()) for c in children)
+        process.send_signal(signal.SIGINT)  # Ctrl-C: the API stops, then its worker and Redis
+        process.wait(60)
+        gone = psutil.wait_procs(children, timeout=30)[1]
+        assert not gone, f"left running: {[p.name() for p in gone]}"
     logs = (tmp_path / "serve.log").read_text() + (tmp_path / "data" / "worker.log").read_text()
     assert "decoy" not in logs
-    gone = psutil.wait_procs(children, timeout=30)[1]  # SIGTERM, as a process manager stops it
-    assert not gone, f"left running: {[p.name() for p in gone]}"
