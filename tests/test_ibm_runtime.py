@@ -170,10 +170,10 @@ def test_refusals_happen_before_any_submission(service) -> None:  # type: ignore
         with pytest.raises(ApiError) as err:
             qc.submit(model_id, x, **kwargs)
         assert err.value.status == 422 and err.value.field == field, (kwargs, err.value)
-    # a well-formed ARN that cannot be checked (no AWS credentials or network here): 503, not a job
+    # a well-formed ARN without a Braket account: the setting that enables it, before AWS is asked; not a job
     with pytest.raises(ApiError) as err:
         qc.submit(model_id, x, backend="braket:arn:aws:braket:eu-north-1::device/qpu/iqm/Garnet", shots=100)
-    assert err.value.status == 503 and err.value.field == "backend", err.value
+    assert err.value.status == 422 and err.value.field == "QKAN_BRAKET_S3_BUCKET", err.value
     assert qc.jobs().total == before
 
 
