@@ -55,9 +55,9 @@ from qkan_orch.backends.base import (
     Status,
     TransientBackendError,
 )
-from qkan_orch.backends.braket_calibration import _calibration_time, braket_calibration
-from qkan_orch.backends.braket_programs import _bindings, placed_template
-from qkan_orch.backends.braket_results import Counts, _local_counts, _task_counts
+from qkan_orch.backends.braket_calibration import braket_calibration, braket_calibration_time
+from qkan_orch.backends.braket_programs import placed_template, program_bindings
+from qkan_orch.backends.braket_results import Counts, local_counts, task_counts
 from qkan_orch.backends.calibration import CalibratedBackend, Placement, counts_result, part_rows
 from qkan_orch.backends.pricing import braket_price
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Parts, Template, parts_of
@@ -200,7 +200,7 @@ class BraketDeviceBackend(CalibratedBackend):
         return table
 
     def calibration_time(self) -> str | None:
-        return _calibration_time(self.device.properties)
+        return braket_calibration_time(self.device.properties)
 
     def _check_gates(self, template: Template) -> None:
         action = self.device.properties.action.get(OPENQASM)
@@ -271,7 +271,7 @@ class BraketDeviceBackend(CalibratedBackend):
                 chunk = executables[start:start + size]
                 start += size
                 if program_set:
-                    spec: Any = ProgramSet(_bindings(chunk), shots_per_executable=shots)
+                    spec: Any = ProgramSet(program_bindings(chunk), shots_per_executable=shots)
                     tasks.append(self._run(spec, shots * size))
                 else:
                     circuit, inputs = chunk[0]
@@ -284,7 +284,7 @@ class BraketDeviceBackend(CalibratedBackend):
         if place is not None:
             data["placement"] = place.to_json()
         if all(isinstance(t, LocalQuantumTask) for t in tasks):
-            shots_read = [c for t in tasks for c in _local_counts(t.result())]
+            shots_read = [c for t in tasks for c in local_counts(t.result())]
             return Handle(self.name, data=data, result=self._batch_result(shots_read, len(tasks), [], data))
         arns = [t.id for t in tasks]
         return Handle(self.name, provider_job_ids=arns, data={"tasks": arns, **data})
@@ -319,7 +319,7 @@ class BraketDeviceBackend(CalibratedBackend):
                     return None  # tasks run roughly in order: no need to ask about the later ones yet
                 metas.append(meta)
         with self._aws("GetObject results.json"):
-            shots_read = [c for meta in metas for c in _task_counts(session, meta)]
+            shots_read = [c for meta in metas for c in task_counts(session, meta)]
         return self._batch_result(shots_read, len(metas), list(handle.data["tasks"]), handle.data)
 
     def _batch_result(self, counts: list[Counts], tasks: int, arns: list[str], data: dict[str, Any]

@@ -63,7 +63,7 @@ def braket_calibration(props: Any) -> list[dict] | None:
     return sorted(table, key=lambda c: c["qubit"])
 
 
-def _calibration_time(props: Any) -> str | None:
+def braket_calibration_time(props: Any) -> str | None:
     """When the calibration was taken, ISO 8601 (None without one).
 
     Schema v1 (IQM) carries no time of its own; the device document it is part of does.

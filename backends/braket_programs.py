@@ -22,7 +22,7 @@ def placed_template(template: Template, qubits: tuple[int, ...]) -> Circuit:
     return Circuit().add_circuit(braket_template(template, len(qubits)), target_mapping=dict(enumerate(qubits)))
 
 
-def _bindings(executables: list[tuple[Circuit, dict[str, float]]]) -> list[Any]:
+def program_bindings(executables: list[tuple[Circuit, dict[str, float]]]) -> list[Any]:
     """A program set's programs: consecutive executables of one circuit as one CircuitBinding of their
     inputs; a circuit without parameters (read-out calibration) as itself, once per executable."""
     programs: list[Any] = []

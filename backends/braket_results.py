@@ -34,7 +34,7 @@ def _counts(measurements: Any, probabilities: dict[str, float] | None, qubits: A
     raise ProviderJobFailed("Amazon Braket returned a result without measurements")
 
 
-def _task_counts(session: AwsSession, meta: dict[str, Any]) -> list[Counts]:
+def task_counts(session: AwsSession, meta: dict[str, Any]) -> list[Counts]:
     """Read a finished task's results.json (and a program set's parts) from S3 through the task's session."""
     bucket, folder = meta["outputS3Bucket"], meta["outputS3Directory"]
     shots = int(meta["shots"])
@@ -62,7 +62,7 @@ def _task_counts(session: AwsSession, meta: dict[str, Any]) -> list[Counts]:
     return [_counts(e.measurements, e.measurementProbabilities, e.measuredQubits, per_circuit) for e in executables]
 
 
-def _local_counts(result: Any) -> list[Counts]:
+def local_counts(result: Any) -> list[Counts]:
     """The same from the SDK result objects a LocalSimulator task returns (executables already in order)."""
     entries = ([e for program in result.entries for e in program.entries]
                if isinstance(result, ProgramSetQuantumTaskResult) else [result])

@@ -37,8 +37,8 @@ from qkan_orch.backends.base import (
 )
 from qkan_orch.backends.calibration import CalibratedBackend, Placement, counts_result, part_rows
 from qkan_orch.backends.ibm_account import runtime_service
-from qkan_orch.backends.ibm_jobs import _job_ones, _split_pubs
-from qkan_orch.backends.ibm_local_testing import _LOCAL_JOBS, _fake_device, _local_simulator, _spool_when_done, _spooled
+from qkan_orch.backends.ibm_jobs import job_ones, split_pubs
+from qkan_orch.backends.ibm_local_testing import LOCAL_JOBS, fake_device, local_simulator, spool_when_done, spooled
 from qkan_orch.backends.pricing import ibm_price
 from qkan_orch.backends.qiskit_common import (
     check_fake_name,
@@ -78,7 +78,7 @@ class IBMBackend(CalibratedBackend):
 
     def _backend(self, width: int = 1) -> BackendV2:
         if self.local:
-            return _fake_device(self.device, "density_matrix" if width <= 8 else "matrix_product_state")
+            return fake_device(self.device, "density_matrix" if width <= 8 else "matrix_product_state")
         if self._remote is not None:
             return self._remote
         try:
@@ -162,10 +162,10 @@ class IBMBackend(CalibratedBackend):
         pubs = [pub for p in parts for pub in pubs_for(
             isa_template(p.template, width, backend.target, key=(self.name,), layout=place.qubits),
             pack_params(p.params, width))]
-        jobs_pubs = _split_pubs(pubs, _rows_per_job(shots))
+        jobs_pubs = split_pubs(pubs, _rows_per_job(shots))
         if self.local:  # the fake's noise on the qubits used: Aer skips 133-qubit bookkeeping per run
             method = "density_matrix" if width <= 8 else "matrix_product_state"
-            backend = _local_simulator(self.device, method, place.qubits)
+            backend = local_simulator(self.device, method, place.qubits)
         try:
             with Batch(backend=backend) as session:
                 sampler = Sampler(mode=session)
@@ -179,7 +179,7 @@ class IBMBackend(CalibratedBackend):
         ids = [job.job_id() for job in jobs]
         if self.local:
             for job in jobs:
-                _spool_when_done(job, width)
+                spool_when_done(job, width)
         data = {"rows": [p.num_rows for p in parts], "width": width, "shots": shots,
                 "chunks": [sum(len(values) for _, values in job_pubs) for job_pubs in jobs_pubs],
                 "placement": place.to_json(), "local_pid": os.getpid() if self.local else None}
@@ -190,7 +190,7 @@ class IBMBackend(CalibratedBackend):
         width, shots = data["width"], data["shots"]
         ones, seconds = [], 0.0
         for job_id in handle.provider_job_ids:
-            found = _spooled(job_id, data["local_pid"]) if self.local else self._remote_counts(job_id, width)
+            found = spooled(job_id, data["local_pid"]) if self.local else self._remote_counts(job_id, width)
             if found is None:
                 return None
             ones.append(found[0])
@@ -215,12 +215,12 @@ class IBMBackend(CalibratedBackend):
         if status != "DONE":
             raise ProviderJobFailed(redact(f"IBM job {job_id} ended {status}: {job.error_message() or ''}"))
         usage = (job.metrics().get("usage") or {}).get("quantum_seconds") or 0.0
-        return _job_ones(job.result(), width), float(usage)
+        return job_ones(job.result(), width), float(usage)
 
     def cancel(self, handle: Handle) -> None:
         for job_id in handle.provider_job_ids:
             if self.local:
-                if (job := _LOCAL_JOBS.get(job_id)) is not None:
+                if (job := LOCAL_JOBS.get(job_id)) is not None:
                     job.cancel()  # only a job that has not started yet can stop
                 continue
             try:

@@ -11,7 +11,7 @@ import numpy as np
 from qkan_orch.backends.qiskit_common import ones_per_clbit
 
 
-def _split_pubs(pubs: list[tuple[Any, np.ndarray]], per_job: int) -> list[list[tuple[Any, np.ndarray]]]:
+def split_pubs(pubs: list[tuple[Any, np.ndarray]], per_job: int) -> list[list[tuple[Any, np.ndarray]]]:
     """PUBs (circuit, packed values) in order, cut into jobs of at most ``per_job`` parameter rows each.
 
     A round that fits one job is one job, its calibration and fold-scale PUBs beside its data; a longer
@@ -32,6 +32,6 @@ def _split_pubs(pubs: list[tuple[Any, np.ndarray]], per_job: int) -> list[list[t
     return [job for job in jobs if job]
 
 
-def _job_ones(result: Any, width: int) -> np.ndarray:
+def job_ones(result: Any, width: int) -> np.ndarray:
     """Ones per (packed circuit, copy) of a Sampler job, its PUBs one after the other."""
     return np.concatenate([ones_per_clbit(pub.data.meas.array, width) for pub in result], axis=0)

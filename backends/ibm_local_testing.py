@@ -26,7 +26,7 @@ from qiskit_aer.noise import NoiseModel
 from qiskit_aer.noise.device.models import basic_device_gate_errors, basic_device_readout_errors
 
 from qkan_orch.backends.base import ProviderJobFailed, ProviderJobLost
-from qkan_orch.backends.ibm_jobs import _job_ones
+from qkan_orch.backends.ibm_jobs import job_ones
 from qkan_orch.backends.qiskit_common import fake_backend, fake_backend_classes
 
 SPOOL = Path(tempfile.gettempdir()) / f"qkan-local-runtime-{os.getuid()}"
@@ -34,7 +34,7 @@ SPOOL_KEEP_SECONDS = 86_400
 
 
 @cache
-def _fake_device(device: str, method: str) -> BackendV2:
+def fake_device(device: str, method: str) -> BackendV2:
     """A fake device per Aer method, so concurrent local jobs never share mutable options."""
     backend = fake_backend_classes()[device]()
     backend.set_options(method=method, max_parallel_experiments=0)
@@ -42,13 +42,13 @@ def _fake_device(device: str, method: str) -> BackendV2:
 
 
 @lru_cache(maxsize=16)
-def _local_simulator(device: str, method: str, qubits: tuple[int, ...]) -> AerSimulator:
+def local_simulator(device: str, method: str, qubits: tuple[int, ...]) -> AerSimulator:
     """The AerSimulator a local job runs on: the fake device with Aer's ``method`` and its noise on ``qubits``.
 
     Local testing copies it per job (``run_quantum_program``), so concurrent jobs never share options.
     """
-    return AerSimulator.from_backend(_fake_device(device, method), method=method, max_parallel_experiments=0,
-                                     noise_model=_used_qubit_noise(device, qubits))
+    return AerSimulator.from_backend(fake_device(device, method), method=method, max_parallel_experiments=0,
+                                     noise_model=used_qubit_noise(device, qubits))
 
 
 @cache
@@ -63,7 +63,7 @@ def _device_errors(device: str) -> tuple[list, list, list[str]]:
 
 
 @lru_cache(maxsize=64)
-def _used_qubit_noise(device: str, qubits: tuple[int, ...]) -> NoiseModel:
+def used_qubit_noise(device: str, qubits: tuple[int, ...]) -> NoiseModel:
     """The fake device's noise model restricted to ``qubits`` (its delay relaxation aside: no delays here).
 
     Packed copies never interact, so errors of other qubits cannot reach the counts; Aer's
@@ -83,11 +83,11 @@ def _used_qubit_noise(device: str, qubits: tuple[int, ...]) -> NoiseModel:
 
 # -- local testing mode: jobs held by this process, counts spooled for every process ---------------
 
-_LOCAL_JOBS: dict[str, Any] = {}
+LOCAL_JOBS: dict[str, Any] = {}
 _swept = 0.0  # when this process last removed old spool files
 
 
-def _spool_when_done(job: Any, width: int) -> None:
+def spool_when_done(job: Any, width: int) -> None:
     SPOOL.mkdir(parents=True, exist_ok=True)
     global _swept
     if time.time() - _swept > SPOOL_KEEP_SECONDS / 24:  # now and then: results of jobs long since polled
@@ -96,29 +96,29 @@ def _spool_when_done(job: Any, width: int) -> None:
             if old.stat().st_mtime < _swept - SPOOL_KEEP_SECONDS:
                 old.unlink(missing_ok=True)
     job_id = job.job_id()
-    _LOCAL_JOBS[job_id] = job
+    LOCAL_JOBS[job_id] = job
 
     def wait() -> None:
         try:
-            ones = _job_ones(job.result(), width)
+            ones = job_ones(job.result(), width)
             tmp = SPOOL / f"{job_id}.tmp.npy"
             np.save(tmp, ones)
             os.replace(tmp, SPOOL / f"{job_id}.npy")
         except Exception as exc:
             (SPOOL / f"{job_id}.err").write_text(f"{type(exc).__name__}: {exc}", encoding="utf-8")
         finally:
-            _LOCAL_JOBS.pop(job_id, None)
+            LOCAL_JOBS.pop(job_id, None)
 
     threading.Thread(target=wait, name=f"local-runtime-{job_id[:8]}", daemon=True).start()
 
 
-def _spooled(job_id: str, pid: int) -> tuple[np.ndarray, float] | None:
+def spooled(job_id: str, pid: int) -> tuple[np.ndarray, float] | None:
     done, failed = SPOOL / f"{job_id}.npy", SPOOL / f"{job_id}.err"
     if done.exists():
         return np.load(done), 0.0
     if failed.exists():
         raise ProviderJobFailed(f"local testing job {job_id} failed: {failed.read_text(encoding='utf-8')}")
-    if job_id in _LOCAL_JOBS or _alive(pid):
+    if job_id in LOCAL_JOBS or _alive(pid):
         return None
     raise ProviderJobLost(f"local testing job {job_id} was lost with its process {pid}")
 

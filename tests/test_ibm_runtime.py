@@ -256,8 +256,8 @@ def test_remote_job_states_map_to_pending_results_and_failures(monkeypatch: pyte
     batch = ActivationBatch(Template("rpz_encoding", 1), params, (Segment("bits", np.arange(6).reshape(-1, 1, 1)),),
                             "z")
     captured: list = []
-    spool = ibm._spool_when_done
-    monkeypatch.setattr(ibm, "_spool_when_done", lambda job, width: (captured.append(job), spool(job, width)))
+    spool = ibm.spool_when_done
+    monkeypatch.setattr(ibm, "spool_when_done", lambda job, width: (captured.append(job), spool(job, width)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         handle = get_backend("ibm:fake_sherbrooke").submit(batch, shots=100, pack=3, options={"seed": 1})
@@ -338,7 +338,7 @@ def test_local_testing_noise_on_the_qubits_in_use_is_the_fake_devices_own() -> N
     """Restricting the fake's model to the qubits a circuit uses changes nothing: same seed, same counts."""
     from qiskit_ibm_runtime.fake_provider import FakeSherbrooke
 
-    from qkan_orch.backends.ibm_local_testing import _used_qubit_noise
+    from qkan_orch.backends.ibm_local_testing import used_qubit_noise
 
     fake = FakeSherbrooke()
     fake.set_options(method="density_matrix")
@@ -348,5 +348,5 @@ def test_local_testing_noise_on_the_qubits_in_use_is_the_fake_devices_own() -> N
     isa = isa_template(batch.template, 2, fake.target, key=("test",), layout=qubits)
     circuits = [isa.assign_parameters(row) for row in batch.params.reshape(6, 16)]
     full = fake.run(circuits, shots=2000, seed_simulator=5).result()
-    used = fake.run(circuits, shots=2000, seed_simulator=5, noise_model=_used_qubit_noise("fake_sherbrooke", qubits))
+    used = fake.run(circuits, shots=2000, seed_simulator=5, noise_model=used_qubit_noise("fake_sherbrooke", qubits))
     assert [full.get_counts(i) for i in range(6)] == [used.result().get_counts(i) for i in range(6)]
