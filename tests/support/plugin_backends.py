@@ -4,7 +4,9 @@
 then appends one line per batch it executes to the file ``log`` — so a test
 can count, across worker processes and restarts, how often each round ran.
 ``test:pending`` accepts a batch like a provider would and stays pending for
-``pending_polls`` polls (counted in a file next to ``log``), never blocking.
+``pending_polls`` polls (counted in a file next to ``log``), never blocking;
+with ``later_polls``, every provider job after the first one that file saw
+stays pending for that many polls instead.
 """
 
 import hashlib
@@ -49,7 +51,7 @@ class PendingBackend(_TestBackend):
     """A provider whose jobs wait in a queue: submit returns ids, poll says pending N times."""
 
     name = "test:pending"
-    options = ("pending_polls", "log")
+    options = ("pending_polls", "later_polls", "log")
 
     def submit(self, batch: ActivationBatch, shots: int | None = None, pack: int | None = None,
                options: dict[str, Any] | None = None) -> Handle:
@@ -57,14 +59,21 @@ class PendingBackend(_TestBackend):
         job_id = hashlib.sha256(batch.params.tobytes()).hexdigest()[:16]
         data = {"params": batch.params.tolist(), "ansatz": batch.template.ansatz, "reps": batch.template.reps,
                 "pending_polls": int(options.get("pending_polls", 1)), "log": options["log"]}
+        if "later_polls" in options:
+            data["later_polls"] = int(options["later_polls"])
         return Handle(self.name, provider_job_ids=[f"pending-{job_id}"], data=data)
 
     def poll(self, handle: Handle) -> BatchResult | None:
         polls = Path(handle.data["log"] + ".polls")
         with open(polls, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"job": handle.provider_job_ids[0], "at": time.time()}) + "\n")
-        seen = sum(handle.provider_job_ids[0] in line for line in polls.read_text().splitlines())
-        if seen <= handle.data["pending_polls"]:
+        lines = polls.read_text().splitlines()
+        seen = sum(handle.provider_job_ids[0] in line for line in lines)
+        first = json.loads(lines[0])["job"] == handle.provider_job_ids[0]
+        pending = handle.data["pending_polls"]
+        if not first:
+            pending = handle.data.get("later_polls", pending)
+        if seen <= pending:
             return None
         params = np.asarray(handle.data["params"], dtype=np.float64)
         batch = ActivationBatch(Template(handle.data["ansatz"], handle.data["reps"]), params,
