@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Parts
 from qkan_orch.models.errors import InputError
 
@@ -41,6 +43,24 @@ class Estimate:
     qpu_seconds: float
     cost: float
     peak_bytes: int = 0  # worker memory of the largest round (round_bytes), whatever the backend
+
+
+class SeedStream:
+    """Where a sub-submission's shots come from when the options name a seed: its own stream per chunk of a
+    round and per part of a submission. With one seed for all, chunks would draw the same numbers and the rows
+    at every fold scale would share their shot noise, which mitigation's standard errors assume independent.
+    Index 0 keeps the seed, so an unsplit run samples what it always did; the others get
+    ``SeedSequence([seed, kind, index])``, which no other (kind, index) meets."""
+
+    CHUNK = 1  # index: the chunk's first circuit in its round (backends.chunked_rounds)
+    PART = 2  # index: the part's position in the submission (backends.sampling)
+
+    @staticmethod
+    def apply(options: dict[str, Any] | None, kind: int, index: int) -> dict[str, Any] | None:
+        seed = (options or {}).get("seed")
+        if not index or isinstance(seed, bool) or not isinstance(seed, int):
+            return options
+        return {**(options or {}), "seed": int(np.random.SeedSequence([seed, kind, index]).generate_state(1)[0])}
 
 
 def round_bytes(rows: int, columns: int) -> int:

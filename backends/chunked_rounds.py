@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from qkan_orch.backends.base import Backend, Handle, Pack
+from qkan_orch.backends.base import Backend, Handle, Pack, SeedStream
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult
 
 FIRST_ROWS = 32  # braket:local_dm at 1000 shots: about half a second
@@ -52,7 +52,8 @@ def run_in_chunks(backend: Backend, batch: ActivationBatch, shots: int | None, p
     while start < rows:
         stop = min(rows, start + size)
         began = time.perf_counter()
-        handle = backend.submit(batch.slice_rows(start, stop), shots, pack, _seeded(options, start // width))
+        seeded = SeedStream.apply(options, SeedStream.CHUNK, start // width)
+        handle = backend.submit(batch.slice_rows(start, stop), shots, pack, seeded)
         per_row = max(time.perf_counter() - began, 1e-6) / (stop - start)
         start = stop
         result = _finished(backend, handle)
@@ -64,16 +65,6 @@ def run_in_chunks(backend: Backend, batch: ActivationBatch, shots: int | None, p
 def _whole(rows: int, granule: int) -> int:
     """``rows`` rounded to a multiple of ``granule``, at least one granule."""
     return max(granule, rows // granule * granule)
-
-
-def _seeded(options: dict[str, Any] | None, circuit: int) -> dict[str, Any] | None:
-    """Seed each chunk apart (the seed plus its first circuit's index): with one seed for all, every chunk
-    would draw the same numbers and rows of different chunks would share their errors. The first chunk keeps
-    the seed, so it samples what one submission of the round would."""
-    seed = (options or {}).get("seed")
-    if not circuit or isinstance(seed, bool) or not isinstance(seed, int):
-        return options
-    return {**(options or {}), "seed": seed + circuit}
 
 
 def _finished(backend: Backend, handle: Handle) -> BatchResult:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from qkan_orch.backends.base import Backend, Handle
+from qkan_orch.backends.base import Backend, Handle, SeedStream
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Parts, Template, parts_of
 from qkan_orch.circuits.packing import binomial_p0, pack_params, unpack_counts
 
@@ -36,7 +36,8 @@ class LocalSamplingBackend(Backend):
             if not part.num_rows:
                 continue
             packed = pack_params(part.params, width)
-            counts = self.count_zeros(part.template, packed, width, shots, _part_seed(options, k), metadata)
+            seeded = SeedStream.apply(options, SeedStream.PART, k) or {}
+            counts = self.count_zeros(part.template, packed, width, shots, seeded, metadata)
             zeros.append(unpack_counts(counts, part.num_rows))
             executions += counts.shape[0]
         p0, se = binomial_p0(np.concatenate(zeros) if zeros else np.zeros(0), shots)
@@ -58,14 +59,3 @@ class LocalSamplingBackend(Backend):
 
         Implementations may add what they chose (qubits, noise) to ``metadata``.
         """
-
-
-def _part_seed(options: dict[str, Any], part: int) -> dict[str, Any]:
-    """Each part of a seeded submission its own stream: with one seed for all, the rows at every fold scale
-    would share their shot noise, which mitigation's standard errors assume independent. Part 0 keeps the
-    seed (an unmitigated run samples as before); the others get seeds derived from (seed, part), which no
-    chunk's seed + circuit offset (``chunked_rounds``) can meet."""
-    seed = options.get("seed")
-    if not part or isinstance(seed, bool) or not isinstance(seed, int):
-        return options
-    return {**options, "seed": int(np.random.SeedSequence([seed, part]).generate_state(1)[0])}
