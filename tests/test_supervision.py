@@ -111,14 +111,17 @@ def two_layer_model(qc: Client, tmp: Path) -> str:
     return qc.upload_model(tmp / "m.safetensors").id
 
 
-def counted_jobs(qc: Client, tmp: Path, count: int, delay: float, tag: str) -> list[tuple[str, Path]]:
-    """``count`` jobs of a two-layer model on ``test:counting``, each logging its rounds to a file of its own."""
+def counted_jobs(qc: Client, tmp: Path, count: int, delay: float, tag: str,
+                 first_delay: float | None = None) -> list[tuple[str, Path]]:
+    """``count`` jobs of a two-layer model on ``test:counting``, each logging its rounds to a file of its own;
+    the first one's rounds take ``first_delay`` if given."""
     model_id = two_layer_model(qc, tmp)
     jobs = []
     for k in range(count):
         log = tmp / f"{tag}-{k}.rounds"
         job = qc.submit(model_id, make_inputs(4, 2, seed=k), backend="test:counting",
-                        options={"delay": delay, "log": str(log)})
+                        options={"delay": first_delay if k == 0 and first_delay is not None else delay,
+                                 "log": str(log)})
         jobs.append((job.id, log))
     return jobs
 
@@ -168,7 +171,9 @@ def test_a_killed_worker_is_restarted_and_its_jobs_succeed_once(served: Served) 
         waiting = qc.submit(two_layer_model(qc, served.tmp), make_inputs(4, 2), backend="test:pending",
                             options={"pending_polls": 3, "log": str(served.tmp / "pending-worker.log")})
         wait_until(lambda: qc.status(waiting.id).state == JobState.WAITING_ON_PROVIDER, "a provider wait", 60)
-        jobs = counted_jobs(qc, served.tmp, 5, delay=1.0, tag="worker")
+        # the first job is running (1 s a round) when the worker dies; the others wait behind it whatever their
+        # delay (one process), so theirs is short: they only have to run, once each, after the restart
+        jobs = counted_jobs(qc, served.tmp, 5, delay=0.2, first_delay=1.0, tag="worker")
         old = served.child("worker")
         pool = old.children()
         wait_until(lambda: qc.status(jobs[0][0]).state == JobState.RUNNING, "the first job to run", 60)
@@ -272,7 +277,9 @@ def test_a_worker_killed_mid_job_is_resumed_by_the_sweeper_within_a_minute(sweep
     ``worker_lost``, and the second round is done within 60 s of the kill (the broker alone: 3600 s)."""
     service, qc, model_id = sweeping
     log = tmp_path / "rounds.log"
-    job = qc.submit(model_id, make_inputs(6, 2), backend="test:counting", options={"delay": 3.0, "log": str(log)})
+    # round 2 takes 3 s (the kill lands in it, and its rerun takes as long); rounds 1 and 3 need no delay
+    job = qc.submit(model_id, make_inputs(6, 2), backend="test:counting",
+                    options={"delay": [0.2, 3.0, 0.2], "log": str(log)})
     wait_until(lambda: leased_in_round_2(service, job.id), "round 2 to start", 60, interval=0.05)
     service.kill_worker(service.workers[0])  # round 2 is in its 3 s delay: nothing of it written
     killed = time.monotonic()

@@ -3,6 +3,8 @@
 ``test:counting`` is the exact simulator that first waits ``delay`` seconds,
 then appends one line per batch it executes to the file ``log`` — so a test
 can count, across worker processes and restarts, how often each round ran.
+``delay`` may be a list: entry k for a batch that finds k lines in ``log``
+already (the last entry for any later one).
 ``test:pending`` accepts a batch like a provider would and stays pending for
 ``pending_polls`` polls (counted in a file next to ``log``), never blocking;
 with ``later_polls``, every provider job after the first one that file saw
@@ -41,7 +43,11 @@ class CountingBackend(_TestBackend):
     def submit(self, batch: ActivationBatch, shots: int | None = None, pack: int | None = None,
                options: dict[str, Any] | None = None) -> Handle:
         options = options or {}
-        time.sleep(float(options.get("delay", 0)))
+        delay = options.get("delay", 0)
+        if isinstance(delay, list):
+            done = len(Path(options["log"]).read_text().splitlines()) if os.path.exists(options["log"]) else 0
+            delay = delay[min(done, len(delay) - 1)]
+        time.sleep(float(delay))
         with open(options["log"], "a", encoding="utf-8") as fh:
             fh.write(hashlib.sha256(batch.params.tobytes()).hexdigest() + "\n")
         return super().submit(batch, shots, pack, {})
