@@ -54,14 +54,9 @@ class Mitigation:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any] | None) -> "Mitigation":
-        """What ``to_json`` stored (None, as on jobs from before mitigation existed: none)."""
-        if not obj:
-            return cls()
-        method = obj["method"]
-        return cls(readout="readout" in method,
-                   scale_factors=tuple(obj.get("scale_factors", DEFAULT_SCALES)) if "zne" in method else (1,),
-                   extrapolation=obj.get("extrapolation", "linear"),
-                   calibration_shots=int(obj.get("calibration_shots", DEFAULT_CALIBRATION_SHOTS)))
+        """What ``to_json`` stored (None, as on jobs from before mitigation existed: none), read by the rules
+        ``parse`` checks with, defaults included."""
+        return cls._from_settings(obj) if obj else cls()
 
     @classmethod
     def parse(cls, value: Any, caps: Capabilities, field: str = "mitigation") -> "Mitigation":
@@ -73,6 +68,15 @@ class Mitigation:
             value = {"method": value}
         if not isinstance(value, dict):
             raise InputError(field, f"must be one of {', '.join(METHODS)} or an object, got {value!r}")
+        chosen = cls._from_settings(value, field, method_field)
+        if chosen.active and not caps.shot_based:
+            raise InputError(field, f"'{caps.name}' is analytic: there is no noise to mitigate (use none)")
+        return chosen
+
+    @classmethod
+    def _from_settings(cls, value: dict[str, Any], field: str = "mitigation",
+                       method_field: str = "mitigation.method") -> "Mitigation":
+        """The one reading of a settings object, with its defaults; an InputError names the bad setting."""
         unknown = sorted(set(value) - set(SETTINGS))
         if unknown:
             raise InputError(f"{field}.{unknown[0]}", f"is not a mitigation setting (settings: {', '.join(SETTINGS)})")
@@ -87,10 +91,7 @@ class Mitigation:
         if extrapolation not in EXTRAPOLATIONS:
             raise InputError(f"{field}.extrapolation", f"must be one of {', '.join(EXTRAPOLATIONS)}, "
                              f"got {extrapolation!r}")
-        chosen = cls(readout, scales if zne else (1,), extrapolation, shots)
-        if chosen.active and not caps.shot_based:
-            raise InputError(field, f"'{caps.name}' is analytic: there is no noise to mitigate (use none)")
-        return chosen
+        return cls(readout, scales if zne else (1,), extrapolation, shots)
 
 
 def default_for(caps: Capabilities) -> "Mitigation":
