@@ -46,7 +46,8 @@ def test_a_worker_killed_between_rounds_is_resumed_without_repeating_a_round(sin
     want, _ = qc.result(reference.id)
 
     log = tmp_path / "rounds.log"
-    job = qc.submit(model_id, x, backend="test:counting", options={"delay": 1.5, "log": str(log)})
+    # round 2 takes 1.5 s: the kill lands before it writes anything; rounds 1 and 3 need no delay
+    job = qc.submit(model_id, x, backend="test:counting", options={"delay": [0.2, 1.5, 0.2], "log": str(log)})
     wait_for(lambda: qc.status(job.id).rounds_done == 1)
     service.kill_worker(service.workers[0])  # SIGKILL while round 2 is starting: nothing acknowledged
     status = qc.status(job.id)
