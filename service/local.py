@@ -16,6 +16,8 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
@@ -68,6 +70,15 @@ class LocalService:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+    @contextmanager
+    def running(self, workers: int) -> Iterator["LocalService"]:
+        """``start(workers)`` … ``stop()`` as a with block (``with LocalService(...)`` runs one worker)."""
+        self.start(workers)
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def start(self, workers: int = 1) -> None:
         """Broker, workers, API on a thread, ready; if any part fails to start, whatever did start is stopped."""

@@ -32,14 +32,8 @@ CLI = str(Path(sys.executable).parent / "qkan-orch")
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
     tmp = tmp_path_factory.mktemp("estimate")
-    with stack_env("system-redis+postgresql", tmp) as env:
-        env = {k: v for k, v in env.items() if k not in ("QKAN_IBM_TOKEN", "QKAN_BRAKET_S3_BUCKET")}
-        service = LocalService(tmp, env)
-        service.start(workers=0)
-        try:
-            yield service
-        finally:
-            service.stop()
+    with stack_env("system-redis+postgresql", tmp) as env, LocalService(tmp, env).running(workers=0) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")

@@ -39,14 +39,9 @@ def links(html: str) -> list[str]:
 @pytest.fixture(scope="module")
 def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     tmp = tmp_path_factory.mktemp("docs")
-    with stack_env("system-redis+sqlite", tmp) as env:
-        service = LocalService(tmp, env)
-        service.start(workers=0)
-        try:
-            with httpx.Client(base_url=service.url, timeout=30) as client:
-                yield client
-        finally:
-            service.stop()
+    with (stack_env("system-redis+sqlite", tmp) as env, LocalService(tmp, env).running(workers=0) as service,
+          httpx.Client(base_url=service.url, timeout=30) as client):
+        yield client
 
 
 @pytest.mark.parametrize("page", PAGES)
