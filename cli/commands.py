@@ -12,7 +12,6 @@ from qkan_orch.cli.arrays import MITIGATION_HELP, pack_arg, parse_mitigation, re
 from qkan_orch.models.errors import InputError
 
 if TYPE_CHECKING:  # torch, the backends and Qiskit load in the handlers: the service commands start without them
-    import numpy as np
 
     from qkan_orch.backends.base import Capabilities
     from qkan_orch.backends.runner import RunReport
@@ -55,6 +54,7 @@ def spec_warnings() -> Iterator[None]:
 def predict(args: argparse.Namespace) -> int:
     from qkan_orch.backends import get_backend, run_plan
     from qkan_orch.circuits import FeedForwardPlan
+    from qkan_orch.comparisons import agreement
     from qkan_orch.mitigation import Mitigation, mitigated
     from qkan_orch.models import load_model
 
@@ -88,7 +88,8 @@ def predict(args: argparse.Namespace) -> int:
     if reference is not None:
         ref = run_plan(FeedForwardPlan(model, inputs), reference,
                        shots=resolve_shots(reference.capabilities(), None), progress=not args.quiet)
-        print(f"vs {reference.name}: {compare(report.outputs, report.stderr, ref.outputs)}", file=sys.stderr)
+        print(f"vs {reference.name}: {agreement(report.outputs, report.stderr, ref.outputs, ref.stderr).summary()}",
+              file=sys.stderr)
     return 0
 
 
@@ -100,19 +101,6 @@ def _packing(report: "RunReport") -> str:
     text = f", pack {widths[0]}" if len(widths) == 1 else f", pack {widths[0]}–{widths[-1]}"
     qubits = next((r.qubits for r in reversed(report.rounds) if r.qubits), None)
     return text + (f" on qubits {','.join(map(str, qubits))}" if qubits else "")
-
-
-def compare(outputs: "np.ndarray", stderr: "np.ndarray", reference: "np.ndarray") -> str:
-    """RMSE and largest error against ``reference``, the σ the shots alone explain, and the slope of a line
-    fitted through (reference, output): shot noise shows as σ ≈ RMSE, device noise as a slope below 1."""
-    import numpy as np
-
-    y, ref = outputs.ravel(), reference.ravel()
-    error = y - ref
-    sigma = float(np.sqrt(np.mean(stderr.ravel() ** 2)))
-    slope = float(np.polyfit(ref, y, 1)[0]) if len(ref) > 1 and np.ptp(ref) > 0 else float("nan")
-    return (f"RMSE {np.sqrt(np.mean(error**2)):.4g}, max error {np.max(np.abs(error)):.4g}, "
-            f"σ from shots {sigma:.4g}, slope {slope:.4g}")
 
 
 def train(args: argparse.Namespace) -> int:

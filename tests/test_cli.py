@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import qkan
 import torch
+from scipy.stats import chi2
 
 from conftest import make_inputs, make_model
 from qkan_orch.cli.arrays import read_array
@@ -244,8 +245,13 @@ def test_predict_compare_prints_errors_and_packing_and_csv_has_a_header(workdir:
                 cwd=workdir)
     assert exact.returncode == 0, exact.stderr
     ref = np.load(workdir / "exact.npy")
-    numbers = dict(part.rsplit(" ", 1) for part in compared.removeprefix("vs exact: ").split(", "))
+    *parts, consistency = compared.removeprefix("vs exact: ").split(", ")
+    numbers = dict(part.rsplit(" ", 1) for part in parts)
     assert set(numbers) == {"RMSE", "max error", "σ from shots", "slope"}, compared
+    mean_z2, p_value = map(float, re.fullmatch(r"mean z² (\S+) \(χ² p (\S+)\)", consistency).groups())
+    z2 = ((y - ref) / se) ** 2  # exact reports no error: the sampled run's alone
+    assert mean_z2 == pytest.approx(np.mean(z2), rel=5e-3)
+    assert p_value == pytest.approx(chi2.sf(np.sum(z2), z2.size), rel=5e-2, abs=5e-3)
     assert float(numbers["RMSE"]) == pytest.approx(np.sqrt(np.mean((y - ref) ** 2)), rel=1e-3)
     assert float(numbers["max error"]) == pytest.approx(np.max(np.abs(y - ref)), rel=1e-3)
     assert float(numbers["σ from shots"]) == pytest.approx(np.sqrt(np.mean(se**2)), rel=1e-3)
