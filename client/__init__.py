@@ -11,7 +11,10 @@
 
 from qkan_orch.client.api import ApiError, Client
 from qkan_orch.client.responses import (
+    Agreement,
     Backend,
+    Compared,
+    Comparison,
     Estimate,
     Job,
     JobError,
@@ -27,6 +30,6 @@ from qkan_orch.client.responses import (
 from qkan_orch.service.store.states import JobState
 
 __all__ = [
-    "ApiError", "Backend", "Client", "Estimate", "Job", "JobError", "JobResult", "JobState", "Model", "Page", "Queue",
-    "Queues", "Quote", "Round", "Worker",
+    "Agreement", "ApiError", "Backend", "Client", "Compared", "Comparison", "Estimate", "Job", "JobError",
+    "JobResult", "JobState", "Model", "Page", "Queue", "Queues", "Quote", "Round", "Worker",
 ]

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 from tqdm.auto import tqdm
 
-from qkan_orch.client.responses import Backend, Job, JobResult, Model, Page, Queues, Quote
+from qkan_orch.client.responses import Backend, Comparison, Job, JobResult, Model, Page, Queues, Quote
 from qkan_orch.service.store.states import JobState
 
 
@@ -183,6 +183,46 @@ class Client:
                 elif not line and data:
                     yield event, json.loads(data)
                     event, data = "message", ""
+
+    # -- comparisons -----------------------------------------------------------------------------
+
+    def compare(
+        self,
+        model_id: str,
+        inputs: np.ndarray | list,
+        backends: list[str],
+        reference: str = "exact",
+        shots: int | None = None,
+        pack: int | str | None = None,
+        options: dict | None = None,
+        mitigation: str | dict | None = None,
+    ) -> Comparison:
+        """Run ``backends`` and ``reference`` on the same inputs, one job each; ``wait_comparison`` follows it."""
+        body = {"model_id": model_id, "inputs": np.asarray(inputs, dtype=float).tolist(), "backends": list(backends),
+                "reference": reference, "shots": shots, "pack": pack, "options": options or {},
+                "mitigation": mitigation}
+        return Comparison.from_json(self._call("POST", "/v1/comparisons",
+                                               json={k: v for k, v in body.items() if v is not None}))
+
+    def comparison(self, comparison_id: str) -> Comparison:
+        return Comparison.from_json(self._call("GET", f"/v1/comparisons/{comparison_id}"))
+
+    def comparisons(self, limit: int = 20, offset: int = 0) -> Page[Comparison]:
+        params = {"limit": limit, "offset": offset}
+        return Page.from_json(self._call("GET", "/v1/comparisons", params=params), Comparison.from_json)
+
+    def cancel_comparison(self, comparison_id: str) -> Comparison:
+        return Comparison.from_json(self._call("DELETE", f"/v1/comparisons/{comparison_id}"))
+
+    def wait_comparison(self, comparison_id: str, timeout: float | None = None, interval: float = 0.5
+                        ) -> Comparison:
+        """The comparison once every job has ended (TimeoutError after ``timeout`` seconds)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (found := self.comparison(comparison_id)).finished:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"comparison {comparison_id} not finished after {timeout} s")
+            time.sleep(interval)
+        return found
 
     # -- service ---------------------------------------------------------------------------------
 

@@ -191,6 +191,42 @@ class Page(Generic[T]):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Agreement(_Response):
+    """A backend's outputs against the reference's (``comparisons.agreement``); null where not finite."""
+
+    n: int
+    rmse: float
+    max_error: float
+    sigma: float
+    mean_z2: float | None
+    p_value: float
+    slope: float | None
+    intercept: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Compared(_Response):
+    """One backend's job in a comparison and, once it and the reference's succeeded, how they agree."""
+
+    backend: str
+    job: Job
+    agreement: Agreement | None = None
+    raw_agreement: Agreement | None = None
+    layer_rmse: list[float] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Comparison(_Response):
+    id: str
+    model_id: str | None
+    reference: Compared
+    backends: list[Compared]
+    finished: bool
+    estimate: Estimate
+    created_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
 class Backend(_Response):
     """A backend's capabilities and live status, as ``GET /v1/backends`` lists them."""
 

@@ -8,7 +8,10 @@ from datetime import UTC, datetime
 import pytest
 
 from qkan_orch.client import (
+    Agreement,
     Backend,
+    Compared,
+    Comparison,
     Estimate,
     Job,
     JobError,
@@ -27,7 +30,8 @@ PAIRS = [
     (Model, schemas.ModelOut), (Round, schemas.RoundOut), (JobError, schemas.JobError),
     (Estimate, schemas.EstimateOut), (Job, schemas.JobOut), (JobResult, schemas.JobResultOut),
     (Backend, schemas.BackendOut), (Queue, schemas.QueueOut), (Worker, schemas.WorkerOut),
-    (Queues, schemas.QueuesOut), (Quote, schemas.QuoteOut),
+    (Queues, schemas.QueuesOut), (Quote, schemas.QuoteOut), (Agreement, schemas.AgreementOut),
+    (Compared, schemas.ComparedOut), (Comparison, schemas.ComparisonOut),
 ]
 
 JOB = {

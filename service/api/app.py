@@ -11,7 +11,7 @@ from qkan_orch.backends.accounts import redact_logs
 from qkan_orch.service.api import docs_assets, errors
 from qkan_orch.service.api.event_hub import EventHub
 from qkan_orch.service.api.limits import BodyLimit
-from qkan_orch.service.api.routes import backends, estimate, health, jobs, models, queues
+from qkan_orch.service.api.routes import backends, comparisons, estimate, health, jobs, models, queues
 from qkan_orch.service.broker import Courier
 from qkan_orch.service.job_logging import configure_api
 from qkan_orch.service.settings import Settings
@@ -43,7 +43,8 @@ def create_app(settings: Settings, *, celery: Celery) -> FastAPI:
     app.state.courier = Courier(celery)
     errors.install(app)
     docs_assets.install(app)
-    for router in (models.router, jobs.router, estimate.router, backends.router, queues.router, health.router):
+    for router in (models.router, jobs.router, estimate.router, comparisons.router, backends.router, queues.router,
+                   health.router):
         app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_payload_bytes)
     return app

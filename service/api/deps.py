@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -80,3 +80,5 @@ KeyDep = Annotated[ApiKey, Depends(current_key)]
 BrokerDep = Annotated[Celery, Depends(broker_dep)]
 CourierDep = Annotated[Courier, Depends(courier_dep)]
 EventHubDep = Annotated[EventHub, Depends(event_hub_dep)]
+# A page's offset: bounded so every database takes it as an integer (SQLite's are 64-bit, PostgreSQL's here 32)
+OffsetQuery = Annotated[int, Query(ge=0, le=2**31 - 1)]

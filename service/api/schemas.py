@@ -222,3 +222,69 @@ class QueuesOut(BaseModel):
     workers: list[WorkerOut]
     jobs_by_state: dict[str, int]
     finished_last_minute: int
+
+
+class ComparisonRequest(BaseModel):
+    """Backends to run on the same inputs and compare with a reference (``exact`` by default)."""
+
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(),
+        json_schema_extra={"examples": [{"model_id": "6f1c2d3e-0000-4000-8000-000000000000",
+                                         "inputs": [[0.1, -0.5], [0.7, 0.2]],
+                                         "backends": ["aer", "aer:fake_melbourne", "braket:local_dm"],
+                                         "shots": 4000, "mitigation": "readout+zne"}]},
+    )
+
+    model_id: str = Field(min_length=1, max_length=64)
+    inputs: list[list[float]] = Field(description="One sample per row; width = the model's input width")
+    backends: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        description="1 to 16 distinct backends, none of them the reference")
+    reference: str = Field("exact", min_length=1, max_length=200, description="What the backends are compared with")
+    shots: int | None = JobRequest.model_fields["shots"]
+    pack: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] | None = JobRequest.model_fields["pack"]
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description='Options per backend, e.g. {"aer": {"seed": 1}}')
+    mitigation: str | dict[str, Any] | None = Field(
+        None, description="For every compared backend (the reference runs with its default): "
+        + (JobRequest.model_fields["mitigation"].description or ""))
+
+
+class AgreementOut(BaseModel):
+    """comparisons.agreement: outputs ± σ against the reference's."""
+
+    n: int = Field(description="Output values compared (samples × outputs)")
+    rmse: float
+    max_error: float
+    sigma: float = Field(description="The RMSE the reported standard errors explain")
+    mean_z2: float | None = Field(description="Mean squared error in units of the reported σ (null: infinite)")
+    p_value: float = Field(description="χ² probability of differences this large if the errors explain them")
+    slope: float | None = Field(description="Of outputs on the reference: below 1 is a noise shrink (null: the "
+                                            "reference is constant)")
+    intercept: float | None
+
+
+class ComparedOut(BaseModel):
+    """One backend's job in a comparison, and how it agrees with the reference once both succeeded."""
+
+    backend: str
+    job: JobOut
+    agreement: AgreementOut | None = None
+    raw_agreement: AgreementOut | None = Field(None, description="The same before mitigation, where it ran")
+    layer_rmse: list[float] | None = Field(None, description="Each QKAN layer's output RMSE vs the reference's")
+
+
+class ComparisonOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    model_id: str | None
+    reference: ComparedOut
+    backends: list[ComparedOut]
+    finished: bool = Field(description="Every job has ended")
+    estimate: EstimateOut = Field(description="The jobs' estimates summed")
+    created_at: datetime
+
+
+class ComparisonPage(Page):
+    items: list[ComparisonOut]
+

@@ -72,6 +72,20 @@ class StoredModel(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Comparison(Base):
+    """Backends run on the same inputs against a reference: one inference job each (``Job.comparison_id``)."""
+
+    __tablename__ = "comparisons"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    reference: Mapped[str] = mapped_column(String(200))  # the reference's backend: its job is one of the jobs
+    backends: Mapped[list]  # compared backends, in the order asked for
+    settings: Mapped[dict]  # shots, pack, options, mitigation as asked (each job stores what it resolved to)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (UniqueConstraint("owner_id", "idempotency_key"),)
@@ -100,6 +114,7 @@ class Job(Base):
     estimate: Mapped[dict | None]  # upper bound at submission: tasks, executions, shots, qpu_seconds, cost
     placement: Mapped[dict | None]  # qubits of the latest round, their calibration and its time
     mitigation: Mapped[dict | None]  # Mitigation.to_json() of what the job runs with (None: a training job)
+    comparison_id: Mapped[str | None] = mapped_column(ForeignKey("comparisons.id", ondelete="SET NULL"), index=True)
     qpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     cost: Mapped[float] = mapped_column(Float, default=0.0)  # USD at list price of what ran
     attempts: Mapped[int] = mapped_column(default=0)

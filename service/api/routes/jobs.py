@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, defer
 from sse_starlette.sse import EventSourceResponse
 
 from qkan_orch.models.errors import InputError
-from qkan_orch.service.api.deps import BrokerDep, CourierDep, EventHubDep, KeyDep, SessionDep, SettingsDep
+from qkan_orch.service.api.deps import BrokerDep, CourierDep, EventHubDep, KeyDep, OffsetQuery, SessionDep, SettingsDep
 from qkan_orch.service.api.errors import (
     ERROR_RESPONSES,
     ERROR_RESPONSES_SUBMIT,
@@ -24,17 +24,14 @@ from qkan_orch.service.api.errors import (
     not_found,
 )
 from qkan_orch.service.api.event_hub import SlotStream
-from qkan_orch.service.api.job_records import DuplicateSubmission, submit_inference
+from qkan_orch.service.api.job_records import DuplicateSubmission, cancel_job, submit_inference
 from qkan_orch.service.api.job_views import job_out, jobs_out
 from qkan_orch.service.api.schemas import JobOut, JobPage, JobRequest, JobResultOut
 from qkan_orch.service.api.uploads import read_table
-from qkan_orch.service.broker import PublishStep, Revoke
-from qkan_orch.service.job_logging import job_context
 from qkan_orch.service.settings import Settings
-from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.arrays import unpack_arrays
 from qkan_orch.service.store.database import session_scope
-from qkan_orch.service.store.states import TERMINAL, JobState
+from qkan_orch.service.store.states import JobState
 from qkan_orch.service.store.tables import ApiKey, Job, JobResult
 
 log = logging.getLogger("qkan.api")
@@ -174,7 +171,7 @@ def list_jobs(
     backend: Annotated[str | None, Query(max_length=200)] = None,
     model_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    offset: OffsetQuery = 0,
 ) -> JobPage:
     query = select(Job).options(defer(Job.inputs)).where(Job.owner_id == key.id)
     if state:
@@ -222,26 +219,7 @@ def cancel(job_id: str, key: KeyDep, session: SessionDep, courier: CourierDep) -
     job woken, through the courier, which keeps trying while the broker is away (a message that outlives
     its cancelled job finds nothing to do).
     """
-    job = _own_job(session, key, job_id)
-    if job.state == JobState.CANCELLED:
-        return job_out(session, job)
-    if job.state in TERMINAL:
-        raise HTTPProblem(409, "already_finished", f"the job already {job.state}", "job_id")
-    idle = store.cancel_if_idle(session, job.id)
-    if idle:
-        store.add_event(session, job.id, "state", state=JobState.CANCELLED)
-    flagged = idle or store.request_cancel(session, job.id)  # a worker holds it or a provider job is in flight
-    session.commit()
-    session.refresh(job)
-    if not flagged and job.state != JobState.CANCELLED:  # it ended on its own meanwhile
-        raise HTTPProblem(409, "already_finished", f"the job already {job.state}", "job_id")
-    if job.task_id:
-        courier.deliver(Revoke(job.task_id))
-    if not idle:  # the next step cancels the provider job and ends the job
-        courier.deliver(PublishStep(job.id, job.queue))
-    with job_context(job.id):
-        log.info("cancelled" if idle else "cancel requested: the next step ends it")
-    return job_out(session, job)
+    return job_out(session, cancel_job(session, courier, _own_job(session, key, job_id)))
 
 
 @router.get("/{job_id}/events", summary="Server-sent progress events until the job ends",

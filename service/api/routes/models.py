@@ -12,7 +12,7 @@ from qkan_orch.models.errors import InputError
 from qkan_orch.models.functions import FUNCTIONS, get_function
 from qkan_orch.models.training import OPTIMIZERS
 from qkan_orch.service.api.bounds import check_training, spec_limits
-from qkan_orch.service.api.deps import BrokerDep, KeyDep, SessionDep, SettingsDep
+from qkan_orch.service.api.deps import BrokerDep, KeyDep, OffsetQuery, SessionDep, SettingsDep
 from qkan_orch.service.api.errors import ERROR_RESPONSES, HTTPProblem, not_found
 from qkan_orch.service.api.job_records import create_job
 from qkan_orch.service.api.job_views import job_out
@@ -60,7 +60,7 @@ def list_all(
     key: KeyDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    offset: OffsetQuery = 0,
 ) -> ModelPage:
     rows, total = list_models(session, key.id, limit, offset)
     return ModelPage(items=[ModelOut.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)

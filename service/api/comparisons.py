@@ -1,0 +1,141 @@
+"""Comparisons: the reference and each backend as one inference job on the same inputs, and how they agree.
+
+Creating one quotes every job as a submission would (limits, estimate, the
+key's budget — each job's estimate counts against it, the earlier ones
+already in the session) and refuses the whole comparison if any job is
+refused, naming ``backends[i]``; then the comparison and its jobs are
+committed together and published (``job_records.publish``). How a backend
+agrees with the reference is computed when the comparison is read, from both
+jobs' stored results (``comparisons.agreement``), once both have succeeded.
+"""
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict
+
+import numpy as np
+from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from qkan_orch.comparisons import Agreement, agreement
+from qkan_orch.models.errors import InputError
+from qkan_orch.service.api.errors import not_found
+from qkan_orch.service.api.job_records import new_job, publish
+from qkan_orch.service.api.job_views import jobs_out
+from qkan_orch.service.api.quotes import RunRequest, quote
+from qkan_orch.service.api.schemas import (
+    AgreementOut,
+    ComparedOut,
+    ComparisonOut,
+    ComparisonRequest,
+    EstimateOut,
+    JobOut,
+)
+from qkan_orch.service.settings import Settings
+from qkan_orch.service.store.arrays import unpack_arrays
+from qkan_orch.service.store.models import get_model
+from qkan_orch.service.store.states import TERMINAL, JobState
+from qkan_orch.service.store.tables import ApiKey, Comparison, Job, JobResult
+
+MAX_BACKENDS = 16
+
+
+def create_comparison(session: Session, broker: Celery, settings: Settings, key: ApiKey, body: ComparisonRequest,
+                      inputs: np.ndarray) -> Comparison:
+    """The comparison and its jobs (the reference's first), all quoted before any is stored."""
+    _check_backends(body)
+    if get_model(session, key.id, body.model_id) is None:  # before the comparison row, which refers to it
+        raise not_found("model", body.model_id)
+    comparison = Comparison(id=str(uuid.uuid4()), owner_id=key.id, model_id=body.model_id, reference=body.reference,
+                            backends=list(body.backends),
+                            settings=body.model_dump(include={"shots", "pack", "options", "mitigation"}))
+    session.add(comparison)
+    jobs = []
+    for field, backend in [("reference", body.reference),
+                           *((f"backends[{i}]", b) for i, b in enumerate(body.backends))]:
+        run = RunRequest(body.model_id, len(inputs) if inputs.ndim else 1, backend, body.shots, body.pack,
+                         body.options.get(backend, {}), body.mitigation if field != "reference" else None)
+        try:
+            quoted = quote(session, settings, key, run, inputs=inputs)
+        except InputError as exc:
+            where = field if exc.field == "backend" else exc.field.replace("options.", f"options.{backend}.", 1)
+            raise InputError(where, f"{backend}: {exc.message}") from None
+        assert quoted.inputs is not None
+        job = new_job(key, kind="inference", model_id=quoted.model_id, backend=backend, shots=quoted.shots,
+                      pack=body.pack, options=run.options, arrays={"inputs": quoted.inputs},
+                      rounds_total=len(quoted.rows), estimate=quoted.estimate, mitigation=quoted.mitigation.to_json(),
+                      comparison_id=comparison.id)
+        session.add(job)  # flushed before the next quote's budget sum, so that sum includes it
+        jobs.append(job)
+    publish(session, broker, jobs, also_undo=[comparison])
+    return comparison
+
+
+def _check_backends(body: ComparisonRequest) -> None:
+    if not body.backends:
+        raise InputError("backends", "name at least one backend to compare with the reference")
+    if len(body.backends) > MAX_BACKENDS:
+        raise InputError("backends", f"{len(body.backends)} backends; a comparison takes at most {MAX_BACKENDS}")
+    seen: set[str] = set()
+    for i, backend in enumerate(body.backends):
+        if backend == body.reference:
+            raise InputError(f"backends[{i}]", f"'{backend}' is the reference (compare it with another reference)")
+        if backend in seen:
+            raise InputError(f"backends[{i}]", f"'{backend}' is named twice")
+        seen.add(backend)
+    for name in body.options:
+        if name not in seen and name != body.reference:
+            raise InputError(f"options.{name}", "names no backend of this comparison")
+
+
+def comparisons_out(session: Session, comparisons: Sequence[Comparison]) -> list[ComparisonOut]:
+    """The comparisons' views: their jobs (rounds in one query) and results read once each."""
+    ids = [c.id for c in comparisons]
+    jobs = list(session.scalars(select(Job).where(Job.comparison_id.in_(ids)).order_by(Job.created_at))) if ids else []
+    views = dict(zip((j.id for j in jobs), jobs_out(session, jobs), strict=True))
+    done = [j.id for j in jobs if j.state == JobState.SUCCEEDED]
+    results = {r.job_id: unpack_arrays(r.arrays)
+               for r in session.scalars(select(JobResult).where(JobResult.job_id.in_(done)))} if done else {}
+    out = []
+    for comparison in comparisons:
+        own = {j.backend: j for j in jobs if j.comparison_id == comparison.id}
+        reference = own[comparison.reference]
+        ref_arrays = results.get(reference.id)
+        compared = [_compared(own[b], views[own[b].id], results.get(own[b].id), ref_arrays)
+                    for b in comparison.backends]
+        estimates = [j.estimate for j in own.values() if j.estimate]
+        out.append(ComparisonOut(
+            id=comparison.id, model_id=comparison.model_id,
+            reference=ComparedOut(backend=reference.backend, job=views[reference.id]), backends=compared,
+            finished=all(j.state in TERMINAL for j in own.values()),
+            estimate=_summed(estimates),
+            created_at=comparison.created_at,
+        ))
+    return out
+
+
+def _summed(estimates: list[dict]) -> EstimateOut:
+    """Tasks, executions, shots, seconds and cost add up; worker memory is the largest job's (they run apart)."""
+    total = {k: sum(e.get(k, 0) for e in estimates) for k in EstimateOut.model_fields if k != "peak_bytes"}
+    return EstimateOut(**total, peak_bytes=max((e.get("peak_bytes", 0) for e in estimates), default=0))
+
+
+def _compared(job: Job, view: JobOut, arrays: dict[str, np.ndarray] | None,
+              reference: dict[str, np.ndarray] | None) -> ComparedOut:
+    out = ComparedOut(backend=job.backend, job=view)
+    if arrays is None or reference is None:
+        return out
+    ref, ref_se = reference["outputs"], reference["stderr"]
+    out.agreement = _agreement_out(agreement(arrays["outputs"], arrays["stderr"], ref, ref_se))
+    if "raw_outputs" in arrays:
+        out.raw_agreement = _agreement_out(agreement(arrays["raw_outputs"], arrays["raw_stderr"], ref, ref_se))
+    layers = range(sum(1 for k in arrays if k.startswith("layer.")))
+    out.layer_rmse = [float(np.sqrt(np.mean((arrays[f"layer.{k}"] - reference[f"layer.{k}"]) ** 2))) for k in layers]
+    return out
+
+
+def _agreement_out(found: Agreement) -> AgreementOut:
+    """JSON has no NaN or infinity: a constant reference's slope, or analytic results that differ, are null."""
+    values = asdict(found)
+    return AgreementOut(**{k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in values.items()})

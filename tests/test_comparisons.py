@@ -1,0 +1,139 @@
+"""/v1/comparisons (issue 12 items 1–2, first part): one job per backend through the usual queues, and how each
+agrees with the reference once both succeeded.
+
+Real service: system Redis, PostgreSQL, one Celery worker process. The agreement the service reports is
+checked against comparisons.agreement recomputed here from the jobs' own results.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from conftest import make_inputs, make_model
+from qkan_orch.client import ApiError, Client, JobState
+from qkan_orch.comparisons import agreement
+from qkan_orch.models import save_model
+from qkan_orch.service.local import LocalService
+from qkan_orch.service.store.database import session_scope
+from qkan_orch.service.store.tables import Comparison, Job
+from service_env import stack_env
+
+pytestmark = pytest.mark.usefixtures("plugin_backends")
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
+    tmp = tmp_path_factory.mktemp("comparisons")
+    with stack_env("system-redis+postgresql", tmp) as env, LocalService(tmp, env, concurrency=2) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def qc(svc: LocalService) -> Iterator[Client]:
+    with Client(svc.url, svc.create_key("compare")) as client:
+        yield client
+
+
+def upload(client: Client, folder: Path) -> str:
+    path = folder / "model.safetensors"
+    save_model(make_model(width=[2, 2, 1], reps=2), str(path))
+    return client.upload_model(path).id
+
+
+@pytest.fixture(scope="module")
+def model(qc: Client, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return upload(qc, tmp_path_factory.mktemp("model"))
+
+
+def stored(svc: LocalService) -> tuple[int, int]:
+    with session_scope(svc.settings.resolved_database_url) as session:
+        return (session.scalar(select(func.count()).select_from(Comparison)),
+                session.scalar(select(func.count()).select_from(Job)))
+
+
+def test_each_backend_runs_as_a_job_and_agrees_as_its_results_say(qc: Client, model: str) -> None:
+    x = make_inputs(12, 2)
+    created = qc.compare(model, x, ["aer", "pennylane:default.qubit"], shots=3000, mitigation="none",
+                         options={"aer": {"seed": 3}, "pennylane:default.qubit": {"seed": 4}})
+    assert created.reference.backend == "exact"
+    assert [c.backend for c in created.backends] == ["aer", "pennylane:default.qubit"]
+    jobs = [created.reference.job, *(c.job for c in created.backends)]
+    assert created.estimate.shots == sum(j.estimate.shots for j in jobs) > 0
+    assert created.estimate.executions == sum(j.estimate.executions for j in jobs)
+    done = qc.wait_comparison(created.id, timeout=300)
+    assert done.finished and all(c.job.state == JobState.SUCCEEDED for c in [done.reference, *done.backends])
+    ref = qc.job_result(done.reference.job.id)
+    for compared in done.backends:
+        result = qc.job_result(compared.job.id, layers=True)
+        expected = agreement(np.asarray(result.outputs), np.asarray(result.stderr), np.asarray(ref.outputs),
+                             np.asarray(ref.stderr))
+        got = compared.agreement
+        assert got is not None and got.n == 12 and compared.raw_agreement is None  # no mitigation ran
+        assert (got.rmse, got.sigma, got.p_value) == pytest.approx((expected.rmse, expected.sigma, expected.p_value))
+        assert got.slope == pytest.approx(expected.slope) and got.mean_z2 == pytest.approx(expected.mean_z2)
+        # ideal simulators: the shot errors explain the differences, so p is uniform; below 1e-3 one time in 1000
+        assert got.p_value > 1e-3
+        assert compared.layer_rmse is not None and len(compared.layer_rmse) == 2
+        assert compared.layer_rmse[-1] == pytest.approx(got.rmse)  # the last layer's output is the output
+    assert qc.comparisons().items[0].id == created.id
+
+
+def test_mitigated_backends_report_raw_agreement_too(qc: Client, model: str) -> None:
+    done = qc.wait_comparison(qc.compare(model, make_inputs(4, 2), ["aer:fake_manila"], shots=2000,
+                                         mitigation="readout", options={"aer:fake_manila": {"seed": 5}}).id,
+                              timeout=300)
+    (compared,) = done.backends
+    assert compared.job.mitigation["method"] == "readout" and done.reference.job.mitigation["method"] == "none"
+    assert compared.agreement is not None and compared.raw_agreement is not None
+    assert compared.raw_agreement.rmse != compared.agreement.rmse
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"backends": []}, "backends"),
+    ({"backends": [f"test:counting{i}" for i in range(17)]}, "backends"),
+    ({"backends": ["aer", "aer"]}, "backends[1]"),
+    ({"backends": ["aer", "exact"]}, "backends[1]"),
+    ({"backends": ["aer", "aer:fake_nowhere"]}, "backends[1]"),
+    ({"reference": "aer:fake_nowhere"}, "reference"),
+    ({"options": {"braket:local": {"seed": 1}}}, "options.braket:local"),
+    ({"options": {"aer": {"color": 1}}}, "options.aer.color"),
+    ({"inputs": [[0.1, 0.2], [0.3]]}, "inputs"),
+    ({"inputs": [[0.1, 0.2, 0.3]]}, "inputs"),
+    ({"mitigation": "everything"}, "mitigation"),
+])
+def test_bad_comparisons_are_422_naming_the_field_and_store_nothing(svc: LocalService, qc: Client, model: str,
+                                                                    change: dict, field: str) -> None:
+    body = {"model_id": model, "inputs": [[0.1, 0.2]], "backends": ["aer"], "shots": 100, **change}
+    before = stored(svc)
+    response = qc.http.post("/v1/comparisons", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == field, response.text
+    assert stored(svc) == before
+
+
+def test_the_budget_covers_every_job_or_none_is_stored(svc: LocalService, tmp_path: Path) -> None:
+    # exact uses no shots; each aer job 2 rows × 100 shots: a cap of 300 fits one backend, not two
+    with Client(svc.url, svc.create_key("capped", max_shots=300)) as capped:
+        model = upload(capped, tmp_path)
+        before = stored(svc)
+        with pytest.raises(ApiError) as err:
+            capped.compare(model, [[0.1, 0.2]], ["aer", "braket:local"], shots=100, mitigation="none")
+        assert err.value.status == 402 and stored(svc) == before
+        assert capped.compare(model, [[0.1, 0.2]], ["aer"], shots=100, mitigation="none").estimate.shots == 200
+
+
+def test_another_key_cannot_see_it_and_delete_cancels_its_jobs(svc: LocalService, qc: Client, model: str,
+                                                                tmp_path: Path) -> None:
+    waiting = {"pending_polls": 10_000, "log": str(tmp_path / "pending.log")}
+    created = qc.compare(model, [[0.1, 0.2]], ["test:pending"], options={"test:pending": waiting})
+    with Client(svc.url, svc.create_key("someone else")) as other:
+        with pytest.raises(ApiError) as err:
+            other.comparison(created.id)
+        assert err.value.status == 404 and other.comparisons().total == 0
+    qc.cancel_comparison(created.id)
+    done = qc.wait_comparison(created.id, timeout=120)
+    (pending,) = done.backends
+    assert pending.job.state == JobState.CANCELLED and pending.agreement is None
