@@ -5,8 +5,10 @@ Real service: system Redis, PostgreSQL, one Celery worker process. The agreement
 checked against comparisons.agreement recomputed here from the jobs' own results.
 """
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -137,3 +139,13 @@ def test_another_key_cannot_see_it_and_delete_cancels_its_jobs(svc: LocalService
     done = qc.wait_comparison(created.id, timeout=120)
     (pending,) = done.backends
     assert pending.job.state == JobState.CANCELLED and pending.agreement is None
+
+
+def test_the_readme_comparison_example_runs_as_printed(qc: Client, model: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL) if "qc.compare(" in b]
+    namespace = {"qc": qc, "model": SimpleNamespace(id=model), "x": make_inputs(4, 2)}
+    exec(compile(code, "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed] == ["aer", "aer:fake_melbourne"]
