@@ -41,6 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from qkan_orch.cli.commands import add_commands
+    from qkan_orch.cli.compare import add_compare
     from qkan_orch.cli.demo import add_demo
     from qkan_orch.cli.service_commands import add_service_commands
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo(sub)
     add_commands(sub)
     add_service_commands(sub)
+    add_compare(sub)
     return parser
 
 

@@ -5,7 +5,11 @@ Real service: system Redis, PostgreSQL, one Celery worker process. The agreement
 checked against comparisons.agreement recomputed here from the jobs' own results.
 """
 
+import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -149,3 +153,33 @@ def test_the_readme_comparison_example_runs_as_printed(qc: Client, model: str,
     exec(compile(code, "README.md", "exec"), namespace)
     printed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in printed] == ["aer", "aer:fake_melbourne"]
+
+
+def cli(*args: str, svc: LocalService, key: str) -> subprocess.CompletedProcess:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("QKAN_")}, "QKAN_URL": svc.url,
+           "QKAN_API_KEY": key}
+    return subprocess.run([str(Path(sys.executable).parent / "qkan-orch"), *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_the_compare_command_writes_the_report_and_figures(svc: LocalService, tmp_path: Path) -> None:
+    key = svc.create_key("cli")
+    with Client(svc.url, key) as own:
+        model = upload(own, tmp_path)
+    np.save(tmp_path / "x.npy", make_inputs(6, 2))
+    common = ("compare", "--model", model, "--inputs", str(tmp_path / "x.npy"), "--shots", "500", "--quiet")
+    done = cli(*common, "--backends", "aer,aer:fake_manila", "--mitigation", "readout",
+               "--options", '{"aer": {"seed": 1}}', "--out", str(tmp_path / "out"), svc=svc, key=key)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [c["backend"] for c in report["comparison"]["backends"]] == ["aer", "aer:fake_manila"]
+    assert len(report["reference"]["outputs"]) == 6
+    assert all(len(report["backends"][b]["outputs"]) == 6 for b in ("aer", "aer:fake_manila"))
+    assert report["backends"]["aer:fake_manila"]["raw_outputs"] is not None  # read-out correction ran there
+    for figure in ("outputs.png", "residuals.png"):
+        assert (tmp_path / "out" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = done.stdout.splitlines()
+    assert table[0] == report["comparison"]["id"] and table[-1].startswith("aer:fake_manila")
+    refused = cli(*common, "--backends", "aer,aer", "--out", str(tmp_path / "never"), svc=svc, key=key)
+    assert refused.returncode == 2 and "backends[1]" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert not (tmp_path / "never").exists()
