@@ -80,3 +80,15 @@ def pack_arg(value: str) -> int | str:
     if width < 1:
         raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {value!r}")
     return width
+
+
+def parse_options(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError("options", f"not valid JSON ({exc})") from None
+    if not isinstance(options, dict):
+        raise InputError("options", "must be a JSON object")
+    return options

@@ -8,25 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from qkan_orch.cli.arrays import MITIGATION_HELP, pack_arg, parse_mitigation, read_array, write_array
+from qkan_orch.cli.arrays import MITIGATION_HELP, pack_arg, parse_mitigation, parse_options, read_array, write_array
 from qkan_orch.models.errors import InputError
 
 if TYPE_CHECKING:  # torch, the backends and Qiskit load in the handlers: the service commands start without them
 
     from qkan_orch.backends.base import Capabilities
     from qkan_orch.backends.runner import RunReport
-
-
-def parse_options(text: str | None) -> dict:
-    if not text:
-        return {}
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError("options", f"not valid JSON ({exc})") from None
-    if not isinstance(options, dict):
-        raise InputError("options", "must be a JSON object")
-    return options
 
 
 def resolve_shots(caps: "Capabilities", shots: int | None) -> int | None:

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qkan_orch.cli.arrays import MITIGATION_HELP, pack_arg, parse_mitigation, read_array
+from qkan_orch.cli.arrays import MITIGATION_HELP, pack_arg, parse_mitigation, parse_options, read_array
 from qkan_orch.models.errors import InputError
 
 if TYPE_CHECKING:
@@ -52,15 +52,10 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def _backend_options(text: str | None) -> dict[str, dict]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError("options", f"is not valid JSON ({exc.msg})") from None
-    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+    options = parse_options(text)
+    if not all(isinstance(v, dict) for v in options.values()):
         raise InputError("options", 'must map backends to their options, e.g. {"aer": {"seed": 1}}')
-    return value
+    return options
 
 
 def _wait(qc: "Client", comparison_id: str, quiet: bool) -> "Comparison":

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qkan_orch.cli.arrays import MITIGATION_HELP, pack_arg, parse_mitigation, read_array, write_array
+from qkan_orch.cli.arrays import MITIGATION_HELP, pack_arg, parse_mitigation, parse_options, read_array, write_array
 from qkan_orch.models.errors import InputError
 from qkan_orch.service.store.states import JobState
 
@@ -126,8 +126,6 @@ def models_cmd(args: argparse.Namespace) -> int:
 
 
 def submit(args: argparse.Namespace) -> int:
-    from qkan_orch.cli.commands import parse_options
-
     options = parse_options(args.options) or None
     if args.dry_run:
         return _quote(args, options)
