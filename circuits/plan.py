@@ -46,10 +46,12 @@ class PlanState:
     var: np.ndarray
     layer_outputs: list[np.ndarray] = field(default_factory=list)
     raw: tuple[np.ndarray, np.ndarray] | None = None  # (x, var) of the unmitigated chain, once a round has one
+    activations: list[np.ndarray] = field(default_factory=list)  # per round: (samples, out, in) edge values
 
     def to_bytes(self) -> bytes:
         arrays = {"x": self.x, "var": self.var}
         arrays.update({f"layer_output.{k}": v for k, v in enumerate(self.layer_outputs)})
+        arrays.update({f"activation.{k}": v for k, v in enumerate(self.activations)})
         if self.raw is not None:
             arrays.update(raw_x=self.raw[0], raw_var=self.raw[1])
         meta = {"stage": self.stage, "rounds_done": self.rounds_done, "layers": len(self.layer_outputs)}
@@ -66,6 +68,7 @@ class PlanState:
             var=arrays["var"],
             layer_outputs=[arrays[f"layer_output.{k}"] for k in range(meta["layers"])],
             raw=(arrays["raw_x"], arrays["raw_var"]) if "raw_x" in arrays else None,
+            activations=[arrays[f"activation.{k}"] for k in range(meta["layers"]) if f"activation.{k}" in arrays],
         )
 
 
@@ -115,13 +118,13 @@ class FeedForwardPlan:
         if result.p0.shape != (batch.num_rows,):
             raise ValueError(f"result has {result.p0.shape[0]} rows, the batch {batch.num_rows}")
         layer: QKANLayer = self.stages[state.stage]  # type: ignore[assignment]
-        y, var = _layer_output(layer, batch, state.x, state.var, result.p0, result.p0_stderr, self.dtype)
+        y, var, act = _layer_output(layer, batch, state.x, state.var, result.p0, result.p0_stderr, self.dtype)
         raw = None
         if result.raw_p0 is not None or state.raw is not None:
             raw_x, raw_var = state.raw if state.raw is not None else (state.x, state.var)
             p0, se = ((result.raw_p0, result.raw_p0_stderr) if result.raw_p0 is not None
                       else (result.p0, result.p0_stderr))
-            raw = _layer_output(layer, batch, raw_x, raw_var, p0, se, self.dtype)  # type: ignore[arg-type]
+            raw = _layer_output(layer, batch, raw_x, raw_var, p0, se, self.dtype)[:2]  # type: ignore[arg-type]
         nxt = PlanState(
             stage=state.stage + 1,
             rounds_done=state.rounds_done + 1,
@@ -129,6 +132,7 @@ class FeedForwardPlan:
             var=var,
             layer_outputs=[*state.layer_outputs, y],
             raw=raw,
+            activations=[*state.activations, act],
         )
         return self._run_glue(nxt)
 
@@ -149,7 +153,7 @@ class FeedForwardPlan:
             stage = self.stages[state.stage]
             y, var = _glue(stage, state.x, state.var, self.dtype)
             raw = None if state.raw is None else _glue(stage, *state.raw, self.dtype)
-            state = PlanState(state.stage + 1, state.rounds_done, y, var, state.layer_outputs, raw)
+            state = PlanState(state.stage + 1, state.rounds_done, y, var, state.layer_outputs, raw, state.activations)
         return state
 
 
@@ -163,8 +167,10 @@ def _glue(stage: torch.nn.Module, x_in: np.ndarray, var_in: np.ndarray, dtype: t
 
 
 def _layer_output(layer: QKANLayer, batch: ActivationBatch, x_in: np.ndarray, var_in: np.ndarray,
-                  p0: np.ndarray, p0_stderr: np.ndarray, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """A QKAN layer's output from its inputs and its circuits' p0, and its variance from both."""
+                  p0: np.ndarray, p0_stderr: np.ndarray, dtype: torch.dtype
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A QKAN layer's output from its inputs and its circuits' p0, its variance from both, and the edge
+    activations (samples, out, in) it combined."""
     (act,) = batch.scatter(activation_values(p0, batch.readout))
     x = torch.from_numpy(x_in).to(dtype)
     with torch.no_grad():
@@ -176,7 +182,7 @@ def _layer_output(layer: QKANLayer, batch: ActivationBatch, x_in: np.ndarray, va
         var = np.einsum("boi,oi->bo", act_se**2, weights**2)
     if var_in.any():
         var = var + _propagate(layer, x, var_in)
-    return y, var
+    return y, var, act
 
 
 def validate_inputs(inputs: np.ndarray | torch.Tensor, in_dim: int) -> np.ndarray:

@@ -15,10 +15,12 @@ from qkan_orch.client.responses import (
     Backend,
     Compared,
     Comparison,
+    EdgeError,
     Estimate,
     Job,
     JobError,
     JobResult,
+    LayerAgreement,
     Model,
     Page,
     Queue,
@@ -30,6 +32,7 @@ from qkan_orch.client.responses import (
 from qkan_orch.service.store.states import JobState
 
 __all__ = [
-    "Agreement", "ApiError", "Backend", "Client", "Compared", "Comparison", "Estimate", "Job", "JobError",
-    "JobResult", "JobState", "Model", "Page", "Queue", "Queues", "Quote", "Round", "Worker",
+    "Agreement", "ApiError", "Backend", "Client", "Compared", "Comparison", "EdgeError", "Estimate", "Job",
+    "JobError", "JobResult", "JobState", "LayerAgreement", "Model", "Page", "Queue", "Queues", "Quote", "Round",
+    "Worker",
 ]

@@ -205,6 +205,23 @@ class Agreement(_Response):
 
 
 @dataclass(frozen=True, kw_only=True)
+class EdgeError(_Response):
+    output: int
+    input: int
+    rmse: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerAgreement(_Response):
+    """A QKAN layer's output and edge-activation RMSE against the reference's, and its worst edges."""
+
+    layer: int
+    output_rmse: float
+    activation_rmse: float | None
+    worst_edges: list[EdgeError]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Compared(_Response):
     """One backend's job in a comparison and, once it and the reference's succeeded, how they agree."""
 
@@ -212,7 +229,7 @@ class Compared(_Response):
     job: Job
     agreement: Agreement | None = None
     raw_agreement: Agreement | None = None
-    layer_rmse: list[float] | None = None
+    layers: list[LayerAgreement] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,11 +12,13 @@ from qkan_orch.client import (
     Backend,
     Compared,
     Comparison,
+    EdgeError,
     Estimate,
     Job,
     JobError,
     JobResult,
     JobState,
+    LayerAgreement,
     Model,
     Page,
     Queues,
@@ -31,7 +33,8 @@ PAIRS = [
     (Estimate, schemas.EstimateOut), (Job, schemas.JobOut), (JobResult, schemas.JobResultOut),
     (Backend, schemas.BackendOut), (Queue, schemas.QueueOut), (Worker, schemas.WorkerOut),
     (Queues, schemas.QueuesOut), (Quote, schemas.QuoteOut), (Agreement, schemas.AgreementOut),
-    (Compared, schemas.ComparedOut), (Comparison, schemas.ComparisonOut),
+    (Compared, schemas.ComparedOut), (Comparison, schemas.ComparisonOut), (EdgeError, schemas.EdgeErrorOut),
+    (LayerAgreement, schemas.LayerAgreementOut),
 ]
 
 JOB = {

@@ -23,8 +23,9 @@ from qkan_orch.client import ApiError, Client, JobState
 from qkan_orch.comparisons import agreement
 from qkan_orch.models import save_model
 from qkan_orch.service.local import LocalService
+from qkan_orch.service.store.arrays import unpack_arrays
 from qkan_orch.service.store.database import session_scope
-from qkan_orch.service.store.tables import Comparison, Job
+from qkan_orch.service.store.tables import Comparison, Job, JobResult
 from service_env import stack_env
 
 pytestmark = pytest.mark.usefixtures("plugin_backends")
@@ -60,7 +61,13 @@ def stored(svc: LocalService) -> tuple[int, int]:
                 session.scalar(select(func.count()).select_from(Job)))
 
 
-def test_each_backend_runs_as_a_job_and_agrees_as_its_results_say(qc: Client, model: str) -> None:
+def stored_arrays(svc: LocalService, job_id: str) -> dict[str, np.ndarray]:
+    with session_scope(svc.settings.resolved_database_url) as session:
+        return unpack_arrays(session.get(JobResult, job_id).arrays)
+
+
+def test_each_backend_runs_as_a_job_and_agrees_as_its_results_say(svc: LocalService, qc: Client,
+                                                                    model: str) -> None:
     x = make_inputs(12, 2)
     created = qc.compare(model, x, ["aer", "pennylane:default.qubit"], shots=3000, mitigation="none",
                          options={"aer": {"seed": 3}, "pennylane:default.qubit": {"seed": 4}})
@@ -82,8 +89,17 @@ def test_each_backend_runs_as_a_job_and_agrees_as_its_results_say(qc: Client, mo
         assert got.slope == pytest.approx(expected.slope) and got.mean_z2 == pytest.approx(expected.mean_z2)
         # ideal simulators: the shot errors explain the differences, so p is uniform; below 1e-3 one time in 1000
         assert got.p_value > 1e-3
-        assert compared.layer_rmse is not None and len(compared.layer_rmse) == 2
-        assert compared.layer_rmse[-1] == pytest.approx(got.rmse)  # the last layer's output is the output
+        assert compared.layers is not None and [layer.layer for layer in compared.layers] == [0, 1]
+        assert compared.layers[-1].output_rmse == pytest.approx(got.rmse)  # the last layer's output is the output
+        ours, theirs = stored_arrays(svc, compared.job.id), stored_arrays(svc, done.reference.job.id)
+        for layer in compared.layers:  # edge errors recomputed from the activations both jobs kept
+            act = ours[f"activation.{layer.layer}"]
+            assert act.shape == ((12, 2, 2), (12, 1, 2))[layer.layer]  # samples × out × in of [2, 2, 1]
+            per_edge = np.sqrt(np.mean((act - theirs[f"activation.{layer.layer}"]) ** 2, axis=0))
+            assert layer.activation_rmse == pytest.approx(np.sqrt(np.mean(per_edge**2)))
+            worst = sorted(((float(r), o, i) for (o, i), r in np.ndenumerate(per_edge)), reverse=True)[:5]
+            assert [(e.output, e.input) for e in layer.worst_edges] == [(o, i) for _, o, i in worst]
+            assert [e.rmse for e in layer.worst_edges] == pytest.approx([r for r, _, _ in worst])
     assert qc.comparisons().items[0].id == created.id
 
 

@@ -161,6 +161,7 @@ class _Inference:
         if (raw := self.plan.raw_outputs(state)) is not None:
             arrays.update(raw_outputs=raw[0], raw_stderr=raw[1])
         arrays.update({f"layer.{k}": y for k, y in enumerate(state.layer_outputs)})
+        arrays.update({f"activation.{k}": a for k, a in enumerate(state.activations)})  # 8 B per edge and sample
         summary = {"samples": int(outputs.shape[0]), "outputs": int(outputs.shape[1])}
         return self.claimed.succeed(pack_arrays(arrays), summary)
 

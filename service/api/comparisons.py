@@ -29,8 +29,10 @@ from qkan_orch.service.api.schemas import (
     ComparedOut,
     ComparisonOut,
     ComparisonRequest,
+    EdgeErrorOut,
     EstimateOut,
     JobOut,
+    LayerAgreementOut,
 )
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store.arrays import unpack_arrays
@@ -130,9 +132,26 @@ def _compared(job: Job, view: JobOut, arrays: dict[str, np.ndarray] | None,
     out.agreement = _agreement_out(agreement(arrays["outputs"], arrays["stderr"], ref, ref_se))
     if "raw_outputs" in arrays:
         out.raw_agreement = _agreement_out(agreement(arrays["raw_outputs"], arrays["raw_stderr"], ref, ref_se))
-    layers = range(sum(1 for k in arrays if k.startswith("layer.")))
-    out.layer_rmse = [float(np.sqrt(np.mean((arrays[f"layer.{k}"] - reference[f"layer.{k}"]) ** 2))) for k in layers]
+    count = sum(1 for k in arrays if k.startswith("layer."))
+    out.layers = [_layer(k, arrays, reference) for k in range(count)]
     return out
+
+
+def _layer(k: int, arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+           worst: int = 5) -> LayerAgreementOut:
+    """Layer ``k``'s output RMSE and, where both jobs kept their activations, each edge's RMSE over the samples
+    and the ``worst`` edges. In layers after the first, a backend's edges see its own (noisy) inputs: the edge
+    errors there include what earlier layers passed on."""
+    output_rmse = float(np.sqrt(np.mean((arrays[f"layer.{k}"] - reference[f"layer.{k}"]) ** 2)))
+    act, ref = arrays.get(f"activation.{k}"), reference.get(f"activation.{k}")
+    if act is None or ref is None or act.shape != ref.shape:
+        return LayerAgreementOut(layer=k, output_rmse=output_rmse, activation_rmse=None, worst_edges=[])
+    per_edge = np.sqrt(np.mean((act - ref) ** 2, axis=0))  # (out, in)
+    order = np.argsort(per_edge, axis=None)[::-1][:worst]
+    edges = [EdgeErrorOut(output=int(o), input=int(i), rmse=float(per_edge[o, i]))
+             for o, i in zip(*np.unravel_index(order, per_edge.shape), strict=True)]
+    return LayerAgreementOut(layer=k, output_rmse=output_rmse, activation_rmse=float(np.sqrt(np.mean(per_edge**2))),
+                             worst_edges=edges)
 
 
 def _agreement_out(found: Agreement) -> AgreementOut:

@@ -263,6 +263,19 @@ class AgreementOut(BaseModel):
     intercept: float | None
 
 
+class EdgeErrorOut(BaseModel):
+    output: int = Field(description="The edge's output node in its layer")
+    input: int = Field(description="The edge's input node in its layer")
+    rmse: float = Field(description="Of its activation vs the reference's, over the samples")
+
+
+class LayerAgreementOut(BaseModel):
+    layer: int = Field(description="QKAN layer (round), from 0")
+    output_rmse: float
+    activation_rmse: float | None = Field(description="Over every edge and sample (null: not kept for this job)")
+    worst_edges: list[EdgeErrorOut] = Field(description="The five edges whose activations differ most")
+
+
 class ComparedOut(BaseModel):
     """One backend's job in a comparison, and how it agrees with the reference once both succeeded."""
 
@@ -270,7 +283,9 @@ class ComparedOut(BaseModel):
     job: JobOut
     agreement: AgreementOut | None = None
     raw_agreement: AgreementOut | None = Field(None, description="The same before mitigation, where it ran")
-    layer_rmse: list[float] | None = Field(None, description="Each QKAN layer's output RMSE vs the reference's")
+    layers: list[LayerAgreementOut] | None = Field(
+        None, description="Per QKAN layer: output and edge-activation RMSE vs the reference's, the worst edges "
+        "(activations are kept with each job's result: 8 bytes per edge and sample)")
 
 
 class ComparisonOut(BaseModel):
