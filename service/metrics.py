@@ -5,8 +5,10 @@ would miss their work; the database already holds every job and round, so
 each scrape aggregates it (cheap at the scale of one service's history).
 """
 
+from collections import defaultdict
 from collections.abc import Iterator
 
+import numpy as np
 from celery import Celery
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -31,9 +33,12 @@ class ServiceCollector(Collector):
             shots, executions = session.execute(
                 select(func.coalesce(func.sum(Job.shots_used), 0), func.coalesce(func.sum(Job.executions), 0))
             ).one()
-            buckets = session.execute(select(*[
+            rounds = session.execute(select(Job.backend, *[
                 func.coalesce(func.sum(case((Round.seconds <= b, 1), else_=0)), 0) for b in LATENCY_BUCKETS
-            ], func.count(Round.seconds), func.coalesce(func.sum(Round.seconds), 0.0))).one()
+            ], func.count(Round.seconds), func.coalesce(func.sum(Round.seconds), 0.0)).join(Job, Job.id == Round.job_id)
+                .group_by(Job.backend)).all()
+            started = session.execute(select(Job.backend, Job.created_at, Job.started_at)
+                                      .where(Job.started_at.is_not(None))).all()
         jobs = GaugeMetricFamily("qkan_jobs", "Jobs by state", labels=["state"])
         for state in JobState:
             jobs.add_metric([state], by_state.get(state, 0))
@@ -47,12 +52,25 @@ class ServiceCollector(Collector):
         yield depth
         yield CounterMetricFamily("qkan_shots", "Shots executed (circuit executions × shots)", value=shots)
         yield CounterMetricFamily("qkan_circuit_executions", "Circuit executions", value=executions)
-        *cumulative, count, total = buckets
-        yield HistogramMetricFamily(
-            "qkan_round_latency_seconds", "Submit-to-absorb time of a quantum round",
-            buckets=[(str(b), c) for b, c in zip(LATENCY_BUCKETS, cumulative, strict=True)] + [("+Inf", count)],
-            sum_value=total,
-        )
+        latency = HistogramMetricFamily(
+            "qkan_round_latency_seconds", "Submit-to-absorb time of a quantum round, per backend (on ibm: and "
+            "braket: hardware, the wait on the provider)", labels=["backend"])
+        for backend, *cumulative, count, total in rounds:
+            latency.add_metric([backend], _buckets(cumulative, count), sum_value=total)
+        yield latency
+        waits: defaultdict[str, list[float]] = defaultdict(list)
+        for backend, created, began in started:
+            waits[backend].append((began - created).total_seconds())
+        queued = HistogramMetricFamily("qkan_job_queue_wait_seconds", "Time from submission to a worker's first "
+                                       "step, per backend", labels=["backend"])
+        for backend, values in sorted(waits.items()):
+            counts = np.searchsorted(np.sort(values), LATENCY_BUCKETS, side="right")
+            queued.add_metric([backend], _buckets(counts.tolist(), len(values)), sum_value=float(np.sum(values)))
+        yield queued
+
+
+def _buckets(cumulative: list[int], count: int) -> list[tuple[str, float]]:
+    return [(str(b), c) for b, c in zip(LATENCY_BUCKETS, cumulative, strict=True)] + [("+Inf", count)]
 
 
 def registry_for(settings: Settings, broker: Celery) -> CollectorRegistry:

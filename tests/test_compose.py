@@ -228,7 +228,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def test_compose_file_builds_our_services_from_the_dockerfile_after_healthy_redis_and_postgres() -> None:
     compose = load_compose()
     services = compose["services"]
-    assert set(services) == {*OURS, "redis", "postgres"}
+    assert set(services) == {*OURS, "redis", "postgres", "prometheus", "grafana"}  # those two: test_monitoring_config
     assert services["redis"]["image"] == "redis:7" and services["postgres"]["image"] == "postgres:16"
     for name in ("redis", "postgres"):
         assert services[name]["healthcheck"]["test"], f"{name} has no healthcheck"
