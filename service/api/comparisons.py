@@ -20,10 +20,9 @@ from sqlalchemy.orm import Session
 
 from qkan_orch.comparisons import Agreement, agreement
 from qkan_orch.models.errors import InputError
-from qkan_orch.service.api.errors import not_found
 from qkan_orch.service.api.job_records import new_job, publish
 from qkan_orch.service.api.job_views import jobs_out
-from qkan_orch.service.api.quotes import RunRequest, quote
+from qkan_orch.service.api.quotes import RunSettings, quote, workload
 from qkan_orch.service.api.schemas import (
     AgreementOut,
     ComparedOut,
@@ -36,7 +35,6 @@ from qkan_orch.service.api.schemas import (
 )
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store.arrays import unpack_arrays
-from qkan_orch.service.store.models import get_model
 from qkan_orch.service.store.states import TERMINAL, JobState
 from qkan_orch.service.store.tables import ApiKey, Comparison, Job, JobResult
 
@@ -47,8 +45,9 @@ def create_comparison(session: Session, broker: Celery, settings: Settings, key:
                       inputs: np.ndarray) -> Comparison:
     """The comparison and its jobs (the reference's first), all quoted before any is stored."""
     _check_backends(body)
-    if get_model(session, key.id, body.model_id) is None:  # before the comparison row, which refers to it
-        raise not_found("model", body.model_id)
+    # the model, samples and inputs checked once for every job, before the comparison row that refers to them
+    work = workload(session, settings, key, body.model_id, len(inputs) if inputs.ndim else 1, inputs)
+    assert work.inputs is not None
     comparison = Comparison(id=str(uuid.uuid4()), owner_id=key.id, model_id=body.model_id, reference=body.reference,
                             backends=list(body.backends),
                             settings=body.model_dump(include={"shots", "pack", "options", "mitigation"}))
@@ -56,17 +55,16 @@ def create_comparison(session: Session, broker: Celery, settings: Settings, key:
     jobs = []
     for field, backend in [("reference", body.reference),
                            *((f"backends[{i}]", b) for i, b in enumerate(body.backends))]:
-        run = RunRequest(body.model_id, len(inputs) if inputs.ndim else 1, backend, body.shots, body.pack,
-                         body.options.get(backend, {}), body.mitigation if field != "reference" else None)
+        run = RunSettings(backend, body.shots, body.pack, body.options.get(backend, {}),
+                          body.mitigation if field != "reference" else None)
         try:
-            quoted = quote(session, settings, key, run, inputs=inputs)
+            quoted = quote(session, settings, key, work, run)
         except InputError as exc:
             where = field if exc.field == "backend" else exc.field.replace("options.", f"options.{backend}.", 1)
             raise InputError(where, f"{backend}: {exc.message}") from None
-        assert quoted.inputs is not None
-        job = new_job(key, kind="inference", model_id=quoted.model_id, backend=backend, shots=quoted.shots,
-                      pack=body.pack, options=run.options, arrays={"inputs": quoted.inputs},
-                      rounds_total=len(quoted.rows), estimate=quoted.estimate, mitigation=quoted.mitigation.to_json(),
+        job = new_job(key, kind="inference", model_id=work.model_id, backend=backend, shots=quoted.shots,
+                      pack=body.pack, options=run.options, arrays={"inputs": work.inputs},
+                      rounds_total=len(work.rows), estimate=quoted.estimate, mitigation=quoted.mitigation.to_json(),
                       comparison_id=comparison.id)
         session.add(job)  # flushed before the next quote's budget sum, so that sum includes it
         jobs.append(job)

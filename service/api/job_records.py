@@ -22,7 +22,7 @@ from qkan_orch.backends.base import Estimate, Pack
 from qkan_orch.backends.queues import queue_for
 from qkan_orch.service.api.errors import HTTPProblem
 from qkan_orch.service.api.job_views import job_out
-from qkan_orch.service.api.quotes import RunRequest, quote
+from qkan_orch.service.api.quotes import RunSettings, quote, workload
 from qkan_orch.service.api.schemas import JobOut, JobRequest
 from qkan_orch.service.broker import ADVANCE_TASK, Courier, PublishStep, Revoke
 from qkan_orch.service.job_logging import job_context
@@ -59,20 +59,20 @@ def submit_inference(session: Session, broker: Celery, settings: Settings, key: 
                 raise HTTPProblem(409, "idempotency_conflict", "this idempotency_key was used for a different request",
                                   "idempotency_key")
             return job_out(session, existing), True
-    run = RunRequest(body.model_id, len(inputs) if inputs.ndim else 1, body.backend, body.shots, body.pack,
-                     body.options, body.mitigation)
-    quoted = quote(session, settings, key, run, inputs=inputs)
-    assert quoted.inputs is not None
+    work = workload(session, settings, key, body.model_id, len(inputs) if inputs.ndim else 1, inputs)
+    assert work.inputs is not None
+    quoted = quote(session, settings, key, work, RunSettings(body.backend, body.shots, body.pack, body.options,
+                                                             body.mitigation))
     job = create_job(
-        session, broker, key, kind="inference", model_id=quoted.model_id, backend=body.backend, shots=quoted.shots,
-        pack=body.pack, options=body.options, arrays={"inputs": quoted.inputs}, rounds_total=len(quoted.rows),
+        session, broker, key, kind="inference", model_id=work.model_id, backend=body.backend, shots=quoted.shots,
+        pack=body.pack, options=body.options, arrays={"inputs": work.inputs}, rounds_total=len(work.rows),
         idempotency_key=body.idempotency_key, request_hash=request_hash, estimate=quoted.estimate,
         mitigation=quoted.mitigation.to_json(),
     )
     with job_context(job.id):
         e = quoted.estimate
-        log.info("queued: %d samples on %s, %d rounds, ≤ %d executions, ≤ USD %.2f", len(quoted.inputs),
-                 body.backend, len(quoted.rows), e.executions, e.cost)
+        log.info("queued: %d samples on %s, %d rounds, ≤ %d executions, ≤ USD %.2f", len(work.inputs),
+                 body.backend, len(work.rows), e.executions, e.cost)
     return job_out(session, job), False
 
 

@@ -29,11 +29,9 @@ from qkan_orch.service.store.tables import ApiKey
 
 
 @dataclass(frozen=True)
-class RunRequest:
-    """The parts of a submission a quote depends on: its inputs only through their count."""
+class RunSettings:
+    """How a submission asks to run: what a quote depends on beyond the model and the sample count."""
 
-    model_id: str
-    samples: int  # a submission's: its inputs' rows
     backend: str
     shots: int | None
     pack: Pack
@@ -42,34 +40,48 @@ class RunRequest:
 
 
 @dataclass(frozen=True)
-class Quote:
+class Workload:
+    """A key's model on a number of samples, checked: what every backend's quote of it shares."""
+
     model_id: str
     spec: ModelSpec
+    rows: list[int]  # circuits per round, before deduplication
+    inputs: np.ndarray | None  # a submission's inputs, checked against the model
+
+
+@dataclass(frozen=True)
+class Quote:
+    workload: Workload
     backend: Backend
     configured: bool  # False: quoted from published limits, the provider account is not set up
     assumptions: tuple[str, ...]
     shots: int | None
-    width: int  # template copies per circuit
-    rows: list[int]  # circuits per round, before deduplication
+    width: int | None  # template copies per circuit (dry runs only: a submission needs no second validation)
     mitigation: Mitigation
     estimate: Estimate
     over_budget: str | None  # the 402 message a submission would get, or None
-    inputs: np.ndarray | None  # a submission's inputs, checked against the model
 
 
-def quote(session: Session, settings: Settings, key: ApiKey, run: RunRequest, *, dry_run: bool = False,
-          inputs: np.ndarray | None = None) -> Quote:
-    """Check ``run`` as a submission would and estimate it. A dry run quotes unconfigured hardware from its
-    published limits and reports a budget overrun in ``over_budget``; a submission is refused (402)."""
-    model_row = get_model(session, key.id, run.model_id)
+def workload(session: Session, settings: Settings, key: ApiKey, model_id: str, samples: int,
+             inputs: np.ndarray | None = None) -> Workload:
+    """The model (404 if the key has none of that id), the samples and rounds against the limits, and the
+    inputs (if given) against the model."""
+    model_row = get_model(session, key.id, model_id)
     if model_row is None:
-        raise not_found("model", run.model_id)
-    check_samples(settings, run.samples, "inputs")
+        raise not_found("model", model_id)
+    check_samples(settings, samples, "inputs")
     spec = parse_spec(model_row.spec)
     if inputs is not None:
         inputs = validate_inputs(inputs, spec.in_dim)
-    rows = round_rows(spec, run.samples)
-    check_rounds(settings, rows, run.samples)
+    rows = round_rows(spec, samples)
+    check_rounds(settings, rows, samples)
+    return Workload(model_row.id, spec, rows, inputs)
+
+
+def quote(session: Session, settings: Settings, key: ApiKey, work: Workload, run: RunSettings, *,
+          dry_run: bool = False) -> Quote:
+    """Check ``run`` of ``work`` as a submission would and estimate it. A dry run quotes unconfigured hardware
+    from its published limits and reports a budget overrun in ``over_budget``; a submission is refused (402)."""
     if dry_run:
         from qkan_orch.backends.published import quoting_backend
 
@@ -82,9 +94,9 @@ def quote(session: Session, settings: Settings, key: ApiKey, run: RunRequest, *,
         raise InputError("shots", f"{shots} exceeds this service's limit of {settings.max_shots}")
     mitigation = Mitigation.parse(run.mitigation, caps)
     runner = mitigated(backend, mitigation)
-    _, width, _ = runner.validate(shots, run.pack, run.options)
+    width = runner.validate(shots, run.pack, run.options)[1] if dry_run else None
     # the estimate validates shots, pack and options, and counts calibration rows and fold scales
-    estimate = runner.estimate(rows, shots, run.pack, run.options, columns=spec.columns)
+    estimate = runner.estimate(work.rows, shots, run.pack, run.options, columns=work.spec.columns)
     check_estimate(settings, estimate)
     over_budget = None
     try:
@@ -93,5 +105,4 @@ def quote(session: Session, settings: Settings, key: ApiKey, run: RunRequest, *,
         if not dry_run:
             raise
         over_budget = problem.message
-    return Quote(model_row.id, spec, backend, not assumptions, assumptions, shots, width, rows, mitigation, estimate,
-                 over_budget, inputs)
+    return Quote(work, backend, not assumptions, assumptions, shots, width, mitigation, estimate, over_budget)
