@@ -20,7 +20,8 @@ def compare(args: argparse.Namespace) -> int:
     import numpy as np
 
     from qkan_orch.client import Client, JobState
-    from qkan_orch.comparisons.plots import plot_outputs, plot_residuals
+    from qkan_orch.comparisons import edge_rmse
+    from qkan_orch.comparisons.plots import plot_edge_errors, plot_outputs, plot_residuals
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     options = _backend_options(args.options)
@@ -33,19 +34,26 @@ def compare(args: argparse.Namespace) -> int:
                              parse_mitigation(args.mitigation))
         print(created.id)
         done = _wait(qc, created.id, args.quiet)
-        ref = qc.job_result(done.reference.job.id) if done.reference.job.state == JobState.SUCCEEDED else None
-        finished = {c.backend: qc.job_result(c.job.id) for c in done.backends if c.job.state == JobState.SUCCEEDED}
+        succeeded = [c for c in [done.reference, *done.backends] if c.job.state == JobState.SUCCEEDED]
+        results = {c.backend: qc.job_result(c.job.id, activations=True) for c in succeeded}
+    ref = results.pop(args.reference, None)
+    # per backend and layer, each edge's activation RMSE vs the reference (out × in), where both kept activations
+    edges = {name: [edge_rmse(a, r) for a, r in zip(res.activations, ref.activations, strict=True)]
+             for name, res in results.items() if ref is not None and ref.activations and res.activations}
     arrays = {name: {"outputs": r.outputs, "stderr": r.stderr, "raw_outputs": r.raw_outputs,
-                     "raw_stderr": r.raw_stderr} for name, r in finished.items()}
+                     "raw_stderr": r.raw_stderr, "edge_rmse": [e.tolist() for e in edges.get(name, [])]}
+              for name, r in results.items()}
     report = {"comparison": asdict(done), "reference": {"outputs": ref.outputs, "stderr": ref.stderr} if ref else None,
               "backends": arrays}
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused or failed comparison writes nothing
     (out / "report.json").write_text(json.dumps(report, indent=1, default=datetime.isoformat))
-    if ref is not None and finished:
+    if ref is not None and results:
         reference = (np.asarray(ref.outputs), np.asarray(ref.stderr))
-        results = {name: (np.asarray(r.outputs), np.asarray(r.stderr)) for name, r in finished.items()}
-        plot_outputs(reference, results, str(out / "outputs.png"), args.reference)
-        plot_residuals(reference, results, str(out / "residuals.png"))
+        outputs = {name: (np.asarray(r.outputs), np.asarray(r.stderr)) for name, r in results.items()}
+        plot_outputs(reference, outputs, str(out / "outputs.png"), args.reference)
+        plot_residuals(reference, outputs, str(out / "residuals.png"))
+    if edges:
+        plot_edge_errors(edges, str(out / "activations.png"))
     _print_table(done)
     everyone = [done.reference, *done.backends]
     return 0 if all(c.job.state == JobState.SUCCEEDED for c in everyone) else 1
@@ -97,7 +105,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--pack", type=pack_arg, help="template copies per circuit, or auto (from calibration)")
     c.add_argument("--options", help='options per backend as JSON, e.g. {"aer": {"seed": 1}}')
     c.add_argument("--mitigation", help=MITIGATION_HELP)
-    c.add_argument("--out", required=True, help="folder for report.json, outputs.png, residuals.png")
+    c.add_argument("--out", required=True, help="folder for report.json, outputs.png, residuals.png, activations.png")
     c.add_argument("--quiet", action="store_true")
     c.add_argument("--url", help="API base URL (default $QKAN_URL or http://127.0.0.1:8000)")
     c.add_argument("--api-key", help="default $QKAN_API_KEY")

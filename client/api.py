@@ -165,10 +165,11 @@ class Client:
             return outputs, stderr, [np.asarray(layer) for layer in body.layers or ()]  # type: ignore[return-value]
         return outputs, stderr
 
-    def job_result(self, job_id: str, layers: bool = False) -> JobResult:
-        """The result as sent: an inference job's outputs, or a training job's ``model_id`` and ``losses``."""
-        return JobResult.from_json(
-            self._call("GET", f"/v1/jobs/{job_id}/result", params={"layers": str(layers).lower()}))
+    def job_result(self, job_id: str, layers: bool = False, activations: bool = False) -> JobResult:
+        """The result as sent: an inference job's outputs, or a training job's ``model_id`` and ``losses``;
+        ``activations`` adds every edge's activation per layer (large: samples × edges values)."""
+        params = {"layers": str(layers).lower(), "activations": str(activations).lower()}
+        return JobResult.from_json(self._call("GET", f"/v1/jobs/{job_id}/result", params=params))
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (event, data) pairs from the server-sent event stream until the job ends."""
@@ -196,11 +197,13 @@ class Client:
         pack: int | str | None = None,
         options: dict | None = None,
         mitigation: str | dict | None = None,
+        mitigation_per_backend: dict[str, str | dict] | None = None,
     ) -> Comparison:
-        """Run ``backends`` and ``reference`` on the same inputs, one job each; ``wait_comparison`` follows it."""
+        """Run ``backends`` and ``reference`` on the same inputs, one job each; ``wait_comparison`` follows it.
+        ``mitigation`` applies to every backend but those ``mitigation_per_backend`` names."""
         body = {"model_id": model_id, "inputs": np.asarray(inputs, dtype=float).tolist(), "backends": list(backends),
                 "reference": reference, "shots": shots, "pack": pack, "options": options or {},
-                "mitigation": mitigation}
+                "mitigation": mitigation, "mitigation_per_backend": mitigation_per_backend}
         return Comparison.from_json(self._call("POST", "/v1/comparisons",
                                                json={k: v for k, v in body.items() if v is not None}))
 

@@ -168,6 +168,7 @@ class JobResult(_Response):
     raw_outputs: list[list[float]] | None = None  # mitigated jobs: the same rounds without mitigation
     raw_stderr: list[list[float]] | None = None
     layers: list[list[list[float]]] | None = None
+    activations: list[list[list[list[float]]]] | None = None  # per layer: samples × out × in
     model_id: str | None = None
     losses: list[float] | None = None
 

@@ -40,6 +40,11 @@ class Agreement:
                 f"slope {self.slope:.4g}, mean z² {self.mean_z2:.3g} (χ² p {self.p_value:.2g})")
 
 
+def edge_rmse(activations: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Each edge's activation RMSE over the samples: samples × out × in arrays give out × in."""
+    return np.sqrt(np.mean((np.asarray(activations, float) - np.asarray(reference, float)) ** 2, axis=0))
+
+
 def agreement(outputs: np.ndarray, stderr: np.ndarray, reference: np.ndarray,
               reference_stderr: np.ndarray | None = None) -> Agreement:
     """How ``outputs ± stderr`` agree with ``reference`` (± ``reference_stderr``; None: exact), value by value."""

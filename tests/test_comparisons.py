@@ -103,14 +103,20 @@ def test_each_backend_runs_as_a_job_and_agrees_as_its_results_say(svc: LocalServ
     assert qc.comparisons().items[0].id == created.id
 
 
-def test_mitigated_backends_report_raw_agreement_too(qc: Client, model: str) -> None:
-    done = qc.wait_comparison(qc.compare(model, make_inputs(4, 2), ["aer:fake_manila"], shots=2000,
-                                         mitigation="readout", options={"aer:fake_manila": {"seed": 5}}).id,
-                              timeout=300)
-    (compared,) = done.backends
+def test_mitigated_backends_report_raw_agreement_too(svc: LocalService, qc: Client, model: str) -> None:
+    # one mitigation for the comparison, overridden for the noisy backend (as the demo runs it)
+    created = qc.compare(model, make_inputs(4, 2), ["aer", "aer:fake_manila"], shots=2000, mitigation="none",
+                         mitigation_per_backend={"aer:fake_manila": "readout"},
+                         options={"aer:fake_manila": {"seed": 5}})
+    done = qc.wait_comparison(created.id, timeout=300)
+    ideal, compared = done.backends
     assert compared.job.mitigation["method"] == "readout" and done.reference.job.mitigation["method"] == "none"
+    assert ideal.job.mitigation["method"] == "none" and ideal.raw_agreement is None
     assert compared.agreement is not None and compared.raw_agreement is not None
     assert compared.raw_agreement.rmse != compared.agreement.rmse
+    with session_scope(svc.settings.resolved_database_url) as session:
+        kept = session.get(Comparison, created.id).settings
+    assert kept["mitigation_per_backend"] == {"aer:fake_manila": "readout"}
 
 
 @pytest.mark.parametrize(("change", "field"), [
@@ -120,11 +126,17 @@ def test_mitigated_backends_report_raw_agreement_too(qc: Client, model: str) -> 
     ({"backends": ["aer", "exact"]}, "backends[1]"),
     ({"backends": ["aer", "aer:fake_nowhere"]}, "backends[1]"),
     ({"reference": "aer:fake_nowhere"}, "reference"),
+    ({"reference": "aer"}, "reference"),
+    ({"reference": "braket:local_dm", "backends": ["exact"]}, "reference"),
     ({"options": {"braket:local": {"seed": 1}}}, "options.braket:local"),
     ({"options": {"aer": {"color": 1}}}, "options.aer.color"),
     ({"inputs": [[0.1, 0.2], [0.3]]}, "inputs"),
     ({"inputs": [[0.1, 0.2, 0.3]]}, "inputs"),
     ({"mitigation": "everything"}, "mitigation"),
+    ({"mitigation_per_backend": {"braket:local": "zne"}}, "mitigation_per_backend.braket:local"),
+    ({"mitigation_per_backend": {"exact": "none"}}, "mitigation_per_backend.exact"),
+    ({"mitigation_per_backend": {"aer": {"method": "zne", "extrapolation": "cubic"}}},
+     "mitigation_per_backend.aer.extrapolation"),
 ])
 def test_bad_comparisons_are_422_naming_the_field_and_store_nothing(svc: LocalService, qc: Client, model: str,
                                                                     change: dict, field: str) -> None:
@@ -192,8 +204,17 @@ def test_the_compare_command_writes_the_report_and_figures(svc: LocalService, tm
     assert len(report["reference"]["outputs"]) == 6
     assert all(len(report["backends"][b]["outputs"]) == 6 for b in ("aer", "aer:fake_manila"))
     assert report["backends"]["aer:fake_manila"]["raw_outputs"] is not None  # read-out correction ran there
-    for figure in ("outputs.png", "residuals.png"):
-        assert (tmp_path / "out" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for figure in ("outputs.png", "residuals.png", "activations.png"):
+        drawn = (tmp_path / "out" / figure).read_bytes()
+        assert drawn[:8] == b"\x89PNG\r\n\x1a\n" and len(drawn) > 10_000, figure  # axes and data, not blank
+    # the heatmaps' numbers: per layer out × in of the [2, 2, 1] model, as the service's worst edges say
+    for compared in report["comparison"]["backends"]:
+        edges = report["backends"][compared["backend"]]["edge_rmse"]
+        assert [np.shape(e) for e in edges] == [(2, 2), (1, 2)]
+        for layer, per_edge in zip(compared["layers"], edges, strict=True):
+            worst = layer["worst_edges"][0]
+            assert per_edge[worst["output"]][worst["input"]] == pytest.approx(worst["rmse"])
+            assert np.max(per_edge) == pytest.approx(worst["rmse"])
     table = done.stdout.splitlines()
     assert table[0] == report["comparison"]["id"] and table[-1].startswith("aer:fake_manila")
     refused = cli(*common, "--backends", "aer,aer", "--out", str(tmp_path / "never"), svc=svc, key=key)

@@ -18,7 +18,8 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from qkan_orch.comparisons import Agreement, agreement
+from qkan_orch.backends import get_backend
+from qkan_orch.comparisons import Agreement, agreement, edge_rmse
 from qkan_orch.models.errors import InputError
 from qkan_orch.service.api.job_records import new_job, publish
 from qkan_orch.service.api.job_views import jobs_out
@@ -50,18 +51,19 @@ def create_comparison(session: Session, broker: Celery, settings: Settings, key:
     assert work.inputs is not None
     comparison = Comparison(id=str(uuid.uuid4()), owner_id=key.id, model_id=body.model_id, reference=body.reference,
                             backends=list(body.backends),
-                            settings=body.model_dump(include={"shots", "pack", "options", "mitigation"}))
+                            settings=body.model_dump(include={"shots", "pack", "options", "mitigation",
+                                                              "mitigation_per_backend"}))
     session.add(comparison)
     jobs = []
     for field, backend in [("reference", body.reference),
                            *((f"backends[{i}]", b) for i, b in enumerate(body.backends))]:
+        overridden = backend in body.mitigation_per_backend
         run = RunSettings(backend, body.shots, body.pack, body.options.get(backend, {}),
-                          body.mitigation if field != "reference" else None)
+                          None if field == "reference" else body.mitigation_per_backend.get(backend, body.mitigation))
         try:
             quoted = quote(session, settings, key, work, run)
         except InputError as exc:
-            where = field if exc.field == "backend" else exc.field.replace("options.", f"options.{backend}.", 1)
-            raise InputError(where, f"{backend}: {exc.message}") from None
+            raise InputError(_field(exc.field, field, backend, overridden), f"{backend}: {exc.message}") from None
         job = new_job(key, kind="inference", model_id=work.model_id, backend=backend, shots=quoted.shots,
                       pack=body.pack, options=run.options, arrays={"inputs": work.inputs},
                       rounds_total=len(work.rows), estimate=quoted.estimate, mitigation=quoted.mitigation.to_json(),
@@ -72,7 +74,18 @@ def create_comparison(session: Session, broker: Celery, settings: Settings, key:
     return comparison
 
 
+def _field(field: str, where: str, backend: str, overridden: bool) -> str:
+    """A submission's error field as the comparison's body names it (``backends[i]``, ``options.<backend>.x``,
+    ``mitigation_per_backend.<backend>``)."""
+    if field == "backend":
+        return where
+    if overridden and field.split(".")[0] == "mitigation":
+        return field.replace("mitigation", f"mitigation_per_backend.{backend}", 1)
+    return field.replace("options.", f"options.{backend}.", 1)
+
+
 def _check_backends(body: ComparisonRequest) -> None:
+    _check_reference(body.reference)
     if not body.backends:
         raise InputError("backends", "name at least one backend to compare with the reference")
     if len(body.backends) > MAX_BACKENDS:
@@ -87,6 +100,23 @@ def _check_backends(body: ComparisonRequest) -> None:
     for name in body.options:
         if name not in seen and name != body.reference:
             raise InputError(f"options.{name}", "names no backend of this comparison")
+    for name in body.mitigation_per_backend:
+        if name == body.reference:
+            raise InputError(f"mitigation_per_backend.{name}", "the reference runs unmitigated: it is analytic")
+        if name not in seen:
+            raise InputError(f"mitigation_per_backend.{name}", "names no backend of this comparison")
+
+
+def _check_reference(name: str) -> None:
+    """The reference must be analytic: σ_r = 0 is what makes χ² and the slope measure the compared backend's
+    noise alone, not the sum of two backends' noise."""
+    try:
+        kind = get_backend(name).capabilities().kind
+    except InputError as exc:
+        raise InputError("reference", exc.message) from None
+    if kind != "analytic":
+        raise InputError("reference", f"'{name}' is a {kind}; the reference must be an analytic backend (exact; "
+                                      "`qkan-orch backends --kind analytic` lists any others)")
 
 
 def comparisons_out(session: Session, comparisons: Sequence[Comparison]) -> list[ComparisonOut]:
@@ -144,7 +174,7 @@ def _layer(k: int, arrays: dict[str, np.ndarray], reference: dict[str, np.ndarra
     act, ref = arrays.get(f"activation.{k}"), reference.get(f"activation.{k}")
     if act is None or ref is None or act.shape != ref.shape:
         return LayerAgreementOut(layer=k, output_rmse=output_rmse, activation_rmse=None, worst_edges=[])
-    per_edge = np.sqrt(np.mean((act - ref) ** 2, axis=0))  # (out, in)
+    per_edge = edge_rmse(act, ref)  # (out, in)
     order = np.argsort(per_edge, axis=None)[::-1][:worst]
     edges = [EdgeErrorOut(output=int(o), input=int(i), rmse=float(per_edge[o, i]))
              for o, i in zip(*np.unravel_index(order, per_edge.shape), strict=True)]

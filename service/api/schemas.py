@@ -180,6 +180,8 @@ class JobResultOut(BaseModel):
         None, description="Mitigated jobs: the outputs the same rounds give without mitigation")
     raw_stderr: list[list[float]] | None = None
     layers: list[list[list[float]]] | None = Field(None, description="Each QKAN layer's output, if asked for")
+    activations: list[list[list[list[float]]]] | None = Field(
+        None, description="Per QKAN layer, samples × out × in edge activations, if asked for (and kept)")
     model_id: str | None = Field(None, description="Training jobs: the model they produced")
     losses: list[float] | None = None
 
@@ -239,7 +241,8 @@ class ComparisonRequest(BaseModel):
     inputs: list[list[float]] = Field(description="One sample per row; width = the model's input width")
     backends: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         description="1 to 16 distinct backends, none of them the reference")
-    reference: str = Field("exact", min_length=1, max_length=200, description="What the backends are compared with")
+    reference: str = Field("exact", min_length=1, max_length=200,
+                           description="An analytic backend (exact) the backends are compared with")
     shots: int | None = JobRequest.model_fields["shots"]
     pack: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] | None = JobRequest.model_fields["pack"]
     options: dict[str, dict[str, Any]] = Field(
@@ -247,6 +250,9 @@ class ComparisonRequest(BaseModel):
     mitigation: str | dict[str, Any] | None = Field(
         None, description="For every compared backend (the reference runs with its default): "
         + (JobRequest.model_fields["mitigation"].description or ""))
+    mitigation_per_backend: dict[str, str | dict[str, Any]] = Field(
+        default_factory=dict, description='Overrides mitigation for the backends named, e.g. {"aer:fake_melbourne": '
+        '"readout+zne"} beside an ideal "aer" left at its default (not the reference: it is exact)')
 
 
 class AgreementOut(BaseModel):

@@ -193,7 +193,9 @@ def get_job(job_id: str, key: KeyDep, session: SessionDep) -> JobOut:
 @router.get("/{job_id}/result", response_model=JobResultOut, summary="Outputs and standard errors",
             responses={409: {"description": "The job has not succeeded"}})
 def get_result(job_id: str, key: KeyDep, session: SessionDep,
-               layers: Annotated[bool, Query(description="Include every QKAN layer's output")] = False) -> JobResultOut:
+               layers: Annotated[bool, Query(description="Include every QKAN layer's output")] = False,
+               activations: Annotated[bool, Query(description="Include every edge's activation per layer")] = False,
+               ) -> JobResultOut:
     job = _own_job(session, key, job_id)
     row = session.get(JobResult, job.id)
     if job.state != JobState.SUCCEEDED or row is None:
@@ -207,6 +209,9 @@ def get_result(job_id: str, key: KeyDep, session: SessionDep,
     if layers:
         count = sum(1 for k in arrays if k.startswith("layer."))
         out.layers = [arrays[f"layer.{k}"].tolist() for k in range(count)]
+    if activations and "activation.0" in arrays:  # jobs stored before activations were kept have none
+        count = sum(1 for k in arrays if k.startswith("activation."))
+        out.activations = [arrays[f"activation.{k}"].tolist() for k in range(count)]
     return out
 
 
