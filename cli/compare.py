@@ -33,7 +33,7 @@ def compare(args: argparse.Namespace) -> int:
         created = qc.compare(args.model, inputs, backends, args.reference, args.shots, args.pack, options,
                              parse_mitigation(args.mitigation))
         print(created.id)
-        done = _wait(qc, created.id, args.quiet)
+        done = follow(qc, created.id, args.quiet)
         succeeded = [c for c in [done.reference, *done.backends] if c.job.state == JobState.SUCCEEDED]
         results = {c.backend: qc.job_result(c.job.id, activations=True) for c in succeeded}
     ref = results.pop(args.reference, None)
@@ -66,8 +66,9 @@ def _backend_options(text: str | None) -> dict[str, dict]:
     return options
 
 
-def _wait(qc: "Client", comparison_id: str, quiet: bool) -> "Comparison":
-    """The finished comparison; a line per change of its jobs' states on stderr unless ``quiet``."""
+def follow(qc: "Client", comparison_id: str, quiet: bool) -> "Comparison":
+    """The finished comparison; a line per change of its jobs' states on stderr unless ``quiet`` (the demo's
+    progress too)."""
     last = ""
     while True:
         found = qc.comparison(comparison_id)

@@ -1,13 +1,15 @@
 """``qkan-orch demo``: train a small QKAN and run it on every local backend through the service.
 
-Every backend runs as a job on the real service path — client → REST API →
-Redis broker → Celery worker → SQL store — started here with the embedded
+The backends run as one comparison against the exact simulator (``POST
+/v1/comparisons``): a job each on the real service path — client → REST API
+→ Redis broker → Celery worker → SQL store — started here with the embedded
 defaults (or an existing service given by ``--url``). One table shows what
 the compiler saves (rows after deduplication vs activations requested,
-circuit executions after packing) and how far each backend lands from the
-exact simulator: shot noise alone on ideal simulators, visibly more on
-noisy ones before mitigation — which the demo applies there (read-out
-correction and zero-noise extrapolation) and shows beside the raw reading.
+circuit executions after packing) and, from the comparison's agreement, how
+far each backend lands from exact: shot noise alone on ideal simulators
+(χ² p not tiny), visibly more on noisy ones before mitigation — which the
+demo applies there only (read-out correction and zero-noise extrapolation,
+``mitigation_per_backend``) and shows beside the raw reading.
 """
 
 import argparse
@@ -21,9 +23,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from qkan_orch.cli.compare import follow
 from qkan_orch.client import Client, JobState
 
 if TYPE_CHECKING:  # torch loads when the demo runs, not with every CLI command
+    from qkan_orch.client import Compared
     from qkan_orch.models import Model
     from qkan_orch.models.training import TrainResult
 
@@ -33,6 +37,7 @@ DEMO_BACKENDS = (
 )
 DEMO_SPEC = {"width": [2, 3, 1], "reps": 3}
 DEMO_FUNCTION = "sin_cos"
+REFERENCE = "exact"
 
 
 def demo_model(progress: bool = False) -> tuple["Model", "TrainResult"]:
@@ -63,43 +68,43 @@ def demo(args: argparse.Namespace) -> int:
     inputs = function.grid(args.grid).numpy()
     target = function(function.grid(args.grid)).numpy()[:, 0]
 
+    compared = [b.strip() for b in args.backends.split(",") if b.strip() and b.strip() != REFERENCE]
     with ExitStack() as stack:
         qc = stack.enter_context(_service(args, out, stack))
         model_id = qc.upload_model(out / "model.safetensors", name="demo").id
-        entries, outputs, raw = [], {}, {}
-        for name in args.backends.split(","):
-            job = qc.submit(model_id, inputs, backend=name, shots=args.shots, mitigation=_mitigation_for(name))
-            status = qc.wait(job.id, progress=progress)
-            if status.state != JobState.SUCCEEDED:
-                raise RuntimeError(f"{name}: job {status.state}: {status.error.message if status.error else ''}")
-            body = qc.job_result(job.id)
-            outputs[name] = (np.asarray(body.outputs)[:, 0], np.asarray(body.stderr)[:, 0])
-            if body.raw_outputs is not None:
-                raw[name] = np.asarray(body.raw_outputs)[:, 0]
-            entries.append({
-                "backend": name, "job_id": job.id, "mitigation": (status.mitigation or {}).get("method", "none"),
-                "shots": status.shots or 0, "shots_used": status.shots_used,
-                "rows": sum(r.rows for r in status.rounds), "requested": sum(r.requested for r in status.rounds),
-                "executions": status.executions, "seconds": round(status.run_seconds or 0.0, 3),
-            })
-    _score(entries, outputs, raw, target)
+        created = qc.compare(model_id, inputs, compared, reference=REFERENCE, shots=args.shots,
+                             mitigation_per_backend=_mitigation_per_backend(compared))
+        _say(f"comparison {created.id}: {REFERENCE} and {len(compared)} backends on {len(inputs)} inputs, a job each")
+        done = follow(qc, created.id, not progress)
+        everyone = [done.reference, *done.backends]
+        failed = [f"{c.backend}: job {c.job.state}: {c.job.error.message if c.job.error else ''}"
+                  for c in everyone if c.job.state != JobState.SUCCEEDED]
+        if failed:
+            raise RuntimeError("; ".join(failed))
+        results = {c.backend: qc.job_result(c.job.id) for c in everyone}
+    outputs = {name: (np.asarray(r.outputs)[:, 0], np.asarray(r.stderr)[:, 0]) for name, r in results.items()}
+    raw = {name: np.asarray(r.raw_outputs)[:, 0] for name, r in results.items() if r.raw_outputs is not None}
+    entries = [_entry(c, outputs[c.backend][0], target) for c in everyone]
     _print_table(entries)
-    summary = {"model": DEMO_SPEC, "function": function.formula, "samples": len(target), "backends": entries}
+    summary = {"model": DEMO_SPEC, "function": function.formula, "samples": len(target), "comparison_id": done.id,
+               "reference": REFERENCE, "backends": entries}
     (out / "report.json").write_text(json.dumps(summary, indent=2))
     _plot(target, outputs, str(out / "predictions.png"), function.formula)
     written = [out / "report.json", out / "predictions.png"]
-    if raw and "exact" in outputs:
-        _plot_mitigation(outputs["exact"][0], outputs, raw, str(out / "mitigation.png"))
+    if raw:
+        _plot_mitigation(outputs[REFERENCE][0], outputs, raw, str(out / "mitigation.png"))
         written.append(out / "mitigation.png")
     _say(f"wrote {', '.join(str(p) for p in written)} and {out / 'model.safetensors'}")
     return 0
 
 
-def _mitigation_for(name: str) -> str | None:
-    """Read-out correction and zero-noise extrapolation where there is noise; the service's default elsewhere."""
+def _mitigation_per_backend(names: list[str]) -> dict[str, str]:
+    """Read-out correction and zero-noise extrapolation where there is noise; the others keep the service's
+    default (none on ideal simulators), so their χ² shows shot noise alone."""
     from qkan_orch.backends import get_backend
 
-    return "readout+zne" if get_backend(name).capabilities().kind in ("noisy simulator", "qpu") else None
+    return {name: "readout+zne" for name in names
+            if get_backend(name).capabilities().kind in ("noisy simulator", "qpu")}
 
 
 def _service(args: argparse.Namespace, out: Path, stack: ExitStack) -> Client:
@@ -114,17 +119,23 @@ def _service(args: argparse.Namespace, out: Path, stack: ExitStack) -> Client:
     return Client(service.url, service.create_key("demo"))
 
 
-def _score(entries: list[dict], outputs: dict, raw: dict, target: np.ndarray) -> None:
-    exact = outputs["exact"][0] if "exact" in outputs else None
-    for entry in entries:
-        pred, stderr = outputs[entry["backend"]]
-        entry["shot_noise"] = float(np.sqrt(np.mean(stderr**2)))
-        entry["rmse_vs_target"] = float(np.sqrt(np.mean((pred - target) ** 2)))
-        if exact is not None:
-            entry["rmse_vs_exact"] = float(np.sqrt(np.mean((pred - exact) ** 2)))
-            entry["max_error_vs_exact"] = float(np.max(np.abs(pred - exact)))
-            if entry["backend"] in raw:  # the same rounds read without mitigation
-                entry["raw_rmse_vs_exact"] = float(np.sqrt(np.mean((raw[entry["backend"]] - exact) ** 2)))
+def _entry(compared: "Compared", pred: np.ndarray, target: np.ndarray) -> dict:
+    """One backend's row: its job's usage and the comparison's agreement with exact (the reference's own row
+    has none: it agrees with itself, RMSE 0, and being analytic has no shot noise)."""
+    job, found, raw = compared.job, compared.agreement, compared.raw_agreement
+    entry = {
+        "backend": compared.backend, "job_id": job.id, "mitigation": (job.mitigation or {}).get("method", "none"),
+        "shots": job.shots or 0, "shots_used": job.shots_used, "rows": sum(r.rows for r in job.rounds),
+        "requested": sum(r.requested for r in job.rounds), "executions": job.executions,
+        "seconds": round(job.run_seconds or 0.0, 3), "rmse_vs_target": float(np.sqrt(np.mean((pred - target) ** 2))),
+        "rmse_vs_exact": 0.0, "max_error_vs_exact": 0.0, "shot_noise": 0.0,
+    }
+    if found is not None:
+        entry.update(rmse_vs_exact=found.rmse, max_error_vs_exact=found.max_error, shot_noise=found.sigma,
+                     p_value=found.p_value, mean_z2=found.mean_z2, slope=found.slope)
+    if raw is not None:  # the same rounds read without mitigation
+        entry.update(raw_rmse_vs_exact=raw.rmse, raw_p_value=raw.p_value, raw_slope=raw.slope)
+    return entry
 
 
 def _say(text: str) -> None:
@@ -134,20 +145,22 @@ def _say(text: str) -> None:
 def _print_table(entries: list[dict]) -> None:
     header = (
         f"{'backend':<24}{'mitigation':>12}{'shots':>7}{'rows':>6}{'of':>6}{'execs':>7}{'time s':>8}"
-        f"{'raw RMSE':>10}{'RMSE':>9}{'max err':>9}{'σ shots':>9}"
+        f"{'raw RMSE':>10}{'RMSE':>9}{'max err':>9}{'σ shots':>9}{'χ² p':>9}"
     )
     print(header)
     print("-" * len(header))
     for e in entries:
         raw = f"{e['raw_rmse_vs_exact']:.4f}" if "raw_rmse_vs_exact" in e else "—"
+        p_value = f"{e['p_value']:.2g}" if "p_value" in e else "—"
         print(
             f"{e['backend']:<24}{e['mitigation']:>12}{e['shots'] or '—':>7}{e['rows']:>6}{e['requested']:>6}"
-            f"{e['executions']:>7}{e['seconds']:>8.2f}{raw:>10}{e.get('rmse_vs_exact', float('nan')):>9.4f}"
-            f"{e.get('max_error_vs_exact', float('nan')):>9.4f}{e['shot_noise']:>9.4f}"
+            f"{e['executions']:>7}{e['seconds']:>8.2f}{raw:>10}{e['rmse_vs_exact']:>9.4f}"
+            f"{e['max_error_vs_exact']:>9.4f}{e['shot_noise']:>9.4f}{p_value:>9}"
         )
-    print("rows: circuits after deduplication, of: activations requested, execs: circuits run (calibration and "
-          "fold scales included); raw RMSE: the same rounds without mitigation; RMSE / max err vs exact; "
-          "σ shots: expected RMSE from shot noise alone")
+    print(f"rows: circuits after deduplication, of: activations requested, execs: circuits run (calibration and "
+          f"fold scales included); raw RMSE: the same rounds without mitigation; RMSE / max err vs {REFERENCE}; "
+          "σ shots: expected RMSE from shot noise alone; χ² p: the chance of differences this large if shot noise "
+          "alone caused them (tiny: noise the errors do not report)")
 
 
 def _plot(target: np.ndarray, outputs: dict, path: str, formula: str) -> None:

@@ -116,13 +116,16 @@ def test_demo_runs_every_local_backend_and_writes_its_report(tmp_path: Path) -> 
         assert fields <= set(entry)
         assert entry["rows"] < entry["requested"]  # the grid's repeated values were deduplicated
     assert entries["exact"]["rmse_vs_exact"] == 0.0
+    # one comparison against exact: every other backend's row carries its χ² p-value
+    assert report["reference"] == "exact" and report["comparison_id"] and "p_value" not in entries["exact"]
+    assert all(0.0 <= e["p_value"] <= 1.0 for name, e in entries.items() if name != "exact")
     for name, entry in entries.items():  # noisy simulators run mitigated, raw RMSE beside the mitigated one
         noisy = name in ("aer:fake_sherbrooke", "aer:fake_melbourne", "braket:local_dm", "ibm:fake_torino")
         assert entry["mitigation"] == ("readout+zne" if noisy else "none")
         assert ("raw_rmse_vs_exact" in entry) == noisy
     assert (tmp_path / "demo" / "predictions.png").stat().st_size > 10_000
     assert (tmp_path / "demo" / "mitigation.png").stat().st_size > 10_000
-    assert "braket:local_dm" in done.stdout
+    assert "braket:local_dm" in done.stdout and "χ² p" in done.stdout.splitlines()[0]
 
 
 @pytest.fixture
