@@ -87,7 +87,8 @@ def keys(args: argparse.Namespace) -> int:
             for flag, value in (("--max-shots", args.max_shots), ("--max-cost", args.max_cost)):
                 if value is not None and value < 0:
                     raise InputError(flag, f"must not be negative, got {value}")
-            key, token = create_key(session, args.name, max_shots=args.max_shots, max_cost=args.max_cost)
+            key, token = create_key(session, args.name, max_shots=args.max_shots, max_cost=args.max_cost,
+                                    admin=args.admin)
             print(token)
             print(f"key {key.id} ('{key.name}') created in {where}; the token above is shown only once",
                   file=sys.stderr)
@@ -95,7 +96,8 @@ def keys(args: argparse.Namespace) -> int:
             for key in list_keys(session):
                 budget = f"shots≤{key.max_shots}" if key.max_shots is not None else "shots unlimited"
                 budget += f", cost≤${key.max_cost:g}" if key.max_cost is not None else ", cost unlimited"
-                print(f"{key.id}\t{key.prefix}…\t{key.name}\t{key.created_at:%Y-%m-%d %H:%M}\t{budget}")
+                role = "admin" if key.admin else "user"
+                print(f"{key.id}\t{key.prefix}…\t{key.name}\t{role}\t{key.created_at:%Y-%m-%d %H:%M}\t{budget}")
     return 0
 
 
@@ -231,6 +233,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--name", default="default")
     k.add_argument("--max-shots", type=int, help="budget: shots over all of the key's jobs")
     k.add_argument("--max-cost", type=float, help="budget: estimated USD over all of the key's jobs")
+    k.add_argument("--admin", action="store_true", help="its dashboard shows every key's queues and jobs")
     k.set_defaults(handler=keys)
 
     def client_flags(p: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ from celery import Celery
 from fastapi import FastAPI
 
 from qkan_orch.backends.accounts import redact_logs
+from qkan_orch.service import dashboard
 from qkan_orch.service.api import docs_assets, errors
 from qkan_orch.service.api.event_hub import EventHub
 from qkan_orch.service.api.limits import BodyLimit
@@ -46,5 +47,6 @@ def create_app(settings: Settings, *, celery: Celery) -> FastAPI:
     for router in (models.router, jobs.router, estimate.router, comparisons.router, backends.router, queues.router,
                    health.router):
         app.include_router(router)
+    dashboard.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_payload_bytes)
     return app

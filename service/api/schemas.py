@@ -217,6 +217,7 @@ class WorkerOut(BaseModel):
     queues: list[str]
     active: int
     reserved: int
+    concurrency: int | None = Field(None, description="Task processes of the worker's pool")
 
 
 class QueuesOut(BaseModel):

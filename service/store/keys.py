@@ -20,10 +20,12 @@ def hash_key(token: str) -> str:
 
 
 def create_key(session: Session, name: str, max_shots: int | None = None,
-               max_cost: float | None = None) -> tuple[ApiKey, str]:
-    """A new key (with optional budgets) and its token; the token is returned once and never stored."""
+               max_cost: float | None = None, admin: bool = False) -> tuple[ApiKey, str]:
+    """A new key (with optional budgets) and its token; the token is returned once and never stored. An admin
+    key's dashboard shows every key's jobs; through the API it is a key like any other."""
     token = PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(name=name, prefix=token[:10], key_hash=hash_key(token), max_shots=max_shots, max_cost=max_cost)
+    key = ApiKey(name=name, prefix=token[:10], key_hash=hash_key(token), max_shots=max_shots, max_cost=max_cost,
+                 admin=admin)
     session.add(key)
     session.flush()
     return key, token

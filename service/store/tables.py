@@ -54,6 +54,20 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     max_shots: Mapped[int | None] = mapped_column(BigInteger)  # budget: shots over all the key's jobs
     max_cost: Mapped[float | None] = mapped_column(Float)  # budget: estimated USD over all its jobs
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)  # the dashboard shows it every key's jobs
+
+
+class WebSession(Base):
+    """A dashboard sign-in: the browser holds a random token (an httpOnly cookie), never the API key; only the
+    token's hash is stored. ``csrf`` is the token every state-changing form sends back."""
+
+    __tablename__ = "web_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
 
 
 class StoredModel(Base):

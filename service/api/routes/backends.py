@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from qkan_orch.backends import Capabilities, Status, get_backend, list_backends
 from qkan_orch.backends.names import check_filters, name_matches
@@ -36,9 +37,15 @@ async def backends(
     filter: Annotated[str | None, Query(max_length=200, description="Names containing this text")] = None,
 ) -> list[BackendOut]:
     check_filters(kind, provider)
-    capabilities = [c for c in await run_in_threadpool(all_capabilities)
-                    if name_matches(c.name, provider, filter) and kind in (None, c.kind)]
-    statuses = await run_in_threadpool(lambda: [_fresh_status(c.name) for c in capabilities])
+    return await run_in_threadpool(backend_rows, session, kind, provider, filter)
+
+
+def backend_rows(session: Session, kind: str | None = None, provider: str | None = None,
+                 filter: str | None = None) -> list[BackendOut]:
+    """The listing the route and the dashboard show: providers' statuses (cached ``STATUS_SECONDS``), this
+    service's jobs waiting on each, and unconfigured hardware with the setting that enables it."""
+    capabilities = [c for c in all_capabilities() if name_matches(c.name, provider, filter) and kind in (None, c.kind)]
+    statuses = [_fresh_status(c.name) for c in capabilities]
     pending = dict(session.execute(
         select(Job.backend, func.count()).where(Job.state == JobState.WAITING_ON_PROVIDER).group_by(Job.backend)
     ).all())

@@ -1,37 +1,22 @@
 """/v1/queues: what the dashboard draws — queue depths, live workers, throughput."""
 
-from typing import Any
-
-from celery import Celery
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from qkan_orch.service.api.deps import BrokerDep, KeyDep, SessionDep
 from qkan_orch.service.api.errors import ERROR_RESPONSES
-from qkan_orch.service.api.schemas import QueueOut, QueuesOut, WorkerOut
+from qkan_orch.service.api.schemas import QueueOut, QueuesOut
+from qkan_orch.service.api.worker_census import inspect_workers
 from qkan_orch.service.broker import queue_depths
 from qkan_orch.service.store import jobs as store
 
 router = APIRouter(prefix="/v1/queues", tags=["queues"], responses=ERROR_RESPONSES)
 
 
-def live_workers(broker: Celery, timeout: float = 1.0) -> list[WorkerOut]:
-    inspect = broker.control.inspect(timeout=timeout)
-    active: dict[str, list[Any]] = inspect.active() or {}
-    reserved: dict[str, list[Any]] = inspect.reserved() or {}
-    queues: dict[str, list[dict[str, Any]]] = inspect.active_queues() or {}
-    names = sorted(set(active) | set(reserved) | set(queues))
-    return [
-        WorkerOut(name=n, queues=[q["name"] for q in queues.get(n, [])], active=len(active.get(n, [])),
-                  reserved=len(reserved.get(n, [])))
-        for n in names
-    ]
-
-
 @router.get("", response_model=QueuesOut, summary="Queue depth, live workers, jobs finished in the last minute")
 async def queues(_: KeyDep, session: SessionDep, broker: BrokerDep) -> QueuesOut:
     depths = await run_in_threadpool(queue_depths, broker)
-    workers = await run_in_threadpool(live_workers, broker)
+    workers = await run_in_threadpool(inspect_workers, broker)
     return QueuesOut(
         queues=[QueueOut(name=n, depth=d) for n, d in depths.items()],
         workers=workers,

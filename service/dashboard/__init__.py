@@ -1,0 +1,56 @@
+"""The queue-monitoring dashboard at ``/dashboard``, served by the API process.
+
+Rendered on the server with Jinja2 templates, as FastAPI's own full-stack
+examples do, plus one small script (``static/dashboard.js``) that refreshes a
+page's live region every 1.5 s and draws tooltips: no front-end build, no
+npm, no CDN — the pages work with no network and the templates are the only
+place a page is described. A content security policy allows scripts, styles
+and fetches from this service only.
+"""
+
+from fastapi import FastAPI, Request
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+
+from qkan_orch.service.api.background_reading import BackgroundReading
+from qkan_orch.service.api.routes.backends import backend_rows
+from qkan_orch.service.api.schemas import BackendOut
+from qkan_orch.service.api.worker_census import inspect_workers
+from qkan_orch.service.dashboard.pages import router
+from qkan_orch.service.dashboard.signin import SignInRequired, sign_in_redirect
+from qkan_orch.service.store.database import session_scope
+
+STATIC = __path__[0] + "/static"
+POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+          "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+
+WORKERS_MAX_AGE = 3.0  # seconds: the Overview's workers are at most this old plus one census (about 1 s)
+BACKENDS_MAX_AGE = 15.0  # the listing itself caches providers' statuses for a minute
+
+
+def install(app: FastAPI) -> None:
+    """The pages, their static files, the sign-in redirect, the security headers, and the two slow readings
+    the pages show (workers; backends) refreshed in the background."""
+    url = app.state.settings.resolved_database_url
+    app.state.workers_reading = BackgroundReading(lambda: inspect_workers(app.state.celery), WORKERS_MAX_AGE)
+    app.state.backends_reading = BackgroundReading(lambda: _backends(url), BACKENDS_MAX_AGE)
+    app.include_router(router)
+    app.mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard-static")
+    app.add_exception_handler(SignInRequired, sign_in_redirect)  # type: ignore[arg-type]
+
+    @app.middleware("http")
+    async def _policy(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response: Response = await call_next(request)
+        if request.url.path.startswith("/dashboard"):
+            response.headers["Content-Security-Policy"] = POLICY
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            response.headers["Referrer-Policy"] = "same-origin"
+            if not request.url.path.startswith("/dashboard/static"):
+                response.headers["Cache-Control"] = "no-store"
+        return response
+
+
+def _backends(url: str) -> list[BackendOut]:
+    with session_scope(url) as session:
+        return backend_rows(session)
