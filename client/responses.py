@@ -280,6 +280,7 @@ class Worker(_Response):
     queues: list[str]
     active: int
     reserved: int
+    concurrency: int | None = None  # task processes of its pool (unknown if it did not answer the stats question)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,10 +3,7 @@
 subprocess)."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,10 +22,10 @@ from qkan_orch.service.local import LocalService
 from qkan_orch.service.store.database import session_scope
 from qkan_orch.service.store.tables import StoredModel
 from service_env import stack_env
+from support.cli_process import cli
 
 pytestmark = pytest.mark.usefixtures("plugin_backends")
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-CLI = str(Path(sys.executable).parent / "qkan-orch")
 
 
 @pytest.fixture(scope="module", params=["system-redis+postgresql", "system-redis+sqlite"])
@@ -47,12 +44,6 @@ def key(svc: LocalService) -> str:
 def qc(svc: LocalService, key: str) -> Client:
     with Client(svc.url, key) as client:
         yield client
-
-
-def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    """The installed command with only ``env``'s QKAN_* settings (none of this process's)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("QKAN_")}
-    return subprocess.run([CLI, *args], capture_output=True, text=True, env={**clean, **env}, cwd=cwd, timeout=120)
 
 
 def readme_snippet() -> str:

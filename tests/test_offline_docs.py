@@ -8,32 +8,17 @@ body the size of the real asset. The spec URL each page hands its script answers
 
 import re
 from collections.abc import Iterator
-from html.parser import HTMLParser
 
 import httpx
 import pytest
 
 from qkan_orch.service.local import LocalService
 from service_env import stack_env
+from support.html_links import links
 
 PAGES = ("/docs", "/redoc", "/docs/oauth2-redirect")
 # (content type, smallest plausible body): the bundles are ~1.5 MB and ~1.1 MB, the stylesheet ~175 kB.
 EXPECTED = {".js": ("text/javascript", 500_000), ".css": ("text/css", 50_000), ".png": ("image/png", 1_000)}
-
-
-class Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.urls: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.urls += [value for name, value in attrs if name in ("src", "href") and value is not None]
-
-
-def links(html: str) -> list[str]:
-    parser = Links()
-    parser.feed(html)
-    return parser.urls
 
 
 @pytest.fixture(scope="module")

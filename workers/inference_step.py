@@ -147,7 +147,7 @@ class _Inference:
         if logged:
             store.complete_round(self.claimed.session, self.job.id, number, **values)
         else:
-            self.writes.round(number, submitted_at=now, **values)
+            self.writes.round(number, submitted_at=datetime.fromtimestamp(submitted, UTC), **values)
         self.writes.event("round", round=state.rounds_done, of=self.plan.total_rounds, rows=batch.num_rows,
                           executions=result.executions, seconds=round(seconds, 4), **_placement_summary(result),
                           **_mitigation_summary(result))
