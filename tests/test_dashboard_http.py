@@ -88,7 +88,7 @@ def test_pages_load_nothing_from_outside(svc: LocalService) -> None:
             assert "default-src 'self'" in page.headers["content-security-policy"]
             assert "http://" not in page.text and "https://" not in page.text, path
             for url in links(page.text):
-                assert url.startswith("/") and not url.startswith("//") or url.startswith(("data:", "?")), url
+                assert (url.startswith("/") and not url.startswith("//")) or url.startswith(("data:", "?")), url
                 if url.startswith("/dashboard/static/"):
                     assert web.get(url).status_code == 200, url
 
