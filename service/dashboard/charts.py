@@ -85,9 +85,19 @@ def scatter(inputs: np.ndarray, reference: np.ndarray, results: dict[str, tuple[
                 cx=sx(ref[i, j]), cy=sy(out[i, j]), top=sy(out[i, j] + err[i, j]), bottom=sy(out[i, j] - err[i, j]),
                 series=s % len(PALETTE), backend=backend,
                 tip=f"{backend}{output} at input ({x}): {out[i, j]:.4f} ± {err[i, j]:.4f}, reference {ref[i, j]:.4f}"))
-    ticks = [(sx(v), sy(v), f"{v:.2g}") for v in np.linspace(lo, hi, 5)]
+    ticks = [(sx(v), sy(v), label) for v, label in nice_ticks(lo, hi)]
     return Scatter(points=points, series=[(b, PALETTE[s % len(PALETTE)]) for s, b in enumerate(results)],
                    diagonal=(sx(lo), sy(lo), sx(hi), sy(hi)), ticks=ticks)
+
+
+def nice_ticks(lo: float, hi: float, about: int = 5) -> list[tuple[float, str]]:
+    """Round values inside [lo, hi], a step of 1, 2 or 5 × 10^k, labelled with the decimals that step needs."""
+    raw = (hi - lo) / about
+    power = 10.0 ** np.floor(np.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    decimals = max(0, -int(np.floor(np.log10(step))))
+    values = np.arange(np.ceil(lo / step) * step, hi + step * 1e-9, step)
+    return [(float(v), f"{v:.{decimals}f}") for v in values]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
 
+from qkan_orch.backends.names import KINDS, PROVIDERS, name_matches
 from qkan_orch.service.api.comparisons import comparisons_out
 from qkan_orch.service.api.deps import BrokerDep, CourierDep, OffsetQuery, SessionDep
 from qkan_orch.service.api.errors import HTTPProblem
@@ -37,7 +38,7 @@ from qkan_orch.service.dashboard.signin import (
 from qkan_orch.service.store.arrays import unpack_arrays
 from qkan_orch.service.store.keys import find_key
 from qkan_orch.service.store.states import TERMINAL, JobState
-from qkan_orch.service.store.tables import Comparison, Job, JobResult
+from qkan_orch.service.store.tables import Comparison, Job, JobEvent, JobResult
 from qkan_orch.service.store.web_sessions import close_session, open_session
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
@@ -117,10 +118,20 @@ def job(request: Request, job_id: str, user: SignedInDep, session: SessionDep) -
     view = job_out(session, row)
     rounds = [(r.number, r.submitted_at, r.finished_at) for r in view.rounds]
     spans, seconds = charts.timeline(view.created_at, view.started_at, view.finished_at, rounds, datetime.now(UTC))
+    events = queries.job_events(session, job_id)
     return render(request, "job", user, {
-        "job": view, "events": queries.job_events(session, job_id), "spans": spans, "span_seconds": seconds,
+        "job": view, "events": events, "readout": _readout(view.placement, events), "spans": spans,
+        "span_seconds": seconds,
         "samples": _raw_vs_mitigated(session, row), "terminal": TERMINAL,
         "owner": queries.owners(session, [row])[row.id]})
+
+
+def _readout(placement: dict[str, Any] | None, events: list[JobEvent]) -> list[dict[str, Any]]:
+    """The read-out matrices of the latest round: with its placement on hardware, else in its round event."""
+    if placement and placement.get("readout"):
+        return placement["readout"]
+    rounds = [e.data for e in events if e.kind == "round" and "readout" in e.data.get("mitigation", {})]
+    return rounds[-1]["mitigation"]["readout"] if rounds else []
 
 
 def _raw_vs_mitigated(session: Session, job: Job) -> list[tuple[float, float | None, float]]:
@@ -153,9 +164,17 @@ def cancel(request: Request, job_id: str, user: SignedInDep, session: SessionDep
 
 
 @router.get("/backends")
-def backends(request: Request, user: SignedInDep) -> HTMLResponse:
+def backends(request: Request, user: SignedInDep, kind: Annotated[str, Query(max_length=40)] = "",
+             provider: Annotated[str, Query(max_length=40)] = "",
+             name: Annotated[str, Query(max_length=200)] = "") -> HTMLResponse:
+    """Every backend (about 160, most of them fake devices), filtered as ``/v1/backends`` filters; unknown
+    filter values show nothing rather than an error page."""
     rows, age = request.app.state.backends_reading.snapshot()
-    return render(request, "backends", user, {"backends": rows, "age": age})
+    shown = None if rows is None else [b for b in rows if name_matches(b.name, provider or None, name)
+                                       and kind in ("", b.kind)]
+    return render(request, "backends", user, {"backends": shown, "total": len(rows or []), "age": age,
+                                              "kind": kind, "provider": provider, "name": name,
+                                              "kinds": KINDS, "providers": PROVIDERS})
 
 
 @router.get("/comparisons")
