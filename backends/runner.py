@@ -83,16 +83,10 @@ def run_plan(
                 seconds=time.perf_counter() - round_start,
                 provider_job_ids=list(result.provider_job_ids),
                 pack=result.metadata.get("pack"),
-                qubits=_qubits(result.metadata),
+                qubits=result.qubits,
             )
         )
         bar.update()
     bar.close()
     outputs, stderr = plan.outputs(state)
     return RunReport(outputs, stderr, state, rounds, time.perf_counter() - start, plan.raw_outputs(state))
-
-
-def _qubits(metadata: dict[str, Any]) -> list[int] | None:
-    """The physical qubits of a calibrated placement, or of a device-shaped simulator's slice."""
-    qubits = (metadata.get("placement") or {}).get("qubits") or metadata.get("physical_qubits")
-    return [int(q) for q in qubits] if qubits else None

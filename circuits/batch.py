@@ -136,6 +136,13 @@ class BatchResult:
     raw_p0: np.ndarray | None = None
     raw_p0_stderr: np.ndarray | None = None
 
+    @property
+    def qubits(self) -> list[int] | None:
+        """The physical qubit of each packed copy where the backend placed them (a calibrated placement, or a
+        device-shaped simulator's slice); row r ran on copy r % W (``circuits.packing``)."""
+        qubits = (self.metadata.get("placement") or {}).get("qubits") or self.metadata.get("physical_qubits")
+        return [int(q) for q in qubits] if qubits else None
+
     @staticmethod
     def concatenate(results: "list[BatchResult]") -> "BatchResult":
         """The result of consecutive row chunks of one batch, as one submission of all of them reports it.

@@ -33,6 +33,26 @@ def unpack_parts(counts: np.ndarray, part_rows: list[int]) -> np.ndarray:
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=counts.dtype)
 
 
+def edge_qubits(slots: np.ndarray, qubits: list[int]) -> np.ndarray:
+    """Where each edge of a layer ran: ``slots`` (samples, out, in) → (2, out, in), row 0 the physical qubit
+    most of the edge's samples ran on (−1: none ran), row 1 the share of its samples that ran there.
+
+    Row r runs on copy r % W, copy w on ``qubits[w]``: with W > 1 an edge's samples spread over several
+    qubits, which the share says. One pass per copy, so memory stays that of ``slots``.
+    """
+    ran = slots >= 0
+    total = np.maximum(ran.sum(axis=0), 1)
+    copy = np.where(ran, slots % len(qubits), -1)
+    best_count = np.zeros(slots.shape[1:], dtype=np.int64)
+    best = np.full(slots.shape[1:], -1.0)
+    for w, qubit in enumerate(qubits):
+        count = (copy == w).sum(axis=0)
+        better = count > best_count
+        best_count = np.where(better, count, best_count)
+        best = np.where(better, float(qubit), best)
+    return np.stack([best, best_count / total])
+
+
 def binomial_p0(zeros: np.ndarray, shots: int) -> tuple[np.ndarray, np.ndarray]:
     """p0 estimate and standard error from the number of 0 outcomes in ``shots``.
 

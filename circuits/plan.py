@@ -29,6 +29,7 @@ from safetensors.numpy import save as save_arrays
 
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult
 from qkan_orch.circuits.compile import compile_layer
+from qkan_orch.circuits.packing import edge_qubits
 from qkan_orch.circuits.readout import activation_stderr, activation_values
 from qkan_orch.models.errors import InputError
 from qkan_orch.models.layer import QKANLayer
@@ -47,11 +48,13 @@ class PlanState:
     layer_outputs: list[np.ndarray] = field(default_factory=list)
     raw: tuple[np.ndarray, np.ndarray] | None = None  # (x, var) of the unmitigated chain, once a round has one
     activations: list[np.ndarray] = field(default_factory=list)  # per round: (samples, out, in) edge values
+    edge_qubits: dict[int, np.ndarray] = field(default_factory=dict)  # placed rounds: packing.edge_qubits
 
     def to_bytes(self) -> bytes:
         arrays = {"x": self.x, "var": self.var}
         arrays.update({f"layer_output.{k}": v for k, v in enumerate(self.layer_outputs)})
         arrays.update({f"activation.{k}": v for k, v in enumerate(self.activations)})
+        arrays.update({f"edge_qubit.{k}": v for k, v in self.edge_qubits.items()})
         if self.raw is not None:
             arrays.update(raw_x=self.raw[0], raw_var=self.raw[1])
         meta = {"stage": self.stage, "rounds_done": self.rounds_done, "layers": len(self.layer_outputs)}
@@ -69,6 +72,7 @@ class PlanState:
             layer_outputs=[arrays[f"layer_output.{k}"] for k in range(meta["layers"])],
             raw=(arrays["raw_x"], arrays["raw_var"]) if "raw_x" in arrays else None,
             activations=[arrays[f"activation.{k}"] for k in range(meta["layers"]) if f"activation.{k}" in arrays],
+            edge_qubits={k: arrays[f"edge_qubit.{k}"] for k in range(meta["layers"]) if f"edge_qubit.{k}" in arrays},
         )
 
 
@@ -125,6 +129,10 @@ class FeedForwardPlan:
             p0, se = ((result.raw_p0, result.raw_p0_stderr) if result.raw_p0 is not None
                       else (result.p0, result.p0_stderr))
             raw = _layer_output(layer, batch, raw_x, raw_var, p0, se, self.dtype)[:2]  # type: ignore[arg-type]
+        placed = dict(state.edge_qubits)
+        if result.qubits:
+            (segment,) = batch.segments
+            placed[state.rounds_done] = edge_qubits(segment.slots, result.qubits)
         nxt = PlanState(
             stage=state.stage + 1,
             rounds_done=state.rounds_done + 1,
@@ -133,6 +141,7 @@ class FeedForwardPlan:
             layer_outputs=[*state.layer_outputs, y],
             raw=raw,
             activations=[*state.activations, act],
+            edge_qubits=placed,
         )
         return self._run_glue(nxt)
 
@@ -153,7 +162,8 @@ class FeedForwardPlan:
             stage = self.stages[state.stage]
             y, var = _glue(stage, state.x, state.var, self.dtype)
             raw = None if state.raw is None else _glue(stage, *state.raw, self.dtype)
-            state = PlanState(state.stage + 1, state.rounds_done, y, var, state.layer_outputs, raw, state.activations)
+            state = PlanState(state.stage + 1, state.rounds_done, y, var, state.layer_outputs, raw, state.activations,
+                              state.edge_qubits)
         return state
 
 

@@ -210,6 +210,8 @@ class EdgeError(_Response):
     output: int
     input: int
     rmse: float
+    qubit: int | None = None  # the physical qubit most of its samples ran on, where placed
+    qubit_share: float | None = None  # the share of its samples that ran there
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -93,7 +93,7 @@ def reduce(layout: Expansion, mitigation: Mitigation, result: BatchResult, assig
         var_e0, var_e1 = (v[copy][:, None] for v in assignment.variances())
         e1, contrast = assignment.e1[copy][:, None], assignment.contrast()[copy][:, None]
         corrected = (measured - e1) / contrast
-        summary["readout"] = assignment.describe(_qubits(metadata, layout.width))
+        summary["readout"] = assignment.describe(_copies(result.qubits, layout.width))
         if "placement" in metadata:  # the job's placement carries each qubit's matrix with its calibration
             metadata["placement"] = {**metadata["placement"], "readout": summary["readout"]}
     else:
@@ -111,7 +111,6 @@ def reduce(layout: Expansion, mitigation: Mitigation, result: BatchResult, assig
                    raw_p0=measured[:, 0].copy(), raw_p0_stderr=np.sqrt(measured_var[:, 0]))
 
 
-def _qubits(metadata: dict[str, Any], width: int) -> list[int] | None:
-    """The physical qubit of each copy, where the backend says (calibrated placement, or a fake device's)."""
-    qubits = (metadata.get("placement") or {}).get("qubits") or metadata.get("physical_qubits")
-    return list(qubits)[:width] if qubits and len(qubits) >= width else None
+def _copies(qubits: list[int] | None, width: int) -> list[int] | None:
+    """The physical qubit of each of the ``width`` copies, where the backend placed them."""
+    return qubits[:width] if qubits and len(qubits) >= width else None

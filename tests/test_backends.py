@@ -14,6 +14,7 @@ from conftest import make_inputs, make_model
 from qkan_orch.backends import get_backend
 from qkan_orch.backends.exact import exact_p0
 from qkan_orch.circuits import ActivationBatch, Segment, Template, compile_layer
+from qkan_orch.circuits.packing import edge_qubits
 from qkan_orch.models import InputError
 
 SHOTS = 10_000
@@ -67,6 +68,14 @@ def test_packed_rows_land_on_their_own_qubits(name: str, pack: int) -> None:
     result = get_backend(name).submit(deterministic_batch(pattern), shots=50, pack=pack, options=options).result
     assert result.p0.tolist() == [1.0 - bit for bit in pattern]
     assert result.executions == -(-len(pattern) // pack)
+
+
+def test_an_edge_is_placed_where_most_of_its_samples_ran() -> None:
+    # rows run on copy r % 2, copy 0 on qubit 7 and copy 1 on qubit 3; −1: the edge did not run for that sample
+    slots = np.array([[[0, -1, 5]], [[2, -1, 3]], [[1, -1, 4]]])  # (3 samples, 1 out, 3 in)
+    qubit, share = edge_qubits(slots, [7, 3])
+    assert qubit.tolist() == [[7, -1, 3]] and share[0].tolist() == pytest.approx([2 / 3, 0.0, 2 / 3])
+    assert edge_qubits(slots, [11]).tolist() == [[[11, -1, 11]], [[1.0, 0.0, 1.0]]]
 
 
 def test_packing_widths_are_statistically_equal_on_aer() -> None:

@@ -114,6 +114,11 @@ def test_mitigated_backends_report_raw_agreement_too(svc: LocalService, qc: Clie
     assert ideal.job.mitigation["method"] == "none" and ideal.raw_agreement is None
     assert compared.agreement is not None and compared.raw_agreement is not None
     assert compared.raw_agreement.rmse != compared.agreement.rmse
+    # where each worst edge ran: on the fake device's slice (5 qubits), the modal qubit of its 4 samples; the
+    # ideal simulator places nothing
+    placed = [e for layer in compared.layers or [] for e in layer.worst_edges]
+    assert placed and all(e.qubit in range(5) and e.qubit_share * 4 in (1, 2, 3, 4) for e in placed), placed
+    assert all(e.qubit is None for layer in ideal.layers or [] for e in layer.worst_edges)
     with session_scope(svc.settings.resolved_database_url) as session:
         kept = session.get(Comparison, created.id).settings
     assert kept["mitigation_per_backend"] == {"aer:fake_manila": "readout"}

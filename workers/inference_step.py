@@ -162,6 +162,7 @@ class _Inference:
             arrays.update(raw_outputs=raw[0], raw_stderr=raw[1])
         arrays.update({f"layer.{k}": y for k, y in enumerate(state.layer_outputs)})
         arrays.update({f"activation.{k}": a for k, a in enumerate(state.activations)})  # 8 B per edge and sample
+        arrays.update({f"edge_qubit.{k}": q for k, q in state.edge_qubits.items()})  # placed rounds: 16 B per edge
         summary = {"samples": int(outputs.shape[0]), "outputs": int(outputs.shape[1])}
         return self.claimed.succeed(pack_arrays(arrays), summary)
 

@@ -12,6 +12,7 @@ jobs' stored results (``comparisons.agreement``), once both have succeeded.
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 from celery import Celery
@@ -176,10 +177,17 @@ def _layer(k: int, arrays: dict[str, np.ndarray], reference: dict[str, np.ndarra
         return LayerAgreementOut(layer=k, output_rmse=output_rmse, activation_rmse=None, worst_edges=[])
     per_edge = edge_rmse(act, ref)  # (out, in)
     order = np.argsort(per_edge, axis=None)[::-1][:worst]
-    edges = [EdgeErrorOut(output=int(o), input=int(i), rmse=float(per_edge[o, i]))
+    placed = arrays.get(f"edge_qubit.{k}")  # (2, out, in): qubit, share; None where not placed
+    edges = [EdgeErrorOut(output=int(o), input=int(i), rmse=float(per_edge[o, i]),
+                          **_placement(placed[:, o, i]) if placed is not None else {})
              for o, i in zip(*np.unravel_index(order, per_edge.shape), strict=True)]
     return LayerAgreementOut(layer=k, output_rmse=output_rmse, activation_rmse=float(np.sqrt(np.mean(per_edge**2))),
                              worst_edges=edges)
+
+
+def _placement(where: np.ndarray) -> dict[str, Any]:
+    qubit, share = where
+    return {"qubit": int(qubit), "qubit_share": float(share)} if qubit >= 0 else {}
 
 
 def _agreement_out(found: Agreement) -> AgreementOut:

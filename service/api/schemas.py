@@ -274,6 +274,9 @@ class EdgeErrorOut(BaseModel):
     output: int = Field(description="The edge's output node in its layer")
     input: int = Field(description="The edge's input node in its layer")
     rmse: float = Field(description="Of its activation vs the reference's, over the samples")
+    qubit: int | None = Field(None, description="The physical qubit most of its samples ran on, where the backend "
+                              "placed its circuits (packed W wide, an edge's samples spread over W qubits)")
+    qubit_share: float | None = Field(None, description="The share of its samples that ran on that qubit")
 
 
 class LayerAgreementOut(BaseModel):
