@@ -60,8 +60,9 @@ class Scatter:
 
 
 def scatter(inputs: np.ndarray, reference: np.ndarray, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> Scatter:
-    """Each backend's outputs (± σ) against the reference's, one point per (sample, output, backend)."""
-    values = [reference.ravel()] + [r[0].ravel() for r in results.values()]
+    """Each backend's outputs (± σ) against the reference's, one point per (sample, output, backend); both axes
+    span every error bar, so none is cut off."""
+    values = [reference.ravel()] + [(r[0] + sign * r[1]).ravel() for r in results.values() for sign in (-1, 1)]
     lo = float(min(v.min() for v in values))
     hi = float(max(v.max() for v in values))
     pad = 0.05 * (hi - lo or 1.0)
