@@ -24,16 +24,13 @@ from typing import NoReturn
 
 import numpy as np
 import pytest
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
+import service_env
 from conftest import make_model
 from qkan_orch.client import Client
 from qkan_orch.models import save_model
-
-try:
-    from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect, sync_playwright
-    from playwright.sync_api import Error as PlaywrightError
-except ImportError:  # the module using this skips (or fails) in ``chromium`` below
-    sync_playwright = None  # type: ignore[assignment]
 
 CHROMIUM = "/usr/bin/chromium"
 WIDE, NARROW = 1280, 390  # a laptop and a phone, in CSS pixels
@@ -41,10 +38,7 @@ LIVE = 15_000  # ms: a live region refreshes every 1.5 s; generous, so a slow ma
 
 
 def unavailable(reason: str) -> NoReturn:
-    """Skip the test — or fail it where QKAN_TEST_REQUIRE_BROWSER=1 says the browser must be there."""
-    if os.environ.get("QKAN_TEST_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason} (QKAN_TEST_REQUIRE_BROWSER=1: required here)")
-    pytest.skip(reason)
+    return service_env.unavailable(reason, "QKAN_TEST_REQUIRE_BROWSER")
 
 
 def chromium_path() -> str:
@@ -58,8 +52,6 @@ def chromium_path() -> str:
 @pytest.fixture(scope="module")
 def chromium() -> Iterator["Browser"]:
     """One headless Chromium for the module, stopped with it."""
-    if sync_playwright is None:
-        unavailable("playwright is not installed (pip install -e '.[dev]')")
     path = chromium_path()
     with sync_playwright() as playwright:
         try:

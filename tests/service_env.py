@@ -38,10 +38,11 @@ FAST = {
 }
 
 
-def unavailable(reason: str) -> NoReturn:
-    """Skip the test — or fail it where QKAN_TEST_REQUIRE_SERVICES=1 says the services must be there."""
-    if os.environ.get("QKAN_TEST_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{reason} (QKAN_TEST_REQUIRE_SERVICES=1: required here)")
+def unavailable(reason: str, required_by: str = "QKAN_TEST_REQUIRE_SERVICES") -> NoReturn:
+    """Skip the test — or fail it where ``required_by``=1 (QKAN_TEST_REQUIRE_SERVICES, or the browser tests'
+    QKAN_TEST_REQUIRE_BROWSER) says what is missing must be there."""
+    if os.environ.get(required_by) == "1":
+        pytest.fail(f"{reason} ({required_by}=1: required here)")
     pytest.skip(reason)
 
 

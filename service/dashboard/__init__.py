@@ -8,9 +8,9 @@ place a page is described. A content security policy allows scripts, styles
 and fetches from this service only.
 """
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qkan_orch.service.api.background_reading import BackgroundReading
 from qkan_orch.service.api.routes.backends import backend_rows
@@ -39,16 +39,32 @@ def install(app: FastAPI) -> None:
     app.mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard-static")
     app.add_exception_handler(SignInRequired, sign_in_redirect)  # type: ignore[arg-type]
 
-    @app.middleware("http")
-    async def _policy(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response: Response = await call_next(request)
-        if request.url.path.startswith("/dashboard"):
-            response.headers["Content-Security-Policy"] = POLICY
-            response.headers["X-Content-Type-Options"] = "nosniff"
-            response.headers["Referrer-Policy"] = "same-origin"
-            if not request.url.path.startswith("/dashboard/static"):
-                response.headers["Cache-Control"] = "no-store"
-        return response
+    app.add_middleware(SecurityHeaders)
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware (a ``BaseHTTPMiddleware`` would wrap every request's body stream in a task group,
+    and the body limit's refusal would no longer reach ``BodyLimit``): the dashboard's pages get the content
+    security policy, no caching and no sniffing; its static files the no-sniffing."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not path.startswith("/dashboard"):
+            await self.app(scope, receive, send)
+            return
+        extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin")]
+        if not path.startswith("/dashboard/static"):
+            extra += [(b"content-security-policy", POLICY.encode()), (b"cache-control", b"no-store")]
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def _backends(url: str) -> list[BackendOut]:
