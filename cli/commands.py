@@ -13,8 +13,12 @@ from qkan_orch.models.errors import InputError
 
 if TYPE_CHECKING:  # torch, the backends and Qiskit load in the handlers: the service commands start without them
 
+    import numpy as np
+    import torch
+
     from qkan_orch.backends.base import Capabilities
     from qkan_orch.backends.runner import RunReport
+    from qkan_orch.models.spec import ModelSpec, SequenceSpec
 
 
 def resolve_shots(caps: "Capabilities", shots: int | None) -> int | None:
@@ -91,47 +95,129 @@ def _packing(report: "RunReport") -> str:
     return text + (f" on qubits {','.join(map(str, qubits))}" if qubits else "")
 
 
+MODELS = ("qkan", "hqkan", "qkan-lstm", "hqkan-lstm", "lstm")
+SEQUENCE_MODELS = MODELS[2:]
+DEFAULT_WINDOW = 8  # the issue's T = 8: one provider job per step, so windows stay short
+
+Split = tuple["np.ndarray", "np.ndarray", "np.ndarray | None", "np.ndarray | None"]
+
+
 def train(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
-    from qkan_orch.models import build_model, fit, parse_spec, save_model
-    from qkan_orch.models.functions import get_function
-    from qkan_orch.models.spec import load_spec_file
+    from qkan_orch.models import build_model, fit, save_model
+    from qkan_orch.models.spec import SequenceSpec, load_spec_file
 
     if not args.out.endswith(".safetensors"):
         raise InputError("out", f"{args.out}: models are saved as .safetensors")
     with spec_warnings():
-        spec = load_spec_file(args.spec) if args.spec else parse_spec(_spec_from_flags(args))
-    if args.csv:
-        data = read_array(args.csv, field="csv")
+        spec = load_spec_file(args.spec) if args.spec else None
+        if isinstance(spec, SequenceSpec) or (spec is None and args.model in SEQUENCE_MODELS):
+            spec, (x, y, x_test, y_test) = _sequence_data(args, spec)
+        else:
+            spec, (x, y, x_test, y_test) = _table_data(args, spec)
+    model = build_model(spec, seed=args.seed)
+    trained = model
+    if isinstance(spec, SequenceSpec):  # Trainer takes (n, in_dim) rows: flat windows, unflattened on the way in
+        trained = torch.nn.Sequential(torch.nn.Unflatten(1, (spec.window, spec.in_dim)), model)
+        trained.in_dim, trained.out_dim = spec.window * spec.in_dim, model.out_dim
+    fit(
+        trained, torch.from_numpy(x.reshape(len(x), -1)).float(), torch.from_numpy(y).float(),
+        optimizer=args.optimizer, steps=args.steps, lr=args.lr, seed=args.seed, progress=not args.quiet,
+    )
+    save_model(model, args.out)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    test = "" if x_test is None else f", test MSE {_mse(model, x_test, y_test):.3e} on {len(x_test)} held out"
+    print(
+        f"trained {spec.kind} on {len(x)} samples: train MSE {_mse(model, x, y):.3e}{test}; "
+        f"{params} trainable parameters → {args.out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _mse(model: "torch.nn.Module", x: "np.ndarray", y: "np.ndarray") -> float:
+    import torch
+
+    with torch.no_grad():
+        return float(torch.mean((model(torch.from_numpy(x).float()).double() - torch.from_numpy(y)) ** 2))
+
+
+def _table_data(args: argparse.Namespace, spec: "ModelSpec | None") -> tuple["ModelSpec", Split]:
+    """qkan / hqkan on a CSV (inputs, then targets; no test set) or a built-in function (tested on fresh draws)."""
+    import numpy as np
+
+    from qkan_orch.models import parse_spec
+    from qkan_orch.models.functions import get_function
+    from qkan_orch.models.sequences import SERIES
+
+    if args.data:
+        raise InputError("data", f"holds sequence windows, for --model {'|'.join(SEQUENCE_MODELS)}; use --csv")
+    if args.function in SERIES:
+        raise InputError("function", f"'{args.function}' is a sequence: train it with --model "
+                                     f"{'|'.join(SEQUENCE_MODELS)}")
+    data = read_array(args.csv, field="csv") if args.csv else None
+    function = None if args.csv else get_function(args.function)
+    if spec is None:
+        in_dim = function.in_dim if function else data.shape[1] - 1  # hqkan on a CSV: one target, last
+        if args.model == "hqkan" and in_dim < 1:
+            raise InputError("csv", f"has {data.shape[1]} column(s); hqkan needs ≥ 1 input and the target last")
+        spec = parse_spec(_spec_from_flags(args) if args.model == "qkan"
+                          else {"kind": "hqkan", "in_dim": in_dim, "out_dim": 1, "qkan": _spec_from_flags(args)})
+    if data is not None:
         if data.shape[1] != spec.in_dim + spec.out_dim:
             raise InputError(
                 "csv", f"has {data.shape[1]} columns, the model needs {spec.in_dim} inputs + {spec.out_dim} targets"
             )
-        x, y = data[:, : spec.in_dim], data[:, spec.in_dim :]
+        x, y, x_test, y_test = data[:, : spec.in_dim], data[:, spec.in_dim :], None, None
     else:
-        function = get_function(args.function)
         if function.in_dim != spec.in_dim or spec.out_dim != 1:
             raise InputError(
                 "width", f"'{function.name}' maps {function.in_dim} input(s) to 1 output; the spec has "
                 f"{spec.in_dim} → {spec.out_dim}",
             )
-        xt = function.sample(args.samples, seed=args.seed)
-        x, y = xt.numpy(), function(xt).numpy()
+        xt, xs = function.sample(args.samples, seed=args.seed), function.sample(args.samples, seed=args.seed + 1)
+        x, y, x_test, y_test = xt.numpy(), function(xt).numpy(), xs.numpy(), function(xs).numpy()
     if x.shape[0] == 0 or not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise InputError("csv", "training data must be non-empty and finite")
-    model = build_model(spec, seed=args.seed)
-    result = fit(
-        model, torch.from_numpy(x).float(), torch.from_numpy(y).float(), optimizer=args.optimizer,
-        steps=args.steps, lr=args.lr, seed=args.seed, progress=not args.quiet,
-    )
-    save_model(model, args.out)
-    print(
-        f"trained {spec.kind} on {x.shape[0]} samples: final MSE {result.final_loss:.3e} → {args.out}",
-        file=sys.stderr,
-    )
-    return 0
+    return spec, (x, y, x_test, y_test)
+
+
+def _sequence_data(args: argparse.Namespace, spec: "SequenceSpec | None") -> tuple["SequenceSpec", Split]:
+    """Next-value windows of a built-in series or a ``--data`` file (one window per row, target last), split by
+    time: the last windows are the test set."""
+    from qkan_orch.models import parse_spec
+    from qkan_orch.models.sequences import get_series, split_by_time, windows, windows_from_table
+
+    if args.csv:
+        raise InputError("csv", "is for qkan|hqkan; give sequence windows with --data (one per row, target last)")
+    if args.data:
+        x, y = windows_from_table(read_array(args.data, field="data"), "data")
+        if args.window is not None and args.window != x.shape[1]:
+            raise InputError("window", f"{args.data} holds windows of {x.shape[1]} steps, not {args.window}")
+        window = x.shape[1]
+    else:
+        if args.samples < 2:
+            raise InputError("samples", f"must be ≥ 2 (windows to train and test on), got {args.samples}")
+        window = args.window or (spec.window if spec else DEFAULT_WINDOW)
+        x, y = windows(get_series(args.function)(args.samples + window), window)
+    if spec is None:
+        spec = parse_spec({"kind": args.model, "in_dim": 1, "hidden": args.hidden, "window": window,
+                           "layers": args.layers, "latent": args.latent, "gate": _gate_options(args)})
+    elif (spec.window, spec.in_dim, spec.total_out) != (window, 1, 1):
+        raise InputError("spec", f"takes windows of {spec.window} × {spec.in_dim} values to {spec.total_out} "
+                                 f"output(s); the data are windows of {window} × 1 values to 1 target")
+    return spec, split_by_time(x, y)
+
+
+def _gate_options(args: argparse.Namespace) -> dict:
+    """The QKAN options the shape flags set, for a whole QKAN or every gate of a QKAN-LSTM."""
+    return {
+        "reps": args.reps, "ansatz": args.ansatz,
+        "preact_trainable": args.preact_trainable, "postact_weight_trainable": args.postact_trainable,
+        "postact_bias_trainable": args.postact_trainable, "ba_trainable": args.ba_trainable,
+        "fast_measure": not args.z_readout,
+    }
 
 
 def _spec_from_flags(args: argparse.Namespace) -> dict:
@@ -139,12 +225,7 @@ def _spec_from_flags(args: argparse.Namespace) -> dict:
         width = [int(w) for w in args.width.split(",")]
     except ValueError:
         raise InputError("width", f"'{args.width}' is not a comma-separated list of integers") from None
-    return {
-        "width": width, "reps": args.reps, "ansatz": args.ansatz,
-        "preact_trainable": args.preact_trainable, "postact_weight_trainable": args.postact_trainable,
-        "postact_bias_trainable": args.postact_trainable, "ba_trainable": args.ba_trainable,
-        "fast_measure": not args.z_readout,
-    }
+    return {"width": width, **_gate_options(args)}
 
 
 def backends(args: argparse.Namespace) -> int:
@@ -168,7 +249,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """predict's and train's flags need the backends and torch (defaults, choices): ``flags=`` adds them only when
     that command runs (see ``cli.main._Parser``)."""
     sub.add_parser("predict", help="run a trained model's inference on a backend", flags=_predict_flags)
-    sub.add_parser("train", help="train a QKAN on a built-in function or a CSV", flags=_train_flags)
+    sub.add_parser("train", help="train a QKAN, HQKAN or (H)QKAN-LSTM on built-in or CSV data", flags=_train_flags)
     b = sub.add_parser("backends", help="list backends: name, kind, qubits, default packing, noise")
     b.add_argument("--json", action="store_true")
     b.add_argument("--kind", help="only this kind: analytic | simulator | noisy simulator | qpu")
@@ -197,14 +278,36 @@ def _predict_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=predict)
 
 
+def _positive(value: str) -> int:
+    """A flag that counts something (steps of a window, hidden units, layers): refused by name if not ≥ 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return number
+
+
 def _train_flags(t: argparse.ArgumentParser) -> None:
     from qkan_orch.models.functions import FUNCTIONS
+    from qkan_orch.models.sequences import SERIES
 
     source = t.add_mutually_exclusive_group(required=True)
-    source.add_argument("--function", choices=sorted(FUNCTIONS), help="built-in target on [-1, 1]^d")
-    source.add_argument("--csv", help="CSV: input columns, then target columns")
-    t.add_argument("--spec", help="model spec JSON (overrides the shape flags below)")
+    source.add_argument("--function", choices=[*sorted(FUNCTIONS), *sorted(SERIES)],
+                        metavar=f"{{{','.join(sorted(FUNCTIONS))}}}|{{{','.join(sorted(SERIES))}}}",
+                        help="built-in target on [-1, 1]^d (qkan, hqkan) or built-in sequence (the LSTM models)")
+    source.add_argument("--csv", help="CSV: input columns, then target columns (qkan; hqkan: one target, last)")
+    source.add_argument("--data", help="CSV or .npy of sequence windows for the LSTM models: one per row, target last")
+    t.add_argument("--model", choices=MODELS, default="qkan",
+                   help="qkan, hqkan (Linear · QKAN(--width) · Linear), or a sequence model (default qkan)")
+    t.add_argument("--spec", help="model spec JSON (overrides --model and the shape flags below)")
     t.add_argument("--width", default="2,3,1", help="layer widths (default 2,3,1)")
+    t.add_argument("--window", type=_positive,
+                   help=f"steps per window (default {DEFAULT_WINDOW}, or the --data file's)")
+    t.add_argument("--hidden", type=_positive, default=4, help="LSTM hidden units (default 4)")
+    t.add_argument("--layers", type=_positive, default=1, help="stacked LSTM layers (default 1)")
+    t.add_argument("--latent", type=_positive, default=2, help="hqkan-lstm: each gate's latent QKAN width (default 2)")
     t.add_argument("--reps", type=int, default=3)
     t.add_argument("--ansatz", default="pz_encoding", help="pz_encoding | rpz_encoding | real")
     t.add_argument("--preact-trainable", action="store_true")
@@ -214,7 +317,8 @@ def _train_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument("--optimizer", default="lbfgs", choices=["adam", "lbfgs"])
     t.add_argument("--steps", type=int, default=30)
     t.add_argument("--lr", type=float)
-    t.add_argument("--samples", type=int, default=256, help="samples drawn for a built-in function")
+    t.add_argument("--samples", type=int, default=256,
+                   help="samples drawn for a built-in function, or windows cut from a built-in sequence")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True, help="where to save the model (.safetensors)")
     t.add_argument("--quiet", action="store_true")
