@@ -49,12 +49,14 @@ class PlanState:
     raw: tuple[np.ndarray, np.ndarray] | None = None  # (x, var) of the unmitigated chain, once a round has one
     activations: list[np.ndarray] = field(default_factory=list)  # per round: (samples, out, in) edge values
     edge_qubits: dict[int, np.ndarray] = field(default_factory=dict)  # placed rounds: packing.edge_qubits
+    memory: dict[str, np.ndarray] = field(default_factory=dict)  # a sequence plan's recurrent state (h, c, …)
 
     def to_bytes(self) -> bytes:
         arrays = {"x": self.x, "var": self.var}
         arrays.update({f"layer_output.{k}": v for k, v in enumerate(self.layer_outputs)})
         arrays.update({f"activation.{k}": v for k, v in enumerate(self.activations)})
         arrays.update({f"edge_qubit.{k}": v for k, v in self.edge_qubits.items()})
+        arrays.update({f"memory.{name}": v for name, v in self.memory.items()})
         if self.raw is not None:
             arrays.update(raw_x=self.raw[0], raw_var=self.raw[1])
         meta = {"stage": self.stage, "rounds_done": self.rounds_done, "layers": len(self.layer_outputs)}
@@ -73,6 +75,7 @@ class PlanState:
             raw=(arrays["raw_x"], arrays["raw_var"]) if "raw_x" in arrays else None,
             activations=[arrays[f"activation.{k}"] for k in range(meta["layers"]) if f"activation.{k}" in arrays],
             edge_qubits={k: arrays[f"edge_qubit.{k}"] for k in range(meta["layers"]) if f"edge_qubit.{k}" in arrays},
+            memory={k.removeprefix("memory."): v for k, v in arrays.items() if k.startswith("memory.")},
         )
 
 
@@ -160,14 +163,14 @@ class FeedForwardPlan:
         """Apply classical stages until the next QKAN layer (or the end)."""
         while state.stage < len(self.stages) and not isinstance(self.stages[state.stage], QKANLayer):
             stage = self.stages[state.stage]
-            y, var = _glue(stage, state.x, state.var, self.dtype)
-            raw = None if state.raw is None else _glue(stage, *state.raw, self.dtype)
+            y, var = glue(stage, state.x, state.var, self.dtype)
+            raw = None if state.raw is None else glue(stage, *state.raw, self.dtype)
             state = PlanState(state.stage + 1, state.rounds_done, y, var, state.layer_outputs, raw, state.activations,
                               state.edge_qubits)
         return state
 
 
-def _glue(stage: torch.nn.Module, x_in: np.ndarray, var_in: np.ndarray, dtype: torch.dtype
+def glue(stage: torch.nn.Module, x_in: np.ndarray, var_in: np.ndarray, dtype: torch.dtype
           ) -> tuple[np.ndarray, np.ndarray]:
     """A classical stage applied to values and (delta method) their variances."""
     x = torch.from_numpy(x_in).to(dtype)
@@ -182,17 +185,26 @@ def _layer_output(layer: QKANLayer, batch: ActivationBatch, x_in: np.ndarray, va
     """A QKAN layer's output from its inputs and its circuits' p0, its variance from both, and the edge
     activations (samples, out, in) it combined."""
     (act,) = batch.scatter(activation_values(p0, batch.readout))
+    (act_se,) = batch.scatter(activation_stderr(p0, p0_stderr, batch.readout))
+    y, var = layer_output(layer, x_in, var_in, act, act_se, dtype)
+    return y, var, act
+
+
+def layer_output(layer: QKANLayer, x_in: np.ndarray, var_in: np.ndarray, act: np.ndarray, act_se: np.ndarray,
+                 dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """A QKAN layer's output from its inputs and measured edge activations (samples, out, in), and its variance:
+    the activations' (independent edges, each weighted by its post-activation weight) plus the inputs'
+    carried through the layer's derivative (delta method)."""
     x = torch.from_numpy(x_in).to(dtype)
     with torch.no_grad():
         y = layer.combine(x, torch.from_numpy(act).to(dtype)).double().numpy()
     var = np.zeros_like(y)
-    if p0_stderr.any():  # analytic results carry no error: skip the propagation
-        (act_se,) = batch.scatter(activation_stderr(p0, p0_stderr, batch.readout))
+    if act_se.any():  # analytic results carry no error: skip the propagation
         weights = layer.edge_weights().detach().double().numpy()
         var = np.einsum("boi,oi->bo", act_se**2, weights**2)
     if var_in.any():
         var = var + _propagate(layer, x, var_in)
-    return y, var, act
+    return y, var
 
 
 def validate_inputs(inputs: np.ndarray | torch.Tensor, in_dim: int) -> np.ndarray:

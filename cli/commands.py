@@ -45,7 +45,7 @@ def spec_warnings() -> Iterator[None]:
 
 def predict(args: argparse.Namespace) -> int:
     from qkan_orch.backends import get_backend, run_plan
-    from qkan_orch.circuits import FeedForwardPlan
+    from qkan_orch.circuits import plan_for
     from qkan_orch.comparisons import agreement
     from qkan_orch.mitigation import Mitigation, mitigated
     from qkan_orch.models import load_model
@@ -64,7 +64,7 @@ def predict(args: argparse.Namespace) -> int:
             raise InputError(field, f"{path}: use a .npy or .csv file")
     reference = get_backend(args.compare) if args.compare else None
     inputs = read_array(args.inputs)
-    report = run_plan(FeedForwardPlan(model, inputs), mitigated(backend, mitigation), shots=shots, pack=args.pack,
+    report = run_plan(plan_for(model, inputs), mitigated(backend, mitigation), shots=shots, pack=args.pack,
                       options=options, progress=not args.quiet)
     write_array(args.out, report.outputs)
     if args.stderr_out:
@@ -78,7 +78,7 @@ def predict(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if reference is not None:
-        ref = run_plan(FeedForwardPlan(model, inputs), reference,
+        ref = run_plan(plan_for(model, inputs), reference,
                        shots=resolve_shots(reference.capabilities(), None), progress=not args.quiet)
         print(f"vs {reference.name}: {agreement(report.outputs, report.stderr, ref.outputs, ref.stderr).summary()}",
               file=sys.stderr)
@@ -117,12 +117,8 @@ def train(args: argparse.Namespace) -> int:
         else:
             spec, (x, y, x_test, y_test) = _table_data(args, spec)
     model = build_model(spec, seed=args.seed)
-    trained = model
-    if isinstance(spec, SequenceSpec):  # Trainer takes (n, in_dim) rows: flat windows, unflattened on the way in
-        trained = torch.nn.Sequential(torch.nn.Unflatten(1, (spec.window, spec.in_dim)), model)
-        trained.in_dim, trained.out_dim = spec.window * spec.in_dim, model.out_dim
     fit(
-        trained, torch.from_numpy(x.reshape(len(x), -1)).float(), torch.from_numpy(y).float(),
+        model, torch.from_numpy(x).float(), torch.from_numpy(y).float(),
         optimizer=args.optimizer, steps=args.steps, lr=args.lr, seed=args.seed, progress=not args.quiet,
     )
     save_model(model, args.out)

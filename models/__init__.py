@@ -11,15 +11,16 @@ _SOURCES = {
     "InputError": "errors", "QKANLayer": "layer",
     "HQKAN": "network", "QKAN": "network", "Model": "network", "build_model": "network", "extend_reps": "network",
     "qkan_layers": "network",
-    "HQKANSpec": "spec", "ModelSpec": "spec", "QKANSpec": "spec", "parse_spec": "spec",
+    "HQKANSpec": "spec", "ModelSpec": "spec", "QKANSpec": "spec", "SequenceSpec": "spec", "parse_spec": "spec",
+    "SequenceModel": "sequence",
     "load_model": "storage", "model_from_bytes": "storage", "model_to_bytes": "storage", "save_model": "storage",
     "fit": "training",
 }
 
 __all__ = [
-    "HQKAN", "QKAN", "HQKANSpec", "InputError", "Model", "ModelSpec", "QKANLayer",
-    "QKANSpec", "build_model", "extend_reps", "fit", "load_model", "model_from_bytes", "model_to_bytes", "parse_spec",
-    "qkan_layers", "save_model",
+    "HQKAN", "QKAN", "HQKANSpec", "InputError", "Model", "ModelSpec", "QKANLayer", "QKANSpec", "SequenceModel",
+    "SequenceSpec", "build_model", "extend_reps", "fit", "load_model", "model_from_bytes", "model_to_bytes",
+    "parse_spec", "qkan_layers", "save_model",
 ]
 
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from qkan_orch.models.errors import InputError
     from qkan_orch.models.layer import QKANLayer
     from qkan_orch.models.network import HQKAN, QKAN, Model, build_model, extend_reps, qkan_layers
-    from qkan_orch.models.spec import HQKANSpec, ModelSpec, QKANSpec, parse_spec
+    from qkan_orch.models.sequence import SequenceModel
+    from qkan_orch.models.spec import HQKANSpec, ModelSpec, QKANSpec, SequenceSpec, parse_spec
     from qkan_orch.models.storage import load_model, model_from_bytes, model_to_bytes, save_model
     from qkan_orch.models.training import fit

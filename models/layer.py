@@ -11,6 +11,7 @@ from torch import nn
 
 from qkan_orch.models.ansatz import Ansatz, build_ansatz
 from qkan_orch.models.daruan import final_amplitudes, measure
+from qkan_orch.models.spec import QKANSpec
 
 _ACTIVATIONS = {
     "silu": nn.SiLU,
@@ -104,3 +105,11 @@ class QKANLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.in_dim}→{self.out_dim}, ansatz={self.ansatz.name}, reps={self.reps}"
 
+
+def qkan_layer(spec: QKANSpec, n_in: int, n_out: int) -> QKANLayer:
+    """A QKAN layer with ``spec``'s options (ansatz, reps, read-out, what trains)."""
+    return QKANLayer(
+        n_in, n_out, reps=spec.reps, ansatz=spec.ansatz, preact_trainable=spec.preact_trainable,
+        postact_weight_trainable=spec.postact_weight_trainable, postact_bias_trainable=spec.postact_bias_trainable,
+        ba_trainable=spec.ba_trainable, base_activation=spec.base_activation, fast_measure=spec.fast_measure,
+    )

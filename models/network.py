@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from qkan_orch.models.errors import InputError
-from qkan_orch.models.layer import QKANLayer
-from qkan_orch.models.spec import HQKANSpec, ModelSpec, QKANSpec
+from qkan_orch.models.layer import QKANLayer, qkan_layer
+from qkan_orch.models.sequence import SequenceModel
+from qkan_orch.models.spec import HQKANSpec, ModelSpec, QKANSpec, SequenceSpec
 
 
 class NormalizeOutput(nn.Module):
@@ -54,17 +55,7 @@ class QKAN(StagedModel):
         super().__init__()
         self.spec = spec
         width = spec.width
-        self.layers = nn.ModuleList(
-            QKANLayer(
-                n_in, n_out, reps=spec.reps, ansatz=spec.ansatz,
-                preact_trainable=spec.preact_trainable,
-                postact_weight_trainable=spec.postact_weight_trainable,
-                postact_bias_trainable=spec.postact_bias_trainable,
-                ba_trainable=spec.ba_trainable, base_activation=spec.base_activation,
-                fast_measure=spec.fast_measure,
-            )
-            for n_in, n_out in spec.quantum_layers
-        )
+        self.layers = nn.ModuleList(qkan_layer(spec, n_in, n_out) for n_in, n_out in spec.quantum_layers)
         if spec.is_map:  # qkan appends Linear · SiLU · Linear into the same list
             self.layers.extend(
                 [nn.Linear(width[-2], spec.hidden), nn.SiLU(), nn.Linear(spec.hidden, width[-1])]
@@ -89,7 +80,7 @@ class HQKAN(StagedModel):
         return [self.down, *self.qkan.stages(), self.up]
 
 
-Model = QKAN | HQKAN
+Model = QKAN | HQKAN | SequenceModel
 
 
 def build_model(spec: ModelSpec, seed: int | None = None) -> Model:
@@ -97,11 +88,13 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> Model:
     with torch.random.fork_rng(enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
+        if isinstance(spec, SequenceSpec):
+            return SequenceModel(spec)
         return QKAN(spec) if isinstance(spec, QKANSpec) else HQKAN(spec)
 
 
 def qkan_layers(model: Model) -> list[QKANLayer]:
-    return [s for s in model.stages() if isinstance(s, QKANLayer)]
+    return [m for m in model.modules() if isinstance(m, QKANLayer)]
 
 
 def extend_reps(model: Model, new_reps: int) -> Model:

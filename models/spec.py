@@ -106,7 +106,72 @@ class HQKANSpec:
         return replace(self, qkan=self.qkan.with_reps(reps))
 
 
-ModelSpec = QKANSpec | HQKANSpec
+SEQUENCE_KINDS = ("qkan-lstm", "hqkan-lstm", "lstm")
+HEADS = ("last", "sequence")
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    """An LSTM over windows of ``window`` steps of ``in_dim`` features (docs/SEQUENCE_MODELS.md).
+
+    Each of a cell's four gate maps [x_t, h_{t−1}] → gate pre-activation is one QKAN layer (``qkan-lstm``),
+    Linear → one latent QKAN layer of width ``latent`` → Linear (``hqkan-lstm``), or torch's own LSTM
+    (``lstm``, the classical baseline). ``gate`` holds the options of every gate's QKAN layer; its width is
+    the cell's. ``head``: ``last`` maps h_T to ``out_dim`` outputs, ``sequence`` maps every h_t (T·out_dim).
+    """
+
+    kind: str
+    in_dim: int
+    hidden: int
+    window: int
+    out_dim: int = 1
+    layers: int = 1
+    head: str = "last"
+    latent: int = 0
+    gate: QKANSpec = QKANSpec(width=(1, 1))
+
+    def cell_inputs(self, layer: int) -> int:
+        """Width of [x_t, h_{t−1}] entering layer ``layer``'s gates (x_t: the layer below's h_t above 0)."""
+        return (self.in_dim if layer == 0 else self.hidden) + self.hidden
+
+    def gate_width(self, layer: int) -> tuple[int, int]:
+        """(inputs, outputs) of layer ``layer``'s gate QKANs."""
+        return (self.latent, self.latent) if self.kind == "hqkan-lstm" else (self.cell_inputs(layer), self.hidden)
+
+    def gate_spec(self, layer: int) -> QKANSpec:
+        return replace(self.gate, width=self.gate_width(layer))
+
+    @property
+    def quantum_layers(self) -> tuple[tuple[int, int], ...]:
+        """Every gate's QKAN layer, four per LSTM layer; a time step runs all of them in one round."""
+        return () if self.kind == "lstm" else tuple(self.gate_width(k) for k in range(self.layers) for _ in range(4))
+
+    @property
+    def total_out(self) -> int:
+        return self.out_dim * (self.window if self.head == "sequence" else 1)
+
+    @property
+    def columns(self) -> int:
+        return self.gate.columns
+
+    @property
+    def state_size(self) -> int:
+        """The gates' QKAN layers (or torch LSTM's weights), the HQKAN Linear maps and the head."""
+        head = (self.hidden + 1) * self.out_dim
+        if self.kind == "lstm":  # torch's weight_ih, weight_hh and two biases per layer
+            return head + sum(4 * self.hidden * (self.cell_inputs(k) + 2) for k in range(self.layers))
+        per_edge = self.columns + self.gate.reps + 4
+        size = head + per_edge * sum(n_in * n_out for n_in, n_out in self.quantum_layers)
+        if self.kind == "hqkan-lstm":  # each gate's Linear maps into and out of its latent QKAN
+            size += sum(4 * ((self.cell_inputs(k) + 1) * self.latent + (self.latent + 1) * self.hidden)
+                        for k in range(self.layers))
+        return size
+
+    def with_reps(self, reps: int) -> "SequenceSpec":
+        return replace(self, gate=self.gate.with_reps(reps))
+
+
+ModelSpec = QKANSpec | HQKANSpec | SequenceSpec
 
 
 def circuit_columns(ansatz: str, reps: int) -> int:
@@ -145,7 +210,12 @@ class SpecLimits:
 
 
 def spec_to_json(spec: ModelSpec) -> str:
-    return json.dumps(asdict(spec), sort_keys=True)
+    """The canonical JSON of ``spec`` (``parse_spec`` reads it back equal); a sequence model's gate options
+    carry no width, which its cells set."""
+    obj = asdict(spec)
+    if isinstance(spec, SequenceSpec):
+        obj["gate"] = {k: v for k, v in obj["gate"].items() if k not in ("width", "kind")}
+    return json.dumps(obj, sort_keys=True)
 
 
 def parse_spec(obj: Any, field_name: str = "spec") -> ModelSpec:
@@ -167,7 +237,9 @@ def parse_spec(obj: Any, field_name: str = "spec") -> ModelSpec:
             raise InputError(f"{field_name}.qkan", "must be a QKAN spec object")
         inner = {k: v for k, v in inner.items() if k != "kind"}
         return HQKANSpec(in_dim, out_dim, _parse_qkan(inner, f"{field_name}.qkan"))
-    raise InputError(f"{field_name}.kind", f"'{kind}' is not a model kind (qkan, hqkan)")
+    if kind in SEQUENCE_KINDS:
+        return _parse_sequence(kind, obj, field_name)
+    raise InputError(f"{field_name}.kind", f"'{kind}' is not a model kind (qkan, hqkan, {', '.join(SEQUENCE_KINDS)})")
 
 
 def load_spec_file(path: str) -> ModelSpec:
@@ -221,6 +293,29 @@ def _parse_qkan(obj: dict[str, Any], where: str) -> QKANSpec:
     if kwargs.get("is_map") and kwargs["hidden"] < 1:
         raise InputError(f"{where}.hidden", "must be ≥ 1 when is_map is true")
     return QKANSpec(**kwargs)
+
+
+def _parse_sequence(kind: str, obj: dict[str, Any], where: str) -> SequenceSpec:
+    unknown = set(obj) - {"in_dim", "hidden", "window", "out_dim", "layers", "head", "latent", "gate"}
+    if unknown:
+        raise InputError(f"{where}.{sorted(unknown)[0]}", f"unknown {kind} option")
+    in_dim = _positive_int(obj.get("in_dim", 1), f"{where}.in_dim")
+    hidden = _positive_int(obj.get("hidden"), f"{where}.hidden")
+    head = obj.get("head", "last")
+    if head not in HEADS:
+        raise InputError(f"{where}.head", f"{head!r} is not a head ({', '.join(HEADS)})")
+    latent = _nonnegative_int(obj.get("latent", 0), f"{where}.latent")
+    if kind == "hqkan-lstm" and latent < 1:
+        raise InputError(f"{where}.latent", "the latent QKAN's width must be ≥ 1 for hqkan-lstm")
+    gate = obj.get("gate", {})
+    if not isinstance(gate, dict) or gate.get("kind", "qkan") != "qkan" or "width" in gate:
+        raise InputError(f"{where}.gate", "must be an object of QKAN options without width (the cell sets it)")
+    gate = {k: v for k, v in gate.items() if k != "kind"}
+    return SequenceSpec(kind=kind, in_dim=in_dim, hidden=hidden, window=_positive_int(obj.get("window"),
+                        f"{where}.window"), out_dim=_positive_int(obj.get("out_dim", 1), f"{where}.out_dim"),
+                        layers=_positive_int(obj.get("layers", 1), f"{where}.layers"), head=head,
+                        latent=latent if kind == "hqkan-lstm" else 0,
+                        gate=_parse_qkan({**gate, "width": [1, 1]}, f"{where}.gate"))
 
 
 def _refuse_unsupported(obj: dict[str, Any], where: str) -> None:

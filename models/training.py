@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from qkan_orch.models.errors import InputError
 from qkan_orch.models.network import Model
+from qkan_orch.models.sequence import SequenceModel, sequence_inputs
 from qkan_orch.models.storage import safetensors_metadata
 
 OPTIMIZERS = ("adam", "lbfgs")
@@ -55,7 +56,9 @@ class Trainer:
             raise InputError("optimizer", f"'{optimizer}' is not one of {', '.join(OPTIMIZERS)}")
         if steps < 1:
             raise InputError("steps", f"must be ≥ 1, got {steps}")
-        if x.ndim != 2 or x.shape[1] != model.in_dim:
+        if isinstance(model, SequenceModel):
+            x = sequence_inputs(x, model.spec)  # (n, T, F) windows
+        elif x.ndim != 2 or x.shape[1] != model.in_dim:
             raise InputError("inputs", f"expected shape (n, {model.in_dim}), got {tuple(x.shape)}")
         if y.ndim != 2 or y.shape != (x.shape[0], model.out_dim):
             raise InputError("targets", f"expected shape ({x.shape[0]}, {model.out_dim}), got {tuple(y.shape)}")

@@ -24,7 +24,7 @@ from typing import Any
 from qkan_orch.backends import Backend, Handle, get_backend
 from qkan_orch.backends.base import ProviderJobLost
 from qkan_orch.backends.chunked_rounds import run_in_chunks
-from qkan_orch.circuits import ExecutionPlan, FeedForwardPlan, PlanState
+from qkan_orch.circuits import ExecutionPlan, PlanState, plan_for
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult
 from qkan_orch.mitigation import Mitigation, mitigated
 from qkan_orch.service.store import jobs as store
@@ -43,7 +43,7 @@ def infer(claimed: ClaimedJob) -> Step:
     model = MODELS.get(claimed.session, job.model_id) if job.model_id else None
     if model is None:
         return claimed.fail("model_deleted", "the job's model was deleted")
-    plan = FeedForwardPlan(model, unpack_arrays(job.inputs)["inputs"])
+    plan = plan_for(model, unpack_arrays(job.inputs)["inputs"])
     return _Inference(claimed, plan, mitigated(get_backend(job.backend), Mitigation.from_json(job.mitigation))).run()
 
 
