@@ -191,16 +191,21 @@ class SpecLimits:
 
     def check(self, spec: ModelSpec, where: str = "spec") -> None:
         """Refuse, naming the option and the limit, a spec over any bound (reps first: sizes depend on it)."""
-        inner = spec.qkan if isinstance(spec, HQKANSpec) else spec
-        inner_where = f"{where}.qkan" if isinstance(spec, HQKANSpec) else where
-        if inner.reps > self.reps:
-            raise InputError(f"{inner_where}.reps", f"{inner.reps} exceeds this service's limit of {self.reps}")
-        if len(spec.quantum_layers) > self.layers:
-            raise InputError(f"{inner_where}.width", f"has {len(spec.quantum_layers)} QKAN layers; "
-                                                     f"this service's limit is {self.layers}")
-        widths = {f"{inner_where}.width": max(inner.width), f"{inner_where}.hidden": inner.hidden}
-        if isinstance(spec, HQKANSpec):
-            widths |= {f"{where}.in_dim": spec.in_dim, f"{where}.out_dim": spec.out_dim}
+        if isinstance(spec, SequenceSpec):
+            reps, layers, kind = (spec.gate.reps, f"{where}.gate.reps"), (spec.layers, f"{where}.layers"), "LSTM"
+            widths = {f"{where}.{name}": getattr(spec, name) for name in ("in_dim", "hidden", "latent", "out_dim")}
+        else:
+            inner = spec.qkan if isinstance(spec, HQKANSpec) else spec
+            inner_where = f"{where}.qkan" if isinstance(spec, HQKANSpec) else where
+            reps, kind = (inner.reps, f"{inner_where}.reps"), "QKAN"
+            layers = (len(spec.quantum_layers), f"{inner_where}.width")
+            widths = {f"{inner_where}.width": max(inner.width), f"{inner_where}.hidden": inner.hidden}
+            if isinstance(spec, HQKANSpec):
+                widths |= {f"{where}.in_dim": spec.in_dim, f"{where}.out_dim": spec.out_dim}
+        if reps[0] > self.reps:
+            raise InputError(reps[1], f"{reps[0]} exceeds this service's limit of {self.reps}")
+        if layers[0] > self.layers:
+            raise InputError(layers[1], f"has {layers[0]} {kind} layers; this service's limit is {self.layers}")
         for name, width in widths.items():
             if width > self.width:
                 raise InputError(name, f"a layer of {width} units exceeds this service's limit of {self.width}")

@@ -62,6 +62,10 @@ def test_a_specs_size_is_the_number_of_values_its_model_holds(spec: dict) -> Non
     ({"width": [2, 2, 1], "is_map": True, "hidden": 5000}, "spec.hidden", "5000 units"),
     ({"kind": "hqkan", "in_dim": 10**6, "qkan": {"width": [2, 1]}}, "spec.in_dim", "1000000 units"),
     ({"kind": "hqkan", "in_dim": 2, "qkan": {"width": [2, 1], "reps": 10**6}}, "spec.qkan.reps", "limit of 100"),
+    ({"kind": "qkan-lstm", "hidden": 2, "window": 4, "gate": {"reps": 10**6}}, "spec.gate.reps", "limit of 100"),
+    ({"kind": "qkan-lstm", "hidden": 2, "window": 4, "layers": 30}, "spec.layers", "30 LSTM layers"),
+    ({"kind": "hqkan-lstm", "hidden": 2, "window": 4, "latent": 10**6}, "spec.latent", "1000000 units"),
+    ({"kind": "lstm", "hidden": 10**6, "window": 4}, "spec.hidden", "1000000 units"),
 ])
 def test_spec_limits_name_the_option_and_the_limit(spec: dict, field: str, words: str) -> None:
     with pytest.raises(InputError) as err:

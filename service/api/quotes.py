@@ -19,7 +19,7 @@ from qkan_orch.circuits import validate_inputs
 from qkan_orch.mitigation import Mitigation, mitigated
 from qkan_orch.models import parse_spec
 from qkan_orch.models.errors import InputError
-from qkan_orch.models.spec import ModelSpec
+from qkan_orch.models.spec import ModelSpec, SequenceSpec
 from qkan_orch.service.api.bounds import check_estimate, check_rounds, check_samples, round_rows
 from qkan_orch.service.api.budgets import check_budget
 from qkan_orch.service.api.errors import HTTPProblem, not_found
@@ -71,6 +71,9 @@ def workload(session: Session, settings: Settings, key: ApiKey, model_id: str, s
         raise not_found("model", model_id)
     check_samples(settings, samples, "inputs")
     spec = parse_spec(model_row.spec)
+    if isinstance(spec, SequenceSpec):
+        raise InputError("model_id", f"a {spec.kind} model: the service does not run sequence models yet; "
+                                     "run it with qkan-orch predict")
     if inputs is not None:
         inputs = validate_inputs(inputs, spec.in_dim)
     rows = round_rows(spec, samples)
