@@ -119,11 +119,7 @@ class FeedForwardPlan:
         return batch
 
     def absorb(self, state: PlanState, result: BatchResult) -> PlanState:
-        batch = self.next_batch(state)
-        if batch is None:
-            raise ValueError("the plan is finished; there is no batch to absorb")
-        if result.p0.shape != (batch.num_rows,):
-            raise ValueError(f"result has {result.p0.shape[0]} rows, the batch {batch.num_rows}")
+        batch = absorbable(self.next_batch(state), result)
         layer: QKANLayer = self.stages[state.stage]  # type: ignore[assignment]
         y, var, act = _layer_output(layer, batch, state.x, state.var, result.p0, result.p0_stderr, self.dtype)
         raw = None
@@ -168,6 +164,15 @@ class FeedForwardPlan:
             state = PlanState(state.stage + 1, state.rounds_done, y, var, state.layer_outputs, raw, state.activations,
                               state.edge_qubits)
         return state
+
+
+def absorbable(batch: ActivationBatch | None, result: BatchResult) -> ActivationBatch:
+    """The round's batch, if ``result`` is its result: a finished plan or a result of another size is a bug."""
+    if batch is None:
+        raise ValueError("the plan is finished; there is no batch to absorb")
+    if result.p0.shape != (batch.num_rows,):
+        raise ValueError(f"result has {result.p0.shape[0]} rows, the batch {batch.num_rows}")
+    return batch
 
 
 def glue(stage: torch.nn.Module, x_in: np.ndarray, var_in: np.ndarray, dtype: torch.dtype

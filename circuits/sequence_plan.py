@@ -26,7 +26,7 @@ import torch
 
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult
 from qkan_orch.circuits.compile import compile_layer
-from qkan_orch.circuits.plan import PlanState, glue, layer_output
+from qkan_orch.circuits.plan import PlanState, absorbable, glue, layer_output
 from qkan_orch.circuits.readout import activation_stderr, activation_values
 from qkan_orch.models.errors import InputError
 from qkan_orch.models.sequence import GATES, GateMap, SequenceModel, combine_gates, sequence_inputs
@@ -77,11 +77,7 @@ class SequencePlan:
         return batch
 
     def absorb(self, state: PlanState, result: BatchResult) -> PlanState:
-        batch = self.next_batch(state)
-        if batch is None:
-            raise ValueError("the plan is finished; there is no batch to absorb")
-        if result.p0.shape != (batch.num_rows,):
-            raise ValueError(f"result has {result.p0.shape[0]} rows, the batch {batch.num_rows}")
+        batch = absorbable(self.next_batch(state), result)
         memory = self._advance(state.memory, "", batch, result.p0, result.p0_stderr, state.rounds_done)
         if result.raw_p0 is not None or RAW + "h.0" in state.memory:
             p0, se = ((result.raw_p0, result.raw_p0_stderr) if result.raw_p0 is not None
