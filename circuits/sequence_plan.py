@@ -30,6 +30,7 @@ from qkan_orch.circuits.plan import PlanState, absorbable, glue, layer_output
 from qkan_orch.circuits.readout import activation_stderr, activation_values
 from qkan_orch.models.errors import InputError
 from qkan_orch.models.sequence import GATES, GateMap, SequenceModel, combine_gates, sequence_inputs
+from qkan_orch.models.spec import SequenceSpec
 
 Memory = dict[str, np.ndarray]
 RAW = "raw."  # prefix of the unmitigated chain's state, once a round brought raw p0
@@ -43,7 +44,7 @@ class SequencePlan:
             raise InputError("model", "a classical LSTM has no quantum layers to run; evaluate it with torch")
         self.model, self.spec = model, model.spec
         self.dtype = next(model.parameters()).dtype
-        self.inputs = validate_sequences(inputs, model)
+        self.inputs = validate_sequences(inputs, model.spec)
         self.total_rounds = self.spec.window + self.spec.layers - 1
         self._last: tuple[PlanState, ActivationBatch] | None = None
 
@@ -168,12 +169,12 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def validate_sequences(inputs: np.ndarray | torch.Tensor, model: SequenceModel) -> np.ndarray:
+def validate_sequences(inputs: np.ndarray | torch.Tensor, spec: SequenceSpec) -> np.ndarray:
     """The float64 (N, T, F) windows the model takes, or an InputError naming the problem."""
     x = inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise InputError("inputs", "must be numeric")
-    x = sequence_inputs(torch.from_numpy(x.astype(np.float64)), model.spec).numpy()
+    x = sequence_inputs(torch.from_numpy(x.astype(np.float64)), spec).numpy()
     if x.shape[0] == 0:
         raise InputError("inputs", "is empty: at least one window is needed")
     bad = ~np.isfinite(x)

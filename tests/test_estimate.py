@@ -167,22 +167,3 @@ def test_submit_dry_run_prints_the_quote_and_submits_nothing(svc: LocalService, 
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert "inputs" in missing.stderr
     assert jobs_stored(svc) == before
-
-
-def test_a_sequence_model_uploads_and_its_submissions_are_refused_naming_the_model(
-        svc: LocalService, qc: Client, tmp_path: Path) -> None:
-    # issue 13 is open: sequence models train and run locally; the service stores them, and refuses to run or
-    # quote them in one line instead of failing on their (N, T, F) windows
-    from qkan_orch.models import build_model, parse_spec
-
-    path = tmp_path / "lstm.safetensors"
-    save_model(build_model(parse_spec({"kind": "qkan-lstm", "hidden": 2, "window": 3})), str(path))
-    model_id = qc.upload_model(path).id
-    before = jobs_stored(svc)
-    for call in (lambda: qc.submit(model_id, np.zeros((2, 3)), backend="exact"),
-                 lambda: qc.estimate(model_id, 2, backend="exact")):
-        with pytest.raises(ApiError) as refused:
-            call()
-        assert refused.value.status == 422 and refused.value.field == "model_id"
-        assert "qkan-orch predict" in refused.value.message
-    assert jobs_stored(svc) == before

@@ -10,7 +10,7 @@ from pydantic import ByteSize
 
 from qkan_orch.backends.base import Estimate, round_bytes
 from qkan_orch.models.errors import InputError
-from qkan_orch.models.spec import ModelSpec, SpecLimits
+from qkan_orch.models.spec import ModelSpec, SequenceSpec, SpecLimits
 from qkan_orch.service.settings import Settings
 
 
@@ -25,7 +25,12 @@ def check_samples(settings: Settings, samples: int, field: str) -> None:
 
 
 def round_rows(spec: ModelSpec, samples: int) -> list[int]:
-    """Circuits of every round before deduplication (samples × edges of its layer), known from the spec alone."""
+    """Circuits of every round before deduplication (samples × edges of its layer, or of every gate of a sequence
+    model's step: each LSTM layer's four gates while it runs, circuits.sequence_plan), known from the spec."""
+    if isinstance(spec, SequenceSpec):
+        gates = [4 * n_in * n_out for n_in, n_out in spec.quantum_layers[::4]]  # per LSTM layer
+        return [samples * sum(gates[k] for k in range(spec.layers) if 0 <= r - k < spec.window)
+                for r in range(spec.window + spec.layers - 1)]
     return [samples * n_in * n_out for n_in, n_out in spec.quantum_layers]
 
 

@@ -1,6 +1,7 @@
 """Every error leaves the API as ``{"error": {"code", "message", "field"}}`` — a busy database and a bug too."""
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -41,6 +42,12 @@ def not_found(what: str, ident: str) -> HTTPProblem:
     return HTTPProblem(404, "not_found", f"no {what} '{ident}'", field=f"{what}_id")
 
 
+def field_path(loc: Sequence[Any]) -> str | None:
+    """A validation error's location as the request names it (``inputs.0.1``): without the union member pydantic
+    adds when a field takes one of several shapes (``inputs.list[list[float]].0.1``)."""
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and "[" in p)) or None
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "field": field}}
@@ -79,10 +86,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]
+        loc = [p for p in first.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]
         if first.get("type") == "json_invalid":
             return error_response(400, "malformed_json", f"request body is not valid JSON: {first.get('msg')}")
-        return error_response(422, "invalid_input", str(first.get("msg")), ".".join(loc) or None)
+        return error_response(422, "invalid_input", str(first.get("msg")), field_path(loc))
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:

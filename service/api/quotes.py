@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from qkan_orch.backends import get_backend
 from qkan_orch.backends.base import Backend, Estimate, Pack
 from qkan_orch.circuits import validate_inputs
+from qkan_orch.circuits.sequence_plan import validate_sequences
 from qkan_orch.mitigation import Mitigation, mitigated
 from qkan_orch.models import parse_spec
 from qkan_orch.models.errors import InputError
@@ -71,11 +72,11 @@ def workload(session: Session, settings: Settings, key: ApiKey, model_id: str, s
         raise not_found("model", model_id)
     check_samples(settings, samples, "inputs")
     spec = parse_spec(model_row.spec)
-    if isinstance(spec, SequenceSpec):
-        raise InputError("model_id", f"a {spec.kind} model: the service does not run sequence models yet; "
-                                     "run it with qkan-orch predict")
+    if isinstance(spec, SequenceSpec) and spec.kind == "lstm":
+        raise InputError("model_id", "a classical LSTM has no quantum layers to run; evaluate it with torch")
     if inputs is not None:
-        inputs = validate_inputs(inputs, spec.in_dim)
+        inputs = (validate_sequences(inputs, spec) if isinstance(spec, SequenceSpec)
+                  else validate_inputs(inputs, spec.in_dim))
     rows = round_rows(spec, samples)
     check_rounds(settings, rows, samples)
     return Workload(model_row.id, spec, rows, inputs)

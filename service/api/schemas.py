@@ -31,6 +31,11 @@ class ModelPage(Page):
     items: list[ModelOut]
 
 
+Inputs = Annotated[list[list[float]] | list[list[list[float]]], Field(
+    description="One sample per row, width = the model's input width; for a sequence model one window per sample "
+                "(steps × features, or steps alone for one feature)")]
+
+
 class JobRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -49,7 +54,7 @@ class JobRequest(BaseModel):
     )
 
     model_id: str = Field(min_length=1, max_length=64)
-    inputs: list[list[float]] = Field(description="One sample per row; width = the model's input width")
+    inputs: Inputs
     backend: str = Field("exact", min_length=1, max_length=200, description="See GET /v1/backends")
     shots: int | None = Field(None, ge=1,
                               description=f"Shots per circuit (default {DEFAULT_SHOTS} on sampling backends)")
@@ -239,7 +244,7 @@ class ComparisonRequest(BaseModel):
     )
 
     model_id: str = Field(min_length=1, max_length=64)
-    inputs: list[list[float]] = Field(description="One sample per row; width = the model's input width")
+    inputs: Inputs
     backends: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         description="1 to 16 distinct backends, none of them the reference")
     reference: str = Field("exact", min_length=1, max_length=200,

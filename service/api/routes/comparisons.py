@@ -2,17 +2,16 @@
 
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from qkan_orch.models.errors import InputError
 from qkan_orch.service.api.comparisons import comparisons_out, create_comparison
 from qkan_orch.service.api.deps import BrokerDep, CourierDep, KeyDep, OffsetQuery, SessionDep, SettingsDep
 from qkan_orch.service.api.errors import ERROR_RESPONSES, ERROR_RESPONSES_SUBMIT, HTTPProblem, not_found
 from qkan_orch.service.api.job_records import cancel_job
 from qkan_orch.service.api.schemas import ComparisonOut, ComparisonPage, ComparisonRequest
+from qkan_orch.service.api.uploads import inputs_array
 from qkan_orch.service.store.states import TERMINAL
 from qkan_orch.service.store.tables import ApiKey, Comparison, Job
 
@@ -25,11 +24,7 @@ def create(body: ComparisonRequest, response: Response, key: KeyDep, session: Se
            broker: BrokerDep) -> ComparisonOut:
     """One inference job for the reference and one per backend, through the usual queues; each is quoted and
     budgeted as a submission, and if any is refused nothing is stored (the error names ``backends[i]``)."""
-    if not body.inputs:
-        raise InputError("inputs", "is empty: at least one sample is needed")
-    if len({len(row) for row in body.inputs}) != 1:
-        raise InputError("inputs", "rows have different lengths")
-    comparison = create_comparison(session, broker, settings, key, body, np.asarray(body.inputs, dtype=np.float64))
+    comparison = create_comparison(session, broker, settings, key, body, inputs_array(body.inputs))
     response.headers["Location"] = f"/v1/comparisons/{comparison.id}"
     return comparisons_out(session, [comparison])[0]
 

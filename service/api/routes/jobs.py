@@ -21,13 +21,14 @@ from qkan_orch.service.api.errors import (
     ERROR_RESPONSES_SUBMIT,
     ErrorResponse,
     HTTPProblem,
+    field_path,
     not_found,
 )
 from qkan_orch.service.api.event_hub import SlotStream
 from qkan_orch.service.api.job_records import DuplicateSubmission, cancel_job, submit_inference
 from qkan_orch.service.api.job_views import job_out, jobs_out
 from qkan_orch.service.api.schemas import JobOut, JobPage, JobRequest, JobResultOut
-from qkan_orch.service.api.uploads import read_table
+from qkan_orch.service.api.uploads import inputs_array, read_table
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store.arrays import unpack_arrays
 from qkan_orch.service.store.database import session_scope
@@ -134,12 +135,7 @@ def _parse_json(raw: bytes, idempotency_key: str | None) -> tuple[JobRequest, np
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HTTPProblem(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
     body = _validate(obj, idempotency_key)
-    rows = body.inputs
-    if not rows:
-        raise InputError("inputs", "is empty: at least one sample is needed")
-    if len({len(r) for r in rows}) != 1:
-        raise InputError("inputs", "rows have different lengths")
-    return body, np.asarray(rows, dtype=np.float64)
+    return body, inputs_array(body.inputs)
 
 
 def _validate(obj: Any, idempotency_key: str | None) -> JobRequest:
@@ -152,8 +148,7 @@ def _validate(obj: Any, idempotency_key: str | None) -> JobRequest:
         return JobRequest.model_validate(obj)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        raise InputError(field or "body", first["msg"]) from None
+        raise InputError(field_path(first["loc"]) or "body", first["msg"]) from None
 
 
 def _own_job(session: Session, key: ApiKey, job_id: str) -> Job:

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from qkan_orch.models import model_from_bytes, parse_spec
 from qkan_orch.models.errors import InputError
 from qkan_orch.models.functions import FUNCTIONS, get_function
+from qkan_orch.models.spec import SequenceSpec
 from qkan_orch.models.training import OPTIMIZERS
 from qkan_orch.service.api.bounds import check_training, spec_limits
 from qkan_orch.service.api.deps import BrokerDep, KeyDep, OffsetQuery, SessionDep, SettingsDep
@@ -111,6 +112,9 @@ def train(
     except json.JSONDecodeError:
         raise InputError("spec", "is not valid JSON") from None
     parsed = parse_spec(spec_obj)
+    if isinstance(parsed, SequenceSpec):
+        raise InputError("spec.kind", f"{parsed.kind} models train with 'qkan-orch train --model {parsed.kind}' and "
+                                      "upload with POST /v1/models; the service does not train them yet")
     spec_limits(settings).check(parsed)
     if optimizer not in OPTIMIZERS:
         raise InputError("optimizer", f"'{optimizer}' is not one of {', '.join(OPTIMIZERS)}")
