@@ -16,9 +16,8 @@ from fastapi import Depends, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException
 
-from qkan_orch.service.api.deps import SettingsDep
+from qkan_orch.service.api.deps import SessionDep
 from qkan_orch.service.dashboard.queries import Viewer
-from qkan_orch.service.store.database import session_scope
 from qkan_orch.service.store.web_sessions import LIFETIME, find_session
 
 COOKIE = "qkan_session"
@@ -36,16 +35,14 @@ class SignedIn:
         self.viewer, self.csrf = viewer, csrf
 
 
-def signed_in(request: Request, settings: SettingsDep) -> SignedIn:
+def signed_in(request: Request, session: SessionDep) -> SignedIn:
+    """Read in the request's own session, the one its page reads with (FastAPI hands both the same)."""
     token = request.cookies.get(COOKIE)
-    if not token:
+    found = find_session(session, token) if token else None
+    if found is None:
         raise SignInRequired
-    with session_scope(settings.resolved_database_url) as session:
-        found = find_session(session, token)
-        if found is None:
-            raise SignInRequired
-        key, web = found
-        return SignedIn(Viewer(key.id, key.name, key.admin), web.csrf)
+    key, web = found
+    return SignedIn(Viewer(key.id, key.name, key.admin), web.csrf)
 
 
 SignedInDep = Annotated[SignedIn, Depends(signed_in)]
