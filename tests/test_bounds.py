@@ -1,8 +1,10 @@
 """Bounds before work: every quantity a request controls is refused over its setting before anything is
 allocated, and a job over the worker's memory ceiling fails alone while its worker goes on.
 
-Where a test bounds time or memory, the bound is the issue's acceptance: a refusal within 1 s with the API's
-RSS growing by less than 50 MB (before, a [4000, 4000] spec made the API allocate 2 GB and stall for seconds).
+Where a test bounds memory, the bound is the issue's acceptance: a refusal with the API's RSS growing by less
+than 50 MB (before, a [4000, 4000] spec made the API allocate 2 GB and stall for seconds). Time is not
+asserted here (tests make no timing assertions): an allocation is what a slow refusal would have to make, and
+the RSS bound catches it on any machine.
 The API runs in this process (LocalService's thread), so its RSS is this process's; workers are real Celery
 processes on the system Redis.
 """
@@ -32,7 +34,6 @@ from qkan_orch.service.local import LocalService
 from service_env import stack_env
 
 MB = 2**20
-REFUSAL_SECONDS = 1.0  # the issue: "refused in under 1 s"
 REFUSAL_RSS = 50 * MB  # the issue: "the API's RSS growing by less than 50 MB"
 HUGE = [4000, 4000]  # 16·10⁶ edges: 288·10⁶ numbers, about 1.2 GB as float32 had the model been built
 ENORMOUS = [100_000, 100_000]  # wider than any layer may be
@@ -130,14 +131,11 @@ def peak_growth() -> Iterator[Callable[[], int]]:
         sampler.join()
 
 
-def refused_quickly_and_small(request: Callable[[], object], status: int, field: str | None) -> ApiError:
+def refused_before_allocating(request: Callable[[], object], status: int, field: str | None) -> ApiError:
     with peak_growth() as growth:
-        began = time.perf_counter()
         with pytest.raises(ApiError) as err:
             request()
-        seconds = time.perf_counter() - began
     assert (err.value.status, err.value.field) == (status, field), err.value
-    assert seconds < REFUSAL_SECONDS, f"refused after {seconds:.2f} s"
     assert growth() < REFUSAL_RSS, f"the API's RSS grew by {growth() / MB:.0f} MB"
     return err.value
 
@@ -152,26 +150,26 @@ def spec_file(tmp: Path, width: list[int]) -> Path:
 def test_oversized_specs_are_refused_fast_without_allocating(service, width: list[int]) -> None:  # type: ignore[no-untyped-def]
     _, qc, tmp = service
     field = "spec" if width == HUGE else "spec.width"
-    err = refused_quickly_and_small(lambda: qc.upload_model(tmp / "small.safetensors", spec_file(tmp, width)),
+    err = refused_before_allocating(lambda: qc.upload_model(tmp / "small.safetensors", spec_file(tmp, width)),
                                     422, field)
     assert "this service's limit" in err.message
 
     pt = tmp / "small.pt"
     torch.save(make_model(width=[2, 3, 1]).float().state_dict(), pt)
-    refused_quickly_and_small(lambda: qc.upload_model(pt, spec_file(tmp, width)), 422, field)
+    refused_before_allocating(lambda: qc.upload_model(pt, spec_file(tmp, width)), 422, field)
 
     lying = tmp / f"lying-{width[0]}.safetensors"  # tiny weights, a huge spec in the metadata
     lying.write_bytes(save_tensors({"w": torch.zeros(1)}, metadata={"spec": json.dumps({"width": width})}))
-    refused_quickly_and_small(lambda: qc.upload_model(lying), 422, f"model.{field}")
+    refused_before_allocating(lambda: qc.upload_model(lying), 422, f"model.{field}")
 
-    refused_quickly_and_small(lambda: qc.train({"width": width}, function="sin"), 422, field)
+    refused_before_allocating(lambda: qc.train({"width": width}, function="sin"), 422, field)
     assert qc.jobs().total == 0 and qc.models().total == 1  # nothing stored but the fixture's model
 
 
 @pytest.mark.parametrize("reps", [10**6, 10**20])
 def test_training_with_absurd_reps_is_refused(service, reps: int) -> None:  # type: ignore[no-untyped-def]
     _, qc, _ = service
-    err = refused_quickly_and_small(lambda: qc.train({"width": [1, 2, 1], "reps": reps}, function="sin"),
+    err = refused_before_allocating(lambda: qc.train({"width": [1, 2, 1], "reps": reps}, function="sin"),
                                     422, "spec.reps")
     assert "limit of 100" in err.message
 
@@ -179,14 +177,14 @@ def test_training_with_absurd_reps_is_refused(service, reps: int) -> None:  # ty
 def test_training_samples_steps_and_step_memory_are_bounded(service) -> None:  # type: ignore[no-untyped-def]
     _, qc, _ = service
     tiny = {"width": [1, 2, 1]}
-    refused_quickly_and_small(lambda: qc.train(tiny, function="sin", samples=100_001), 422, "samples")
-    refused_quickly_and_small(lambda: qc.train(tiny, function="sin", steps=10**9), 422, "steps")
+    refused_before_allocating(lambda: qc.train(tiny, function="sin", samples=100_001), 422, "samples")
+    refused_before_allocating(lambda: qc.train(tiny, function="sin", steps=10**9), 422, "steps")
     # 100 000 samples × (1 000 + 1 000) edges: 2·10⁸ circuits in one step
     wide = {"width": [1, 1000, 1]}
-    err = refused_quickly_and_small(lambda: qc.train(wide, function="sin", samples=100_000), 422, "samples")
+    err = refused_before_allocating(lambda: qc.train(wide, function="sin", samples=100_000), 422, "samples")
     assert "200,000,000 circuits" in err.message
     # 1 200 samples × 1 600 edges = 1.92·10⁶ circuits: within the rows per step, but × (16·11 + 400) B ≈ 1.03 GiB
-    err = refused_quickly_and_small(lambda: qc.train({"width": [1, 800, 1]}, function="sin", samples=1200),
+    err = refused_before_allocating(lambda: qc.train({"width": [1, 800, 1]}, function="sin", samples=1200),
                                     422, "samples")
     assert "worker memory" in err.message and "1.0GiB" in err.message
     assert qc.jobs().total == 0
@@ -196,7 +194,7 @@ def test_more_samples_than_a_job_may_carry_are_refused_fast(service) -> None:  #
     _, qc, tmp = service
     small = qc.models().items[-1].id
     np.save(tmp / "many.npy", make_inputs(100_001, 2))  # one sample over QKAN_MAX_SAMPLES, as a 1.6 MB upload
-    err = refused_quickly_and_small(lambda: qc.submit(small, tmp / "many.npy"), 422, "inputs")
+    err = refused_before_allocating(lambda: qc.submit(small, tmp / "many.npy"), 422, "inputs")
     assert "100,001 samples" in err.message and "100,000" in err.message
 
 
@@ -214,7 +212,7 @@ def test_a_wide_model_with_ten_thousand_inputs_is_refused_by_its_estimate(servic
     _, qc, _ = service
     x = make_inputs(10_000, 2)
     shots = None if backend == "exact" else 20_000
-    err = refused_quickly_and_small(lambda: qc.submit(wide_model, x, backend=backend, shots=shots), 422, "inputs")
+    err = refused_before_allocating(lambda: qc.submit(wide_model, x, backend=backend, shots=shots), 422, "inputs")
     assert "40,000,000 circuits" in err.message and "2,000,000 per round" in err.message
 
 
@@ -225,10 +223,10 @@ def test_the_estimate_bounds_memory_executions_and_shots(service) -> None:  # ty
     job = qc.submit(mid, make_inputs(5, 2), backend="aer", shots=100)  # the API loads Aer here, not below
     assert job.estimate is not None and job.estimate.peak_bytes == 5 * 400 * (16 * 11 + 400)
     # 5 000 samples × 400 edges = 2·10⁶ rows: at the rows limit, but 2·10⁶ × (16·11 + 400) B ≈ 1.07 GiB > 1 GiB
-    err = refused_quickly_and_small(lambda: qc.submit(mid, make_inputs(5000, 2)), 422, "inputs")
+    err = refused_before_allocating(lambda: qc.submit(mid, make_inputs(5000, 2)), 422, "inputs")
     assert "worker memory" in err.message
     # 500 samples: 2·10⁵ rows → 2.5·10⁴ executions at pack 8, × 10⁶ shots = 2.5·10¹⁰ shots > 10¹⁰
-    err = refused_quickly_and_small(lambda: qc.submit(mid, make_inputs(500, 2), backend="aer", shots=10**6),
+    err = refused_before_allocating(lambda: qc.submit(mid, make_inputs(500, 2), backend="aer", shots=10**6),
                                     422, "shots")
     assert "10,000,000,000" in err.message
     exact = qc.submit(mid, make_inputs(50, 2))
@@ -241,8 +239,9 @@ def test_the_estimate_bounds_memory_executions_and_shots(service) -> None:  # ty
 
 
 def test_healthz_answers_while_a_large_upload_is_parsed(service) -> None:  # type: ignore[no-untyped-def]
-    """A 60 MB CSV takes this API over a second to parse; /healthz meanwhile answers within the issue's
-    "milliseconds" (bound: 1 s, generous for a shared 2-core machine; parsed on the event loop it took longer)."""
+    """A 60 MB CSV takes this API over a second to parse; /healthz answers again and again meanwhile. Parsed on
+    the event loop, every /healthz would wait for the parse and the poller would see one or two answers before
+    the upload ends; the worst wait is printed, not asserted (no timing assertions in tests)."""
     local, qc, tmp = service
     csv = tmp / "big.csv"
     csv.write_bytes(b"x,y\n" + b"0.12345678901234567,0.23456789012345678\n" * 1_500_000)  # 60 MB, 1.5·10⁶ rows
@@ -262,8 +261,8 @@ def test_healthz_answers_while_a_large_upload_is_parsed(service) -> None:  # typ
     (err,) = result
     assert isinstance(err, ApiError) and (err.status, err.field) == (422, "csv")
     assert "1,500,000 samples" in err.message  # read to the end, then refused by QKAN_MAX_SAMPLES
-    assert polls >= 5, "the upload ended too soon to show anything"
-    assert worst < 1.0, f"/healthz took {worst:.2f} s during the upload"
+    assert polls >= 5, f"/healthz answered only {polls} time(s) during the upload"
+    print(f"/healthz during the upload: {polls} answers, worst wait {worst:.3f} s")
 
 
 def _refusal(request: Callable[[], object]) -> ApiError | None:
