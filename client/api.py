@@ -60,8 +60,15 @@ class Client:
     def delete_model(self, model_id: str) -> None:
         self._call("DELETE", f"/v1/models/{model_id}")
 
+    def extend(self, model_id: str, reps: int, name: str | None = None) -> Model:
+        """Layer extension: a new stored model with ``reps`` re-uploads per QKAN edge computing the same function
+        (pz/rpz ansätze), to train further from where this one stopped."""
+        body = {"reps": reps, **({"name": name} if name else {})}
+        return Model.from_json(self._call("POST", f"/v1/models/{model_id}/extend", json=body))
+
     def train(self, spec: dict, function: str | None = None, csv: str | Path | None = None, **params: Any) -> Job:
-        """Start a training job (``optimizer``, ``steps``, ``lr``, ``seed``, ``samples``, ``name``)."""
+        """Start a training job (``optimizer``, ``steps``, ``lr``, ``seed``, ``samples``, ``name``); a sequence
+        spec trains on a built-in series (``function``) or a CSV/.npy of windows, one per row, target last."""
         data = {"spec": json.dumps(spec), **{k: str(v) for k, v in params.items() if v is not None}}
         if function:
             data["function"] = function

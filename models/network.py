@@ -103,16 +103,34 @@ def extend_reps(model: Model, new_reps: int) -> Model:
     θ of the old layers and the final rotation are copied, new layers get θ = 0
     and unit pre-activations. For pz/rpz the added gates are then RZ rotations
     only, which commute with the Z read-out, so outputs are unchanged at step 0.
-    For ``real`` they are X·Z, which is not the identity, so it is refused.
+    Every QKAN layer of the model is extended: an HQKAN's inner QKAN, every gate
+    of a QKAN-LSTM or HQKAN-LSTM. The copy is built in the model's dtype before the
+    state is loaded, so nothing is rounded on the way.
     """
-    old = qkan_layers(model)[0]
-    if new_reps <= old.reps:
-        raise InputError("reps", f"new reps ({new_reps}) must exceed the current {old.reps}")
-    if old.ansatz.name == "real":
-        raise InputError("ansatz", "layer extension is not function-preserving for the 'real' ansatz")
-    new = build_model(model.spec.with_reps(new_reps))
+    check_extension(model.spec, new_reps)
+    dtype = next(model.parameters()).dtype
+    new = build_model(model.spec.with_reps(new_reps)).to(dtype)
     new.load_state_dict(_extended_state(model, new), strict=True)
-    return new.to(next(model.parameters()).dtype)
+    return new
+
+
+def check_extension(spec: ModelSpec, new_reps: int) -> None:
+    """Refuse, by field, an extension that cannot preserve the function: before any model is loaded or built."""
+    options = _qkan_options(spec)
+    if options is None:
+        raise InputError("model", "a classical lstm model has no QKAN layer to extend; layer extension adds "
+                                  "re-uploads to the QKAN layers of qkan, hqkan, qkan-lstm and hqkan-lstm models")
+    if new_reps <= options.reps:
+        raise InputError("reps", f"new reps ({new_reps}) must exceed the current {options.reps}")
+    if options.ansatz == "real":
+        raise InputError("ansatz", "layer extension is not function-preserving for the 'real' ansatz")
+
+
+def _qkan_options(spec: ModelSpec) -> QKANSpec | None:
+    """The options every QKAN layer of a ``spec`` model shares (reps, ansatz), or None for a classical LSTM."""
+    if isinstance(spec, SequenceSpec):
+        return None if spec.kind == "lstm" else spec.gate
+    return spec.qkan if isinstance(spec, HQKANSpec) else spec
 
 
 def _extended_state(model: Model, new: Model) -> dict[str, torch.Tensor]:

@@ -11,7 +11,17 @@ import qkan
 import torch
 
 from conftest import make_inputs, make_model
-from qkan_orch.models import HQKAN, InputError, build_model, extend_reps, fit, load_model, parse_spec, save_model
+from qkan_orch.models import (
+    HQKAN,
+    InputError,
+    build_model,
+    extend_reps,
+    fit,
+    load_model,
+    parse_spec,
+    qkan_layers,
+    save_model,
+)
 from qkan_orch.models.functions import FUNCTIONS, get_function
 from qkan_orch.models.spec import IgnoredOptionsWarning, spec_to_json
 
@@ -65,6 +75,29 @@ def test_layer_extension_preserves_the_function(ansatz: str) -> None:
     with torch.no_grad():
         longer.layers[0].theta[:, :, 4].add_(0.5)
         assert not torch.allclose(longer(x), model(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", [
+    {"kind": "hqkan", "in_dim": 3, "out_dim": 2, "qkan": {"width": [2, 3, 2], "reps": 2}},
+    {"kind": "qkan-lstm", "hidden": 2, "window": 4, "layers": 2, "gate": {"reps": 2, "preact_trainable": True}},
+    {"kind": "hqkan-lstm", "hidden": 2, "window": 3, "latent": 2, "gate": {"reps": 1, "ansatz": "rpz_encoding"}},
+])
+def test_layer_extension_of_hqkan_and_sequence_models_extends_every_qkan_layer_exactly(spec: dict) -> None:
+    model = make_model(**spec)
+    longer = extend_reps(model, 4)
+    assert all(layer.reps == 4 for layer in qkan_layers(longer)) and len(qkan_layers(longer)) == len(
+        qkan_layers(model))
+    assert longer.spec == model.spec.with_reps(4) and next(longer.parameters()).dtype == torch.float64
+    shape = (16, spec["window"], 1) if "window" in spec else (16, spec["in_dim"])
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(longer(x), model(x), rtol=0, atol=1e-14)  # built in float64: nothing rounded
+
+
+def test_layer_extension_refuses_a_classical_lstm_by_model() -> None:
+    with pytest.raises(InputError) as refused:
+        extend_reps(make_model(kind="lstm", hidden=2, window=3), 2)
+    assert refused.value.field == "model" and "no QKAN layer" in refused.value.message
 
 
 def test_layer_extension_refuses_real_and_fewer_reps() -> None:

@@ -1,6 +1,7 @@
 """Sequence models through the service (issue 13 item 5, first part): (N, T, F) windows by JSON and .npy, one
 round per time step, the result equal to the model's forward on the exact backend; bad windows are 422 naming
-``inputs`` and store nothing; a classical LSTM and training a sequence model through REST are refused by name.
+``inputs`` and store nothing; a classical LSTM is refused by name (training sequence models through REST:
+test_model_training_service.py).
 
 Real service: system Redis, PostgreSQL, one Celery worker process.
 """
@@ -84,13 +85,10 @@ def test_bad_windows_are_422_naming_inputs(qc: Client, model_id: str, inputs: li
     assert qc.jobs().total == before
 
 
-def test_a_classical_lstm_and_training_through_rest_are_refused_by_name(qc: Client, tmp_path: Path) -> None:
+def test_a_classical_lstm_is_refused_by_name(qc: Client, tmp_path: Path) -> None:
     path = tmp_path / "lstm.safetensors"
     save_model(build_model(parse_spec({"kind": "lstm", "hidden": 2, "window": 3})), str(path))
     lstm = qc.upload_model(path).id
     with pytest.raises(ApiError) as refused:
         qc.submit(lstm, np.zeros((2, 3)), backend="exact")
     assert refused.value.status == 422 and refused.value.field == "model_id"
-    with pytest.raises(ApiError) as refused:
-        qc.train({"kind": "qkan-lstm", "hidden": 2, "window": 3}, function="sin_cos")
-    assert refused.value.status == 422 and refused.value.field == "spec.kind"

@@ -54,17 +54,37 @@ def check_estimate(settings: Settings, estimate: Estimate) -> None:
     _check_memory(settings, estimate.peak_bytes, "inputs", "its largest round")
 
 
+# A training step of torch's LSTM keeps 57–91 bytes per (window, time step, hidden unit, layer) for autograd
+# (measured with Adam and LBFGS, float32): the classical part of a sequence model's step, whatever its gates are.
+SEQUENCE_STEP_BYTES = 96
+
+
 def check_training(settings: Settings, spec: ModelSpec, samples: int, steps: int, field: str) -> None:
-    """Samples (``field``: where they come from), steps, the rows of one step and the memory they take."""
+    """Samples (``field``: where they come from; a sequence model's windows), steps, the circuits of one step and
+    the memory they take; for a sequence model also the windows' values and its recurrent state, which bound the
+    window length even for a classical LSTM (no circuits)."""
     check_samples(settings, samples, field)
     if steps > settings.max_train_steps:
         raise InputError("steps", f"{steps:,} exceeds this service's limit of {settings.max_train_steps:,}")
-    rows = sum(round_rows(spec, samples))
+    edges = sum(n_in * n_out for n_in, n_out in spec.quantum_layers)
+    sequence = isinstance(spec, SequenceSpec)
+    if sequence:  # every gate runs once per time step (sum(round_rows) without the list)
+        rows = samples * spec.window * edges
+        count = f"{samples:,} windows × {spec.window:,} steps × {edges:,} gate edges"
+    else:
+        rows, count = samples * edges, f"{samples:,} samples × {edges:,} edges"
     if rows > settings.max_rows_per_round:
-        raise InputError(field, f"a training step would evaluate {rows:,} circuits ({samples:,} samples × "
-                                f"{rows // samples:,} edges); this service's limit is "
-                                f"{settings.max_rows_per_round:,}")
-    _check_memory(settings, round_bytes(rows, spec.columns), field, "a training step")
+        raise InputError(field, f"a training step would evaluate {rows:,} circuits ({count}); this service's limit "
+                                f"is {settings.max_rows_per_round:,}")
+    state = 0
+    if sequence:  # what an upload of the same windows could not exceed, and the recurrent state a step keeps
+        values = samples * spec.window * spec.in_dim
+        if 8 * values > settings.max_payload_bytes:
+            raise InputError(field, f"{samples:,} windows of {spec.window:,} × {spec.in_dim} values hold about "
+                                    f"{_human(8 * values)}; this service takes at most "
+                                    f"{_human(settings.max_payload_bytes)} of data per job")
+        state = SEQUENCE_STEP_BYTES * samples * spec.window * spec.hidden * spec.layers
+    _check_memory(settings, round_bytes(rows, spec.columns) + state, field, "a training step")
 
 
 def _check_memory(settings: Settings, need: int, field: str, what: str) -> None:
