@@ -188,6 +188,7 @@ class SpecLimits:
     width: int
     reps: int
     numbers: int
+    window: int  # time steps of a sequence model: a round each, so quotes and plans are as long
 
     def check(self, spec: ModelSpec, where: str = "spec") -> None:
         """Refuse, naming the option and the limit, a spec over any bound (reps first: sizes depend on it)."""
@@ -206,6 +207,9 @@ class SpecLimits:
             raise InputError(reps[1], f"{reps[0]} exceeds this service's limit of {self.reps}")
         if layers[0] > self.layers:
             raise InputError(layers[1], f"has {layers[0]} {kind} layers; this service's limit is {self.layers}")
+        if isinstance(spec, SequenceSpec) and spec.window > self.window:
+            raise InputError(f"{where}.window", f"{spec.window:,} time steps exceed this service's limit of "
+                                                f"{self.window:,} (one round each)")
         for name, width in widths.items():
             if width > self.width:
                 raise InputError(name, f"a layer of {width} units exceeds this service's limit of {self.width}")

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     max_layers: int = Field(16, ge=1, description="Most QKAN layers a model spec may have")
     max_layer_width: int = Field(4096, ge=1, description="Most units in any layer of a model spec")
     max_reps: int = Field(100, ge=1, description="Most data re-uploads (reps) a model spec may have")
+    max_window: int = Field(1024, ge=1, description="Most time steps a sequence model's window may have: one round "
+                            "(one provider job) each")
     max_model_numbers: int = Field(10_000_000, ge=1, description="Most numbers a model's tensors may hold, read from "
                                    "its spec and file header before anything is loaded")
     max_rows_per_round: int = Field(2_000_000, ge=1, description="Most circuits one round may run: samples × edges "

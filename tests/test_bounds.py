@@ -37,7 +37,7 @@ MB = 2**20
 REFUSAL_RSS = 50 * MB  # the issue: "the API's RSS growing by less than 50 MB"
 HUGE = [4000, 4000]  # 16·10⁶ edges: 288·10⁶ numbers, about 1.2 GB as float32 had the model been built
 ENORMOUS = [100_000, 100_000]  # wider than any layer may be
-LIMITS = SpecLimits(layers=16, width=4096, reps=100, numbers=10_000_000)  # the settings' defaults
+LIMITS = SpecLimits(layers=16, width=4096, reps=100, numbers=10_000_000, window=1024)  # the settings' defaults
 
 # -- the spec knows its size, so nothing needs building to refuse it ---------------------------------------------
 
@@ -67,6 +67,7 @@ def test_a_specs_size_is_the_number_of_values_its_model_holds(spec: dict) -> Non
     ({"kind": "qkan-lstm", "hidden": 2, "window": 4, "layers": 30}, "spec.layers", "30 LSTM layers"),
     ({"kind": "hqkan-lstm", "hidden": 2, "window": 4, "latent": 10**6}, "spec.latent", "1000000 units"),
     ({"kind": "lstm", "hidden": 10**6, "window": 4}, "spec.hidden", "1000000 units"),
+    ({"kind": "qkan-lstm", "hidden": 2, "window": 10**8}, "spec.window", "100,000,000 time steps"),
 ])
 def test_spec_limits_name_the_option_and_the_limit(spec: dict, field: str, words: str) -> None:
     with pytest.raises(InputError) as err:
@@ -83,7 +84,7 @@ def test_a_file_is_refused_from_its_header_before_a_tensor_is_read() -> None:
 
     small = make_model(width=[2, 3, 1]).float()
     with pytest.raises(InputError) as err:  # the header's shapes hold more than the limit allows
-        model_from_bytes(model_to_bytes(small), limits=SpecLimits(16, 4096, 100, numbers=10))
+        model_from_bytes(model_to_bytes(small), limits=SpecLimits(16, 4096, 100, numbers=10, window=1024))
     assert err.value.field in ("model", "model.spec")
 
     pt = io.BytesIO()

@@ -16,7 +16,7 @@ from qkan_orch.service.settings import Settings
 
 def spec_limits(settings: Settings) -> SpecLimits:
     return SpecLimits(layers=settings.max_layers, width=settings.max_layer_width, reps=settings.max_reps,
-                      numbers=settings.max_model_numbers)
+                      numbers=settings.max_model_numbers, window=settings.max_window)
 
 
 def check_samples(settings: Settings, samples: int, field: str) -> None:
