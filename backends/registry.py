@@ -34,6 +34,10 @@ def get_backend(name: str) -> Backend:
         from qkan_orch.backends.aer import AerBackend
 
         return AerBackend(name.removeprefix("aer").removeprefix(":") or None)
+    if name.startswith("emulate:"):
+        from qkan_orch.backends.emulator import EmulatorBackend
+
+        return EmulatorBackend(name.removeprefix("emulate:"))
     if name.startswith("ibm:"):
         from qkan_orch.backends.ibm import IBMBackend
 
@@ -61,7 +65,7 @@ def get_backend(name: str) -> Backend:
     raise InputError(
         "backend",
         f"unknown backend '{name}'{did_you_mean(name, local_names())} (local: exact, aer, aer:fake_<device>, "
-        "braket:local, braket:local_dm, "
+        "braket:local, braket:local_dm, emulate:dm, emulate:fake_<device>, "
         "pennylane:<device>, ibm:fake_<device>; hardware: ibm:<backend>, braket:<device ARN>; "
         "`qkan-orch backends` lists them all)",
     )
@@ -89,7 +93,8 @@ def local_names() -> list[str]:
     from qkan_orch.backends.qiskit_common import fake_backend_classes
 
     fakes = sorted(fake_backend_classes())
-    names = ["exact", "aer", *(f"aer:{fake}" for fake in fakes), "braket:local", "braket:local_dm"]
+    names = ["exact", "aer", *(f"aer:{fake}" for fake in fakes), "braket:local", "braket:local_dm",
+             "emulate:dm", *(f"emulate:{fake}" for fake in fakes)]
     names += [f"pennylane:{device}" for device in installed_pennylane_devices()
               if device.endswith(".qubit") and not device.startswith("braket.aws")]  # cloud: needs an ARN
     return names + [f"ibm:{fake}" for fake in fakes]
