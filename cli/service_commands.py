@@ -181,6 +181,16 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def wait(args: argparse.Namespace) -> int:
+    """Any job (inference, training, a comparison's) to its end, so a script can chain on the exit status."""
+    with _client(args) as qc:
+        final = qc.wait(args.job, progress=not args.quiet)
+    print(final.state, file=sys.stderr)
+    if final.error:
+        print(f"error: {final.error.code}: {final.error.message}", file=sys.stderr)
+    return 0 if final.state == JobState.SUCCEEDED else 1
+
+
 def result(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -274,6 +284,11 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("job")
         client_flags(p)
         p.set_defaults(handler=handler)
+    w = sub.add_parser("wait", help="wait for a job to end, with a progress bar; exit status 1 unless it succeeded")
+    w.add_argument("job")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    client_flags(w)
+    w.set_defaults(handler=wait)
 
     r = sub.add_parser("result", help="a job's outputs (± standard errors), or write them to files")
     r.add_argument("job")

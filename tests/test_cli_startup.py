@@ -58,7 +58,7 @@ def test_help_imports_nothing_heavy(tmp_path: Path, args: list[str]) -> None:
     assert not modules & (HEAVY | SERVICE)
 
 
-@pytest.mark.parametrize("args", [["status", "JOB"], ["result", "JOB"], ["cancel", "JOB"], ["models"],
+@pytest.mark.parametrize("args", [["status", "JOB"], ["wait", "JOB"], ["result", "JOB"], ["cancel", "JOB"], ["models"],
                                   ["models", "show", "--id", "M"]])
 def test_client_commands_import_nothing_heavy_and_fail_in_one_line(tmp_path: Path, args: list[str]) -> None:
     url = closed_url()

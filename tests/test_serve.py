@@ -76,6 +76,8 @@ def test_serve_embedded_default_and_the_cli_on_top(tmp_path: Path) -> None:
         job_id = submitted.stdout.strip()
         status = json.loads(cli("status", job_id, env=env, cwd=folder).stdout)
         assert status["state"] == "succeeded" and status["shots_used"] == 500 * status["executions"]
+        waited = cli("wait", job_id, "--quiet", env=env, cwd=folder)
+        assert waited.returncode == 0 and waited.stderr.strip() == "succeeded", waited.stderr
         fetched = cli("result", job_id, "--out", str(tmp / "y.csv"), "--stderr-out", str(tmp / "e.csv"), env=env,
                       cwd=folder)
         assert fetched.returncode == 0, fetched.stderr
