@@ -83,6 +83,23 @@ class StoredModel(Base):
     digest: Mapped[str | None] = mapped_column(String(64))  # uploads: spec + weights, one model per key (store.models)
     blob: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # loaded only when read
     source: Mapped[str] = mapped_column(String(20))
+    noise: Mapped[dict | None]  # noise-aware training: the device (and qubits) the parameters compensate; else None
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CalibrationSnapshot(Base):
+    """A device's calibration as jobs ran under it: stored once per (backend, calibration time), a versioned
+    JSON document (per-qubit T1, T2, gate errors and durations, read-out) from which the emulator rebuilds
+    that device's noise, so a hardware run can be reproduced offline. Device data, not a key's: not owned."""
+
+    __tablename__ = "calibrations"
+    __table_args__ = (UniqueConstraint("backend", "calibrated_at", name="uq_calibrations_backend_time"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(200))
+    calibrated_at: Mapped[datetime]
+    version: Mapped[int]
+    document: Mapped[dict]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
