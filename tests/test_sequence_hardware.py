@@ -1,7 +1,8 @@
 """A QKAN-LSTM through the service on fake hardware (issue 13): a window of T = 8 steps is 8 rounds and 8
 provider submissions, counted inside the worker on the real simulator (support/submission_spy.py), with
-read-out mitigation; a worker SIGKILLed between steps 3 and 4 is replaced and the job resumes with every step
-submitted exactly once.
+read-out mitigation, even though the worker is SIGKILLed between steps 3 and 4: it is replaced and the job
+resumes with every step submitted exactly once (one run shows both: a repeated or a lost step would break
+the count of eight).
 
 One window keeps a step at 24 circuits (4 gates × 3 inputs × 2 hidden units), within the first chunk of a
 local round (backends/chunked_rounds.py), so Aer sees one submission per step as a provider would.
@@ -80,18 +81,11 @@ def assert_each_step_submitted_once(qc: Client, job_id: str, log: Path, backend:
     assert len({s["batch"] for s in seen}) == STEPS  # eight different steps, none sent twice
     outputs, stderr = qc.result(job_id)
     assert np.isfinite(outputs).all() and (np.asarray(stderr) > 0).all()
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_eight_steps_are_eight_rounds_and_eight_provider_jobs(qc: Client, model_id: str, log: Path,
-                                                              backend: str) -> None:
-    job_id = run_window(qc, model_id, backend)
-    assert_each_step_submitted_once(qc, job_id, log, backend)
     assert qc.job_result(job_id).raw_outputs is not None  # mitigated: the raw reading is kept beside it
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_worker_killed_between_steps_3_and_4_resumes_with_each_step_submitted_once(
+def test_eight_steps_are_eight_submissions_also_when_the_worker_is_killed_between_steps_3_and_4(
         svc: LocalService, qc: Client, model_id: str, log: Path, backend: str) -> None:
     Path(f"{log}.pause").write_text(json.dumps({"at": 3, "seconds": 30}))
     job_id = run_window(qc, model_id, backend)
