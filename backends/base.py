@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from qkan_orch.backends.names import EXACT_WITHOUT_SHOTS, provider_of
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Parts
 from qkan_orch.models.errors import InputError
 
@@ -93,11 +94,21 @@ class Capabilities:
     def shot_based(self) -> bool:
         return self.kind != "analytic"
 
+    @property
+    def exact_without_shots(self) -> bool:
+        """Whether a run without shots gives exact probabilities (standard errors 0): always on an analytic
+        backend, and on a noisy one that computes its probabilities before sampling them (``emulate:*``), so
+        such a run can be a comparison's reference and its read-out calibration is exact."""
+        return not self.shot_based or provider_of(self.name) in EXACT_WITHOUT_SHOTS
+
     def shots_for(self, shots: int | None) -> int | None:
-        """The shots a run uses here: none on an analytic backend, ``DEFAULT_SHOTS`` when not given."""
+        """The shots a run uses here: none on an analytic backend; when not given, none where that means exact
+        probabilities, else ``DEFAULT_SHOTS``."""
         if not self.shot_based:
             return None
-        return DEFAULT_SHOTS if shots is None else shots
+        if shots is None:
+            return None if self.exact_without_shots else DEFAULT_SHOTS
+        return shots
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-r"""Agreement of outputs ``y ± σ_y`` with a reference ``r ± σ_r`` (``exact`` has σ_r = 0).
+r"""Agreement of outputs ``y ± σ_y`` with a reference ``r ± σ_r`` (σ_r = 0 for ``exact`` and for an emulator
+run without shots, which predicts a device's noisy outputs exactly).
 
 Per output value i (every sample's every output, n in all) the error is
 e_i = y_i − r_i and the shots alone explain s_i = √(σ_y,i² + σ_r,i²) of it:
@@ -8,7 +9,7 @@ e_i = y_i − r_i and the shots alone explain s_i = √(σ_y,i² + σ_r,i²) of 
 - z_i = e_i / s_i and χ² = Σ z_i², which for consistent results is χ² with
   n degrees of freedom: mean z² ≈ 1 and ``p_value`` = P(χ²_n ≥ χ²) is uniform
   on [0, 1]; device noise the errors do not report (a shrink towards 0, a
-  bias) makes it tiny. Where s_i = 0 (both analytic) z_i is 0 for equal
+  bias) makes it tiny. Where s_i = 0 (both exact) z_i is 0 for equal
   values and infinite otherwise;
 - the least-squares line y ≈ slope·r + intercept: depolarising noise shrinks
   every ⟨Z⟩ towards 0, which shows as a slope below 1.

@@ -43,8 +43,7 @@ class MitigatedBackend(Backend):
                options: dict[str, Any] | None = None) -> Handle:
         if not isinstance(batch, ActivationBatch):
             raise TypeError("a mitigated backend expands one batch; it takes no parts")
-        resolved, width, _ = self.inner.validate(shots, pack, options)
-        assert resolved is not None  # mitigation is refused on analytic backends
+        resolved, width, _ = self.inner.validate(shots, pack, options)  # None: exact probabilities
         parts, layout = expand(batch, self.mitigation, self.inner.round_width(width, pack, batch.num_rows), resolved,
                                calibrated=self.assignment is not None)
         handle = self.inner.submit(parts, shots, pack, options)
@@ -75,7 +74,6 @@ class MitigatedBackend(Backend):
                  options: dict[str, Any] | None = None, columns: int = 0) -> Estimate:
         """The inner backend's quote for the expanded rounds: every scale factor and the calibration circuits."""
         resolved, width, options = self.inner.validate(shots, pack, options)
-        assert resolved is not None
         layouts = [plan_expansion(self.mitigation, r, self.inner.round_width(width, pack, r), resolved) for r in rows]
         peak = max((sum(layout.part_rows) for layout in layouts), default=0)
         return self.inner.quote([layout.executions() for layout in layouts], resolved, pack, options,

@@ -3,7 +3,9 @@
 ``expand`` turns a round of N rows into parts run as one provider job at one
 width W: the N rows at every scale factor λ (the fold is part of the template,
 so every lowering emits G(G†G)^k), then k = ⌈calibration_shots / shots⌉
-circuits preparing |0⟩ on all W copies and k preparing |1⟩ — row j of a
+circuits preparing |0⟩ on all W copies and k preparing |1⟩ (k = 1 on a
+backend run without shots: its probabilities, the calibration's too, are
+exact, and every standard error is 0) — row j of a
 calibration part runs on copy j mod W, so every physical qubit of the round
 gets its own assignment matrix. Packing, placement, splitting at provider
 limits, estimates and budgets all see the expanded parts.
@@ -54,14 +56,18 @@ class Expansion:
                    int(obj["repeats"]))
 
 
-def plan_expansion(mitigation: Mitigation, rows: int, width: int, shots: int, calibrated: bool = False) -> Expansion:
-    """``calibrated``: the round's read-out calibration was measured already (an earlier chunk of it)."""
-    measure = mitigation.readout and rows and not calibrated
-    return Expansion(rows, width, mitigation.scale_factors, math.ceil(mitigation.calibration_shots / shots)
-                     if measure else 0)
+def plan_expansion(mitigation: Mitigation, rows: int, width: int, shots: int | None, calibrated: bool = False
+                   ) -> Expansion:
+    """``calibrated``: the round's read-out calibration was measured already (an earlier chunk of it).
+    ``shots`` None: the backend returns exact probabilities, so one circuit per preparation is exact."""
+    if not (mitigation.readout and rows and not calibrated):
+        repeats = 0
+    else:
+        repeats = 1 if shots is None else math.ceil(mitigation.calibration_shots / shots)
+    return Expansion(rows, width, mitigation.scale_factors, repeats)
 
 
-def expand(batch: ActivationBatch, mitigation: Mitigation, width: int, shots: int, calibrated: bool = False
+def expand(batch: ActivationBatch, mitigation: Mitigation, width: int, shots: int | None, calibrated: bool = False
            ) -> tuple[Parts, Expansion]:
     """The parts one provider job runs for ``batch`` at packing width ``width``."""
     layout = plan_expansion(mitigation, batch.num_rows, width, shots, calibrated)
@@ -88,7 +94,7 @@ def reduce(layout: Expansion, mitigation: Mitigation, result: BatchResult, assig
     if layout.repeats:
         start, size = n * scales.size, layout.repeats * layout.width
         assignment = Assignment.from_p0(p0[start:start + size], p0[start + size:start + 2 * size], layout.width,
-                                        result.shots)
+                                        result.shots or None)  # 0 shots: exact probabilities
     if assignment is not None and mitigation.readout:
         var_e0, var_e1 = (v[copy][:, None] for v in assignment.variances())
         e1, contrast = assignment.e1[copy][:, None], assignment.contrast()[copy][:, None]

@@ -20,21 +20,27 @@ MIN_CONTRAST = 1e-3  # D below this means a qubit that reads nothing: no correct
 
 @dataclass(frozen=True)
 class Assignment:
-    """Per copy: the estimated flip probabilities and their variances from ``shots`` shots each."""
+    """Per copy: the estimated flip probabilities and their variances from ``shots`` shots each (None: exact
+    probabilities, as a backend run without shots reads them)."""
 
     e0: np.ndarray  # (W,) P(1 | 0)
     e1: np.ndarray  # (W,) P(0 | 1)
-    shots: int
+    shots: int | None
 
     @classmethod
-    def from_p0(cls, prepared_0: np.ndarray, prepared_1: np.ndarray, width: int, shots: int) -> "Assignment":
+    def from_p0(cls, prepared_0: np.ndarray, prepared_1: np.ndarray, width: int, shots: int | None
+                ) -> "Assignment":
         """From the p0 of ``k`` calibration circuits per preparation, rows ordered copy-fastest."""
         zero = np.asarray(prepared_0, dtype=np.float64).reshape(-1, width)
         one = np.asarray(prepared_1, dtype=np.float64).reshape(-1, width)
-        return cls(e0=1.0 - zero.mean(axis=0), e1=one.mean(axis=0), shots=shots * zero.shape[0])
+        return cls(e0=1.0 - zero.mean(axis=0), e1=one.mean(axis=0),
+                   shots=None if shots is None else shots * zero.shape[0])
 
     def variances(self) -> tuple[np.ndarray, np.ndarray]:
-        """Binomial variances of e0 and e1, Laplace-smoothed so a flawless calibration still counts."""
+        """Binomial variances of e0 and e1, Laplace-smoothed so a flawless calibration still counts; 0 when
+        the calibration is exact."""
+        if self.shots is None:
+            return np.zeros_like(self.e0), np.zeros_like(self.e1)
         n = float(self.shots)
 
         def var(e: np.ndarray) -> np.ndarray:
@@ -50,7 +56,8 @@ class Assignment:
     def from_description(cls, described: list[dict[str, Any]]) -> "Assignment":
         """The assignment ``describe`` wrote (a result's metadata), to correct later chunks of its round."""
         return cls(e0=np.array([d["matrix"][1][0] for d in described]),
-                   e1=np.array([d["matrix"][0][1] for d in described]), shots=int(described[0]["shots"]))
+                   e1=np.array([d["matrix"][0][1] for d in described]),
+                   shots=None if described[0]["shots"] is None else int(described[0]["shots"]))
 
     def describe(self, qubits: list[int] | None) -> list[dict[str, Any]]:
         """Per copy: its physical qubit (where known), the assignment matrix and the shots behind it."""

@@ -1,5 +1,9 @@
 """Comparisons: the reference and each backend as one inference job on the same inputs, and how they agree.
 
+The reference runs without shots or mitigation, so its outputs are exact (σ_r = 0): the ideal model on an
+analytic backend, or the device's calibrated noise on an emulator (``emulate:<device>``), where "is the hardware
+doing what its calibration says?" becomes one χ² p-value.
+
 Creating one quotes every job as a submission would (limits, estimate, the
 key's budget — each job's estimate counts against it, the earlier ones
 already in the session) and refuses the whole comparison if any job is
@@ -59,8 +63,11 @@ def create_comparison(session: Session, broker: Celery, settings: Settings, key:
     for field, backend in [("reference", body.reference),
                            *((f"backends[{i}]", b) for i, b in enumerate(body.backends))]:
         overridden = backend in body.mitigation_per_backend
-        run = RunSettings(backend, body.shots, body.pack, body.options.get(backend, {}),
-                          None if field == "reference" else body.mitigation_per_backend.get(backend, body.mitigation))
+        if field == "reference":  # exact probabilities: no shots, nothing to mitigate
+            run = RunSettings(backend, None, body.pack, body.options.get(backend, {}), "none")
+        else:
+            run = RunSettings(backend, body.shots, body.pack, body.options.get(backend, {}),
+                              body.mitigation_per_backend.get(backend, body.mitigation))
         try:
             quoted = quote(session, settings, key, work, run)
         except InputError as exc:
@@ -103,21 +110,25 @@ def _check_backends(body: ComparisonRequest) -> None:
             raise InputError(f"options.{name}", "names no backend of this comparison")
     for name in body.mitigation_per_backend:
         if name == body.reference:
-            raise InputError(f"mitigation_per_backend.{name}", "the reference runs unmitigated: it is analytic")
+            raise InputError(f"mitigation_per_backend.{name}", "the reference runs unmitigated: its probabilities "
+                                                                 "are exact")
         if name not in seen:
             raise InputError(f"mitigation_per_backend.{name}", "names no backend of this comparison")
 
 
 def _check_reference(name: str) -> None:
-    """The reference must be analytic: σ_r = 0 is what makes χ² and the slope measure the compared backend's
-    noise alone, not the sum of two backends' noise."""
+    """The reference must give exact probabilities, run without shots: σ_r = 0 is what makes χ² and the slope
+    measure the compared backend alone, not the sum of two backends' shot noise. An analytic backend measures
+    how far the compared one is from the ideal model; a noisy emulator (``emulate:<device>``) how far it is from
+    what its device's calibration predicts."""
     try:
-        kind = get_backend(name).capabilities().kind
+        caps = get_backend(name).capabilities()
     except InputError as exc:
         raise InputError("reference", exc.message) from None
-    if kind != "analytic":
-        raise InputError("reference", f"'{name}' is a {kind}; the reference must be an analytic backend (exact; "
-                                      "`qkan-orch backends --kind analytic` lists any others)")
+    if not caps.exact_without_shots:
+        raise InputError("reference", f"'{name}' is a {caps.kind} that only samples; the reference must give "
+                                      "exact probabilities: an analytic backend (exact) or a noisy emulator run "
+                                      "without shots (emulate:dm, emulate:fake_<device>)")
 
 
 def comparisons_out(session: Session, comparisons: Sequence[Comparison]) -> list[ComparisonOut]:
