@@ -15,6 +15,10 @@ template's own gates with ``braket:local_dm``'s noise (same options). Row r runs
 (``circuits.packing``), on that copy's qubit and with its noise; the arithmetic is per row, so a wide packing
 costs what a narrow one does. Without ``shots`` the result is the exact noisy p0 (standard error 0); with
 ``shots`` each row's zeros are drawn Binomial(shots, p̂0), seeded by the ``seed`` option.
+
+The same kernel trains: ``noisy_p0`` is differentiable in the angles, and ``EmulatedDevice`` (built by
+``emulated_device`` from ``--noise``/``--qubits``) gives ``models.noise_aware.NoisyForward`` the placement and the
+noisy p̂0 of every activation, as ``aer:<device>`` would run it.
 """
 
 import math
@@ -36,6 +40,8 @@ from qkan_orch.models.errors import InputError
 if TYPE_CHECKING:  # Qiskit is imported only by the IBM fakes' emulators
     from qiskit import QuantumCircuit
     from qiskit.circuit import Instruction
+
+    from qkan_orch.models.layer import QKANLayer
 
 MAX_SHOTS = 10_000_000
 DM_QUBITS = 13  # braket:local_dm's size; any width costs the same here
@@ -134,24 +140,31 @@ def isa_programs(circuit: "QuantumCircuit", width: int, num_params: int) -> tupl
 
 def emulate_p0(programs: list[tuple[Op, ...]], sites: list[int], params: np.ndarray, noise: DeviceNoise,
                ) -> np.ndarray:
-    """p̂0 of every row of ``params`` (N, P): row r runs ``programs[r % W]`` on compact qubit ``sites[r % W]``.
+    """p̂0 of every row of ``params`` (N, P): row r runs ``programs[r % W]`` on compact qubit ``sites[r % W]``."""
+    theta = torch.from_numpy(np.ascontiguousarray(params, dtype=np.float64))
+    copy = torch.arange(params.shape[0]) % len(programs)
+    return noisy_p0(programs, sites, theta, copy, noise).numpy()
+
+
+def noisy_p0(programs: list[tuple[Op, ...]], sites: list[int], theta: torch.Tensor, copy: torch.Tensor,
+             noise: DeviceNoise) -> torch.Tensor:
+    """p̂0 of row r of ``theta`` (rows, P; float64) run as copy ``copy[r]``, differentiable in ``theta``.
 
     Copies with the same gates (all of them, normally) run as one vectorised pass with per-row noise; the only
-    Python loop is over the gate sequence.
+    Python loops are over distinct programs and the gate sequence.
     """
-    width, rows = len(programs), params.shape[0]
-    p0 = torch.zeros(rows, dtype=torch.float64)
+    site_of_copy = torch.as_tensor(sites)
     groups: dict[tuple[Op, ...], list[int]] = {}
     for w, program in enumerate(programs):
         groups.setdefault(program, []).append(w)
-    copy_of_row = np.arange(rows) % width
+    if len(groups) == 1:
+        return _evolve(programs[0], theta, site_of_copy[copy], noise)
+    p0 = torch.zeros(theta.shape[0], dtype=torch.float64)
     for program, copies in groups.items():
-        rows_here = np.flatnonzero(np.isin(copy_of_row, copies))
-        if rows_here.size:
-            site = torch.as_tensor(np.asarray(sites)[copy_of_row[rows_here]])
-            theta = torch.from_numpy(np.ascontiguousarray(params[rows_here], dtype=np.float64))
-            p0[torch.from_numpy(rows_here)] = _evolve(program, theta, site, noise)
-    return p0.numpy()
+        rows = torch.nonzero(torch.isin(copy, torch.as_tensor(copies))).flatten()
+        if rows.numel():
+            p0 = p0.index_put((rows,), _evolve(program, theta[rows], site_of_copy[copy[rows]], noise))
+    return p0
 
 
 def _evolve(program: tuple[Op, ...], theta: torch.Tensor, site: torch.Tensor, noise: DeviceNoise) -> torch.Tensor:
@@ -296,3 +309,72 @@ class EmulatorBackend(Backend):
         programs, sites, noise = _fake_programs(self.device, qubits, template)
         metadata["physical_qubits"] = [qubits[s] for s in sites]
         return emulate_p0(programs, sites, params, noise if noisy else noiseless(width, qubits))
+
+
+@dataclass(frozen=True)
+class EmulatedDevice:
+    """An IBM fake's noise as noise-aware training meets it (``models.noise_aware.NoisyForward``'s device).
+
+    Activations are placed as ``aer:<device>`` places them at the width of ``qubits``: the layer's rows in
+    ``compile_layer``'s order (active edges row-major, each edge's distinct inputs ascending), row r on copy
+    r % W, copy w on physical qubit ``qubits[w]``; each copy runs the ISA gates ``aer:<device>`` transpiles for it
+    (``_fake_programs``, shared with ``emulate:<device>``). ``noisy=False`` keeps the gates and drops the noise.
+    """
+
+    device: str
+    qubits: tuple[int, ...]
+    noisy: bool = True
+
+    @property
+    def setting(self) -> dict[str, Any]:
+        """What a model trained through this device records (safetensors metadata, ``models.noise``)."""
+        return {"device": self.device, "qubits": list(self.qubits)}
+
+    def copies(self, layer: "QKANLayer", x: torch.Tensor) -> torch.Tensor:
+        """(batch, out, in) copy each activation's circuit runs on; an edge that never runs (pw·m = 0): 0."""
+        from qkan_orch.circuits.compile import compile_layer
+
+        slots = compile_layer(layer, x).segments[0].slots
+        return torch.from_numpy(np.where(slots >= 0, slots % len(self.qubits), 0))
+
+    def p0(self, layer: "QKANLayer", angles: torch.Tensor, copy: torch.Tensor) -> torch.Tensor:
+        """Noisy p̂0 of rows ``angles`` (rows, P; float64) of ``layer``'s circuit, row r as copy ``copy[r]``."""
+        template = Template(layer.ansatz.name, layer.ansatz.reps)
+        programs, sites, noise = _fake_programs(self.device, self.qubits, template)
+        return noisy_p0(programs, sites, angles, copy, noise if self.noisy else noiseless(len(sites), self.qubits))
+
+
+def emulated_device(noise: str, qubits: str | list[int] | None = None) -> EmulatedDevice:
+    """The device ``--noise`` / the ``noise`` field names, on ``qubits`` ("auto", None, "0,1,…" or a list).
+
+    "auto" takes the qubits ``aer:<device>`` takes at its default packing (the best read-out ones), so a model
+    trained for them meets the same qubits when it runs there. Refused by field: an unknown device (``noise``);
+    qubits not distinct, out of range or not operational (``qubits``).
+    """
+    from qkan_orch.backends.qiskit_common import best_qubits, fake_backend, fake_backend_classes, qubit_calibration
+
+    known = fake_backend_classes()
+    if noise not in known:
+        raise InputError("noise", f"no IBM fake device '{noise}' to train for{did_you_mean(noise, known)} "
+                         "(`qkan-orch backends --filter fake_` lists them)")
+    fake = fake_backend(noise)
+    if qubits is None or qubits == "auto":
+        return EmulatedDevice(noise, best_qubits(fake.target, EmulatorBackend(noise).capabilities().default_pack))
+    chosen = _qubit_list(qubits)
+    table = qubit_calibration(fake.target, fake.properties())
+    bad = [q for q in chosen if not 0 <= q < len(table)]
+    if bad or not chosen or len(set(chosen)) != len(chosen):
+        raise InputError("qubits", f"must be auto or distinct qubits in 0..{len(table) - 1} of {noise}, got {qubits}")
+    down = [q for q in chosen if not table[q]["operational"]]
+    if down:
+        raise InputError("qubits", f"qubit(s) {down} of {noise} are not operational")
+    return EmulatedDevice(noise, tuple(chosen))
+
+
+def _qubit_list(qubits: str | list[int]) -> list[int]:
+    if isinstance(qubits, list) and all(isinstance(q, int) and not isinstance(q, bool) for q in qubits):
+        return qubits
+    try:
+        return [int(q) for q in str(qubits).split(",")]
+    except ValueError:
+        raise InputError("qubits", f"must be auto or comma-separated qubit numbers, got {qubits!r}") from None

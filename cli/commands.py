@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # torch, the backends and Qiskit load in the handlers: the se
     import torch
 
     from qkan_orch.backends.base import Capabilities
+    from qkan_orch.backends.emulator import EmulatedDevice
     from qkan_orch.backends.runner import RunReport
     from qkan_orch.models.spec import ModelSpec, SequenceSpec
 
@@ -106,6 +107,7 @@ def train(args: argparse.Namespace) -> int:
     import torch
 
     from qkan_orch.models import build_model, fit, save_model
+    from qkan_orch.models.noise_aware import NoisyForward
     from qkan_orch.models.spec import SequenceSpec, load_spec_file
 
     if not args.out.endswith(".safetensors"):
@@ -116,20 +118,39 @@ def train(args: argparse.Namespace) -> int:
             spec, (x, y, x_test, y_test) = _sequence_data(args, spec)
         else:
             spec, (x, y, x_test, y_test) = _table_data(args, spec)
+    noise = _noise_device(args, spec)
     model = build_model(spec, seed=args.seed)
     fit(
         model, torch.from_numpy(x).float(), torch.from_numpy(y).float(),
-        optimizer=args.optimizer, steps=args.steps, lr=args.lr, seed=args.seed, progress=not args.quiet,
+        optimizer=args.optimizer, steps=args.steps, lr=args.lr, seed=args.seed, progress=not args.quiet, noise=noise,
     )
-    save_model(model, args.out)
+    save_model(model, args.out, noise=noise.setting if noise else None)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    test = "" if x_test is None else f", test MSE {_mse(model, x_test, y_test):.3e} on {len(x_test)} held out"
+    forward = model if noise is None else NoisyForward(model, noise)
+    test = "" if x_test is None else f", test MSE {_mse(forward, x_test, y_test):.3e} on {len(x_test)} held out"
+    through = "" if noise is None else f" (through {noise.device}'s noise on qubits {list(noise.qubits)})"
     print(
-        f"trained {spec.kind} on {len(x)} samples: train MSE {_mse(model, x, y):.3e}{test}; "
+        f"trained {spec.kind} on {len(x)} samples: train MSE {_mse(forward, x, y):.3e}{test}{through}; "
         f"{params} trainable parameters → {args.out}",
         file=sys.stderr,
     )
     return 0
+
+
+def _noise_device(args: argparse.Namespace, spec: "ModelSpec") -> "EmulatedDevice | None":
+    """``--noise``/``--qubits`` as the device training runs through, refused by flag before any training."""
+    from qkan_orch.models.spec import SequenceSpec
+
+    if args.noise is None:
+        if args.qubits is not None:
+            raise InputError("qubits", "places noise-aware training: give --noise too (e.g. fake_melbourne)")
+        return None
+    if isinstance(spec, SequenceSpec):
+        raise InputError("noise", "noise-aware training takes qkan and hqkan models; sequence models train "
+                                  "noise-free for now")
+    from qkan_orch.backends.emulator import emulated_device
+
+    return emulated_device(args.noise, args.qubits)
 
 
 def _mse(model: "torch.nn.Module", x: "np.ndarray", y: "np.ndarray") -> float:
@@ -316,6 +337,10 @@ def _train_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument("--samples", type=int, default=256,
                    help="samples drawn for a built-in function, or windows cut from a built-in sequence")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--noise", metavar="DEVICE", help="noise-aware training (qkan, hqkan): through an IBM fake "
+                   "device's emulated noise, e.g. fake_melbourne; the model records it")
+    t.add_argument("--qubits", help="with --noise: auto (the qubits aer:DEVICE packs onto by default) or "
+                   "comma-separated physical qubits, e.g. 0,1,2,3")
     t.add_argument("--out", required=True, help="where to save the model (.safetensors)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(handler=train)

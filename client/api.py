@@ -68,7 +68,9 @@ class Client:
 
     def train(self, spec: dict, function: str | None = None, csv: str | Path | None = None, **params: Any) -> Job:
         """Start a training job (``optimizer``, ``steps``, ``lr``, ``seed``, ``samples``, ``name``); a sequence
-        spec trains on a built-in series (``function``) or a CSV/.npy of windows, one per row, target last."""
+        spec trains on a built-in series (``function``) or a CSV/.npy of windows, one per row, target last.
+        ``noise="fake_melbourne"`` (qkan, hqkan) trains through that device's emulated noise, on ``qubits``
+        ("auto" or "0,1,2,3"); the model then says so in ``Model.noise``."""
         data = {"spec": json.dumps(spec), **{k: str(v) for k, v in params.items() if v is not None}}
         if function:
             data["function"] = function

@@ -68,6 +68,7 @@ class Model(_Response):
     parameter_count: int
     content_hash: str
     source: str  # "upload" or "train"
+    noise: dict[str, Any] | None = None  # {"device", "qubits"} a noise-aware model was trained for
     created_at: datetime
 
 

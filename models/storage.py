@@ -4,6 +4,9 @@ Nothing here unpickles user data: safetensors holds raw tensors, and a ``.pt``
 state_dict is read with ``torch.load(weights_only=True)``, which only
 reconstructs tensors and plain containers and refuses everything else.
 Everything works on bytes, so uploads and files share one code path.
+
+A noise-aware model (``models.noise_aware``) records the device it was trained for, ``{"device": …, "qubits":
+[…]}``, as the ``noise`` metadata entry; ``model_noise`` reads it back from the header alone.
 """
 
 import io
@@ -27,10 +30,29 @@ from qkan_orch.models.spec import ModelSpec, SpecLimits, load_spec_file, parse_s
 FORMAT = "qkan-orchestrator/1"
 
 
-def model_to_bytes(model: Model) -> bytes:
-    """Safetensors bytes of the state_dict with the spec JSON in the metadata."""
+def model_to_bytes(model: Model, noise: dict[str, Any] | None = None) -> bytes:
+    """Safetensors bytes of the state_dict with the spec JSON (and the noise it was trained for) in the metadata."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    return save_tensors(tensors, metadata={"format": FORMAT, "spec": spec_to_json(model.spec)})
+    metadata = {"format": FORMAT, "spec": spec_to_json(model.spec)}
+    if noise is not None:
+        metadata["noise"] = json.dumps(noise, sort_keys=True)
+    return save_tensors(tensors, metadata=metadata)
+
+
+def model_noise(data: bytes, source: str = "model") -> dict[str, Any] | None:
+    """The ``{"device", "qubits"}`` a model's bytes say it was trained for; None for noise-free or a .pt."""
+    if _sniff(data, source) != "safetensors":
+        return None
+    try:
+        text = (_safetensors_header(data).get("__metadata__") or {}).get("noise")
+        noise = None if text is None else json.loads(text)
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
+        raise InputError("model", f"{source} is not a valid safetensors file") from None
+    if noise is not None and not (
+            isinstance(noise, dict) and set(noise) == {"device", "qubits"} and isinstance(noise["device"], str)
+            and isinstance(noise["qubits"], list) and all(type(q) is int for q in noise["qubits"])):
+        raise InputError("model", f"{source} has a corrupt noise entry in its metadata")
+    return noise
 
 
 def model_from_bytes(data: bytes, spec: ModelSpec | None = None, source: str = "model",
@@ -61,9 +83,9 @@ def model_from_bytes(data: bytes, spec: ModelSpec | None = None, source: str = "
     return model_from_state(spec, state, source=source)
 
 
-def save_model(model: Model, path: str) -> None:
-    """Write ``path`` atomically (a temporary file renamed into place)."""
-    data = model_to_bytes(model)
+def save_model(model: Model, path: str, noise: dict[str, Any] | None = None) -> None:
+    """Write ``path`` atomically (a temporary file renamed into place); ``noise``: see ``model_to_bytes``."""
+    data = model_to_bytes(model, noise)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
     try:

@@ -6,6 +6,10 @@ later with ``Trainer.from_bytes``. The bytes are safetensors — parameters,
 optimiser tensors and torch's RNG state as tensors, everything else (losses,
 param groups, optimiser scalars) as JSON metadata — so nothing is unpickled and
 a resumed run takes exactly the steps an uninterrupted one would.
+
+With a ``noise`` device (``models.noise_aware``) the loss is that of ``NoisyForward(model, noise)``: the
+outputs the device would give, so the parameters learn to compensate its noise. The device is not part of the
+bytes: whoever resumes passes the same one (the worker rebuilds it from the job's options).
 """
 
 import json
@@ -21,6 +25,7 @@ from tqdm.auto import tqdm
 
 from qkan_orch.models.errors import InputError
 from qkan_orch.models.network import Model
+from qkan_orch.models.noise_aware import Device, NoisyForward
 from qkan_orch.models.sequence import SequenceModel, sequence_inputs
 from qkan_orch.models.storage import safetensors_metadata
 
@@ -50,8 +55,10 @@ class Trainer:
         steps: int = 200,
         lr: float | None = None,
         seed: int | None = 0,
+        noise: Device | None = None,
     ) -> None:
-        """``seed`` fixes any randomness torch draws during training (the RNG state travels with the bytes)."""
+        """``seed`` fixes any randomness torch draws during training (the RNG state travels with the bytes);
+        ``noise``: train through that device's noisy activations."""
         if optimizer not in OPTIMIZERS:
             raise InputError("optimizer", f"'{optimizer}' is not one of {', '.join(OPTIMIZERS)}")
         if steps < 1:
@@ -66,6 +73,7 @@ class Trainer:
             torch.manual_seed(seed)
         dtype = next(model.parameters()).dtype
         self.model, self.x, self.y = model, x.to(dtype), y.to(dtype)
+        self.forward: torch.nn.Module = model if noise is None else NoisyForward(model, noise)
         self.optimizer_name, self.steps = optimizer, steps
         self.losses: list[float] = []
         params = [p for p in model.parameters() if p.requires_grad]
@@ -92,7 +100,7 @@ class Trainer:
 
         def closure() -> torch.Tensor:
             self.optimizer.zero_grad()
-            loss = loss_fn(self.model(self.x), self.y)
+            loss = loss_fn(self.forward(self.x), self.y)
             loss.backward()
             return loss
 
@@ -119,11 +127,13 @@ class Trainer:
         return save_tensors(tensors, metadata={"trainer": json.dumps(meta)})
 
     @classmethod
-    def from_bytes(cls, data: bytes, model: Model, x: torch.Tensor, y: torch.Tensor) -> "Trainer":
-        """The trainer that saved ``data``, continuing on ``model`` (built from the same spec) and (x, y)."""
+    def from_bytes(cls, data: bytes, model: Model, x: torch.Tensor, y: torch.Tensor, noise: Device | None = None
+                   ) -> "Trainer":
+        """The trainer that saved ``data``, continuing on ``model`` (built from the same spec) and (x, y), through
+        the same ``noise`` device it was started with."""
         tensors = load_tensors(data)
         meta = json.loads(safetensors_metadata(data)["trainer"])
-        trainer = cls(model, x, y, optimizer=meta["optimizer"], steps=meta["steps"], seed=None)
+        trainer = cls(model, x, y, optimizer=meta["optimizer"], steps=meta["steps"], seed=None, noise=noise)
         model.load_state_dict({name[len("model."):]: t for name, t in tensors.items() if name.startswith("model.")})
         current = trainer.optimizer.state_dict()["param_groups"]
         trainer.optimizer.load_state_dict({
@@ -149,9 +159,11 @@ def fit(
     seed: int | None = 0,
     progress: bool = True,
     callback: Progress | None = None,
+    noise: Device | None = None,
 ) -> TrainResult:
-    """Train to the end in one run, with a progress bar; ``callback(step, loss)`` after every step."""
-    trainer = Trainer(model, x, y, optimizer=optimizer, steps=steps, lr=lr, seed=seed)
+    """Train to the end in one run, with a progress bar; ``callback(step, loss)`` after every step; with
+    ``noise``, through that device's noisy activations."""
+    trainer = Trainer(model, x, y, optimizer=optimizer, steps=steps, lr=lr, seed=seed, noise=noise)
     with tqdm(total=steps, desc=f"train ({optimizer})", disable=not progress, leave=False) as bar:
 
         def tick(step: int, loss: float) -> None:

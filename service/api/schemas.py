@@ -18,6 +18,9 @@ class ModelOut(BaseModel):
     parameter_count: int = Field(description="Trainable parameters")
     content_hash: str = Field(description="SHA-256 of the stored safetensors bytes")
     source: Literal["upload", "train"]
+    noise: dict[str, Any] | None = Field(None, description="Noise-aware training: the device and physical qubits "
+                                         'the parameters compensate, e.g. {"device": "fake_melbourne", "qubits": '
+                                         "[0, 8, 1, 11]}; null when trained noise-free")
     created_at: datetime
 
 

@@ -5,12 +5,14 @@ spec JSON and the tensors (name, dtype, shape, bytes, in name order), not of the
 safetensors file, whose metadata order differs from one process to the next. A
 unique (owner_id, digest) index makes the same upload, however often and however
 concurrently sent, one model. Trained models and rows stored before uploads were
-deduplicated have no digest.
+deduplicated have no digest. A noise-aware model's ``noise`` (the device and qubits it was trained for) is
+both a column and the ``noise`` entry of its safetensors metadata.
 """
 
 import hashlib
 import json
 import uuid
+from typing import Any
 
 import torch
 from sqlalchemy import func, select
@@ -33,9 +35,9 @@ def model_digest(model: Model) -> str:
 
 
 def insert_model(session: Session, owner_id: int, name: str, model: Model, source: str,
-                 digest: str | None = None) -> StoredModel:
+                 digest: str | None = None, noise: dict[str, Any] | None = None) -> StoredModel:
     """Store ``model`` re-serialised as our safetensors, whatever format it arrived in."""
-    blob = model_to_bytes(model)
+    blob = model_to_bytes(model, noise)
     row = StoredModel(
         id=str(uuid.uuid4()),
         owner_id=owner_id,
@@ -46,13 +48,15 @@ def insert_model(session: Session, owner_id: int, name: str, model: Model, sourc
         digest=digest,
         blob=blob,
         source=source,
+        noise=noise,
     )
     session.add(row)
     session.flush()
     return row
 
 
-def upload_model(session: Session, owner_id: int, name: str, model: Model) -> tuple[StoredModel, bool]:
+def upload_model(session: Session, owner_id: int, name: str, model: Model, noise: dict[str, Any] | None = None
+                 ) -> tuple[StoredModel, bool]:
     """The model this key already uploaded with the same spec and weights (False), or a new one (True).
 
     Commits: a concurrent identical upload that commits first wins the unique index, and this one then
@@ -63,7 +67,7 @@ def upload_model(session: Session, owner_id: int, name: str, model: Model) -> tu
     if existing is not None:
         return existing, False
     try:
-        row = insert_model(session, owner_id, name, model, source="upload", digest=digest)
+        row = insert_model(session, owner_id, name, model, source="upload", digest=digest, noise=noise)
         session.commit()
     except IntegrityError:
         session.rollback()

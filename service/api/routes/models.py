@@ -17,6 +17,7 @@ from qkan_orch.models.network import check_extension
 from qkan_orch.models.sequences import SERIES, TEST_FRACTION, get_series, split_by_time, windows_from_table
 from qkan_orch.models.sequences import windows as series_windows
 from qkan_orch.models.spec import SEQUENCE_KINDS, ModelSpec, SequenceSpec
+from qkan_orch.models.storage import model_noise
 from qkan_orch.models.training import OPTIMIZERS
 from qkan_orch.service.api.bounds import check_training, spec_limits
 from qkan_orch.service.api.deps import BrokerDep, KeyDep, OffsetQuery, SessionDep, SettingsDep
@@ -56,8 +57,9 @@ def upload_model(
             parsed = parse_spec(json.loads(spec.file.read()))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise InputError("spec", "is not valid JSON") from None
-    model = model_from_bytes(file.file.read(), parsed, source=file.filename or "upload", limits=spec_limits(settings))
-    row, created = store_upload(session, key.id, name or file.filename or "model", model)
+    data, source = file.file.read(), file.filename or "upload"
+    model = model_from_bytes(data, parsed, source=source, limits=spec_limits(settings))
+    row, created = store_upload(session, key.id, name or file.filename or "model", model, model_noise(data, source))
     if not created:
         response.status_code = 200
     return ModelOut.model_validate(row)
@@ -173,9 +175,15 @@ def train(
     lr: Annotated[float | None, Form(gt=0, le=10)] = None,
     seed: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,
     name: Annotated[str | None, Form(max_length=200)] = None,
+    noise: Annotated[str | None, Form(description="Noise-aware training (qkan, hqkan): an IBM fake device, e.g. "
+                                                  "fake_melbourne; the model learns to compensate its noise")] = None,
+    qubits: Annotated[str | None, Form(description="With noise: auto (the qubits aer:<device> packs onto by "
+                                                   "default) or comma-separated physical qubits, e.g. 0,1,2,3")
+                      ] = None,
 ) -> JobOut:
     """Spec, samples, steps and the memory of a step are checked before any data is made or read; a plain
-    ``def``, so a large CSV is parsed on a thread."""
+    ``def``, so a large CSV is parsed on a thread. ``noise`` and ``qubits`` are resolved here (auto → the
+    qubits), so the job's options say exactly what the worker trains through."""
     try:
         spec_obj = json.loads(spec)
     except json.JSONDecodeError:
@@ -186,17 +194,33 @@ def train(
         raise InputError("optimizer", f"'{optimizer}' is not one of {', '.join(OPTIMIZERS)}")
     if (function is None) == (csv is None):
         raise InputError("function", "give either a built-in function or a CSV upload")
+    trained_for = _noise_setting(parsed, noise, qubits)
     table = None if csv is None else read_table(csv.file.read(), "csv", csv.filename or "data.csv")
     if isinstance(parsed, SequenceSpec):
         x, y = _windows(settings, parsed, function, table, samples, steps)
     else:
         x, y = _samples(settings, parsed, function, table, samples, steps, seed)
-    options = {"spec": spec_obj, "optimizer": optimizer, "steps": steps, "lr": lr, "seed": seed, "name": name}
+    options = {"spec": spec_obj, "optimizer": optimizer, "steps": steps, "lr": lr, "seed": seed, "name": name,
+               "noise": trained_for}
     job = create_job(
         session, broker, key, kind="train", model_id=None, backend="train", shots=None, pack=None,
         options=options, arrays={"x": np.asarray(x), "y": np.asarray(y)}, rounds_total=0,
     )
     return job_out(session, job)
+
+
+def _noise_setting(spec: ModelSpec, noise: str | None, qubits: str | None) -> dict[str, Any] | None:
+    """``{"device", "qubits"}`` of a noise-aware run, refused by field (``noise``, ``qubits``); None: noise-free."""
+    if noise is None:
+        if qubits is not None:
+            raise InputError("qubits", "places noise-aware training: give noise too (e.g. fake_melbourne)")
+        return None
+    if isinstance(spec, SequenceSpec):
+        raise InputError("noise", "noise-aware training takes qkan and hqkan models; sequence models (qkan-lstm, "
+                                  "hqkan-lstm, lstm) train noise-free for now")
+    from qkan_orch.backends.emulator import emulated_device
+
+    return emulated_device(noise, qubits).setting
 
 
 def _samples(settings: Settings, spec: ModelSpec, function: str | None, table: np.ndarray | None, samples: int,
