@@ -93,6 +93,15 @@ def depolarizing_parameter(error: float | None, e1: float, e2: float) -> float:
     return min(2 * (error - (1 - relax_fidelity)) / (2 * relax_fidelity - 1), 4 / 3)
 
 
+def gate_map(t1: float | None, t2: float | None, error: float | None, duration: float | None
+             ) -> tuple[float, float, float]:
+    """(a, b, c) of one gate on one qubit: its depolarizing part, then relaxation over its duration (none
+    without one). One rule for ``ibm_noise`` and calibration snapshots, so both give the same numbers."""
+    e1, e2 = relaxation(t1, t2, duration) if duration else (1.0, 1.0)
+    keep = 1.0 - depolarizing_parameter(error, e1, e2)
+    return e2 * keep, e1 * keep, 1.0 - e1
+
+
 def ibm_noise(target: "Target", qubits: tuple[int, ...]) -> DeviceNoise:
     """The noise of a compact target (``qiskit_common.compact_target``: its qubit w is physical ``qubits[w]``)."""
     width = target.num_qubits
@@ -104,12 +113,9 @@ def ibm_noise(target: "Target", qubits: tuple[int, ...]) -> DeviceNoise:
         a, b, c = np.ones(width), np.ones(width), np.zeros(width)
         for w in range(width):
             inst = target[name].get((w,))
-            if inst is None:
-                continue
-            e1, e2 = (relaxation(getattr(props[w], "t1", None), getattr(props[w], "t2", None), inst.duration)
-                      if inst.duration else (1.0, 1.0))
-            keep = 1.0 - depolarizing_parameter(inst.error, e1, e2)
-            a[w], b[w], c[w] = e2 * keep, e1 * keep, 1.0 - e1
+            if inst is not None:
+                a[w], b[w], c[w] = gate_map(getattr(props[w], "t1", None), getattr(props[w], "t2", None),
+                                            inst.error, inst.duration)
         gates[name] = Channel(a, b, c)
     p10, p01 = np.zeros(width), np.zeros(width)
     measure = target["measure"] if "measure" in target else {}

@@ -34,6 +34,10 @@ def get_backend(name: str) -> Backend:
         from qkan_orch.backends.aer import AerBackend
 
         return AerBackend(name.removeprefix("aer").removeprefix(":") or None)
+    if name.startswith("emulate:calibration:"):  # a stored calibration snapshot, through the service's resolver
+        from qkan_orch.backends.calibration_snapshot import SnapshotEmulator
+
+        return SnapshotEmulator(name.removeprefix("emulate:calibration:"))
     if name.startswith("emulate:"):
         from qkan_orch.backends.emulator import EmulatorBackend
 
@@ -65,7 +69,7 @@ def get_backend(name: str) -> Backend:
     raise InputError(
         "backend",
         f"unknown backend '{name}'{did_you_mean(name, local_names())} (local: exact, aer, aer:fake_<device>, "
-        "braket:local, braket:local_dm, emulate:dm, emulate:fake_<device>, "
+        "braket:local, braket:local_dm, emulate:dm, emulate:fake_<device>, emulate:calibration:<id>, "
         "pennylane:<device>, ibm:fake_<device>; hardware: ibm:<backend>, braket:<device ARN>; "
         "`qkan-orch backends` lists them all)",
     )

@@ -7,13 +7,18 @@ database, so a second delivery does no harm.
 
 from celery import Celery
 
+from qkan_orch.backends.calibration_snapshot import install_resolver
 from qkan_orch.service.broker import celery_app as shared_app
 from qkan_orch.service.settings import Settings, get_settings
+from qkan_orch.service.store.calibrations import resolver
 
 
 def celery_app(settings: Settings | None = None) -> Celery:
-    """The app for ``settings`` (default: the environment's) with the tasks and the consumer's options."""
-    app = shared_app(settings or get_settings())
+    """The app for ``settings`` (default: the environment's) with the tasks and the consumer's options; the
+    process reads calibration snapshots (``emulate:calibration:<id>``) from the service's database."""
+    settings = settings or get_settings()
+    install_resolver(resolver(settings.resolved_database_url))
+    app = shared_app(settings)
     app.conf.update(
         include=["qkan_orch.workers.tasks"],
         task_acks_late=True,

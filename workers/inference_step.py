@@ -23,10 +23,12 @@ from typing import Any
 
 from qkan_orch.backends import Backend, Handle, get_backend
 from qkan_orch.backends.base import ProviderJobLost
+from qkan_orch.backends.calibration_snapshot import device_snapshot
 from qkan_orch.backends.chunked_rounds import run_in_chunks
 from qkan_orch.circuits import ExecutionPlan, PlanState, plan_for
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult
 from qkan_orch.mitigation import Mitigation, mitigated
+from qkan_orch.service.store import calibrations
 from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.arrays import pack_arrays, unpack_arrays
 from qkan_orch.service.store.states import JobState
@@ -140,7 +142,9 @@ class _Inference:
         self.writes.set(state=JobState.RUNNING, plan_state=state.to_bytes(), rounds_done=state.rounds_done,
                         in_flight=None)
         if "placement" in result.metadata:
-            self.writes.set(placement={"pack": result.metadata.get("pack"), **result.metadata["placement"]})
+            placement = {"pack": result.metadata.get("pack"), **result.metadata["placement"]}
+            calibration_id = self._calibration_id(placement.get("calibration_time"))
+            self.writes.set(placement={**placement, "calibration_id": calibration_id} if calibration_id else placement)
         values = {"rows": batch.num_rows, "requested": batch.num_requested, "executions": result.executions,
                   "shots": result.shots, "provider_job_ids": list(result.provider_job_ids),
                   "finished_at": now, "seconds": seconds}
@@ -154,6 +158,18 @@ class _Inference:
         if logged or seconds >= PERSIST_AFTER:
             return state, self.writes.commit()
         return state, False
+
+    def _calibration_id(self, calibration_time: str | None) -> str | None:
+        """The stored snapshot of the calibration the round was placed under (stored now if new, in this step's
+        transaction); None for a device without one, or one recalibrated since the round was placed."""
+        document = device_snapshot(self.backend)
+        if document is None or calibration_time is None:
+            return None
+        if document.calibrated_at != datetime.fromisoformat(calibration_time):
+            log.warning("job %s: %s was recalibrated since the round was placed; no snapshot recorded",
+                        self.job.id, self.job.backend)
+            return None
+        return calibrations.store(self.claimed.session, document)[0]
 
     def _succeed(self, state: PlanState) -> Step:
         outputs, stderr = self.plan.outputs(state)

@@ -8,14 +8,16 @@ from celery import Celery
 from fastapi import FastAPI
 
 from qkan_orch.backends.accounts import redact_logs
+from qkan_orch.backends.calibration_snapshot import install_resolver
 from qkan_orch.service import dashboard
 from qkan_orch.service.api import docs_assets, errors
 from qkan_orch.service.api.event_hub import EventHub
 from qkan_orch.service.api.limits import BodyLimit
-from qkan_orch.service.api.routes import backends, comparisons, estimate, health, jobs, models, queues
+from qkan_orch.service.api.routes import backends, calibrations, comparisons, estimate, health, jobs, models, queues
 from qkan_orch.service.broker import Courier
 from qkan_orch.service.job_logging import configure_api
 from qkan_orch.service.settings import Settings
+from qkan_orch.service.store.calibrations import resolver
 
 DESCRIPTION = """Run trained QKAN models on quantum simulators and hardware.
 
@@ -44,8 +46,9 @@ def create_app(settings: Settings, *, celery: Celery) -> FastAPI:
     app.state.courier = Courier(celery)
     errors.install(app)
     docs_assets.install(app)
-    for router in (models.router, jobs.router, estimate.router, comparisons.router, backends.router, queues.router,
-                   health.router):
+    install_resolver(resolver(settings.resolved_database_url))  # emulate:calibration:<id> in quotes
+    for router in (models.router, jobs.router, estimate.router, comparisons.router, calibrations.router,
+                   backends.router, queues.router, health.router):
         app.include_router(router)
     dashboard.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_payload_bytes)
