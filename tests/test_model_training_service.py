@@ -121,7 +121,10 @@ def _npy(array: np.ndarray) -> bytes:
     ({**LSTM, "in_dim": 2}, {"function": "damped_shm"}, None, "spec", "one value per step"),
     (LSTM, {"function": "damped_shm", "samples": "1"}, None, "samples", "leave none for training"),
     (LSTM, {"function": "damped_shm", "samples": "100000"}, None, "samples", "windows × 4 steps × 24 gate edges"),
-    ({"kind": "lstm", "hidden": 2, "window": 10**7}, {"function": "damped_shm"}, None, "samples", "this service"),
+    ({"kind": "lstm", "hidden": 2, "window": 1000}, {"function": "damped_shm", "samples": "100000"}, None, "samples",
+     "of data per job"),
+    ({"kind": "lstm", "hidden": 2, "window": 10**7}, {"function": "damped_shm"}, None, "spec.window",
+     "time steps exceed this service's limit"),
 ])
 def test_bad_training_requests_are_422_naming_the_field_and_store_nothing(
         qc: Client, spec: dict, fields: dict, files: dict | None, field: str, words: str) -> None:
