@@ -10,7 +10,7 @@ differ by shot noise only: |y_ibm − y_emu| ≤ 5·σ with σ = √(se_ibm² + 
 import copy
 import math
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -148,6 +148,31 @@ def test_braket_calibration_becomes_a_document_and_runs_the_templates_gates() ->
     np.testing.assert_allclose(ideal.p0, exact_p0(batch), rtol=0, atol=1e-12)
     noisy = backend.submit(batch, pack=2, options={"qubits": [2, 7]}).result
     assert noisy is not None and 0 < np.abs(noisy.p0 - ideal.p0).max() < 0.2
+
+
+def test_storing_is_idempotent_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The same (backend, calibration time) — also written in another time zone — is one row; another time is
+    another row (PostgreSQL: the service tests above)."""
+    from datetime import timedelta
+
+    from qkan_orch.service.store import calibrations
+    from qkan_orch.service.store.database import session_scope, upgrade
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    upgrade(url)
+    document = torino_document()
+    shifted = cs.CalibrationDocument(document.backend, document.calibrated_at.astimezone(UTC),
+                                     document.basis_gates, document.qubits, document.dt)
+    later = cs.CalibrationDocument(document.backend, document.calibrated_at + timedelta(hours=1),
+                                   document.basis_gates, document.qubits, document.dt)
+    with session_scope(url) as session:
+        first, created = calibrations.store(session, document)
+    with session_scope(url) as session:
+        assert calibrations.store(session, shifted) == (first, False)
+        assert calibrations.store(session, later)[1]
+        assert calibrations.page(session, document.backend, 10, 0)[0] == 2
+    assert cs.CalibrationDocument.from_json(calibrations.resolver(url)(first)) == document
+    assert created and calibrations.resolver(url)("missing") is None
 
 
 def _calibrations(qc: Client, **params: object) -> dict:
