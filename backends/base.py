@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from qkan_orch.backends.names import EXACT_WITHOUT_SHOTS, provider_of
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Parts
 from qkan_orch.models.errors import InputError
 
@@ -89,6 +88,7 @@ class Capabilities:
     max_pack: int = 1
     options: tuple[str, ...] = ()
     price: Price = field(default_factory=Price)
+    exact_probabilities: bool = False  # computes each row's p0 before sampling it (the emulators)
 
     @property
     def shot_based(self) -> bool:
@@ -99,7 +99,7 @@ class Capabilities:
         """Whether a run without shots gives exact probabilities (standard errors 0): always on an analytic
         backend, and on a noisy one that computes its probabilities before sampling them (``emulate:*``), so
         such a run can be a comparison's reference and its read-out calibration is exact."""
-        return not self.shot_based or provider_of(self.name) in EXACT_WITHOUT_SHOTS
+        return not self.shot_based or self.exact_probabilities
 
     def shots_for(self, shots: int | None) -> int | None:
         """The shots a run uses here: none on an analytic backend; when not given, none where that means exact

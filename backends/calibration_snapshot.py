@@ -457,7 +457,7 @@ class SnapshotEmulator(EmulatorBackend):
             noise=f"emulated {doc.backend} calibration of {doc.calibrated_at.isoformat()}: depolarizing + T1/T2 "
                   "relaxation per gate, read-out error; exact probabilities without shots",
             native_gates=doc.basis_gates, default_pack=min(4, usable), max_pack=usable,
-            options=("seed", "noise", "qubits"),
+            options=("seed", "noise", "qubits"), exact_probabilities=True,
         )
 
     def _check_qubits(self, chosen: Any, width: int) -> None:

@@ -233,7 +233,7 @@ class EmulatorBackend(Backend):
                 noise=f"emulated braket:local_dm: depolarizing p={DEPOLARIZING} after every gate, read-out bit "
                       f"flip p={READOUT_FLIP}; exact probabilities without shots",
                 native_gates=("h", "x", "z", "rz", "ry"), default_pack=1, max_pack=DM_QUBITS,
-                options=("seed", "noise", "depolarizing", "readout_flip"),
+                options=("seed", "noise", "depolarizing", "readout_flip"), exact_probabilities=True,
             )
         from qkan_orch.backends.qiskit_common import fake_qubits
 
@@ -242,7 +242,8 @@ class EmulatorBackend(Backend):
             name=self.name, kind="noisy simulator", qubits=qubits, max_shots=MAX_SHOTS,
             noise=f"emulated {self.device} calibration (as aer:{self.device}): depolarizing + T1/T2 relaxation "
                   "per gate, read-out error; exact probabilities without shots",
-            native_gates=("rz", "sx", "x"), default_pack=4, max_pack=qubits, options=("seed", "noise", "qubits"),
+            native_gates=("rz", "sx", "x"), default_pack=min(4, qubits), max_pack=qubits,
+            options=("seed", "noise", "qubits"), exact_probabilities=True,
         )
 
     def validate(self, shots: int | None, pack: Pack, options: dict[str, Any] | None

@@ -7,8 +7,6 @@ from qkan_orch.models.errors import InputError
 
 KINDS = ("analytic", "simulator", "noisy simulator", "qpu")
 PROVIDERS = ("exact", "aer", "emulate", "ibm", "braket", "pennylane")
-# providers whose noisy backends compute exact probabilities and sample only when given shots
-EXACT_WITHOUT_SHOTS = ("emulate",)
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

@@ -33,6 +33,7 @@ class BackendRow(TypedDict):
     max_pack: int
     options: list[str]
     price: dict[str, Any]
+    exact_probabilities: bool
     configured: bool
     enable_with: str | None
 

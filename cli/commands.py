@@ -270,7 +270,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("backends", help="list backends: name, kind, qubits, default packing, noise")
     b.add_argument("--json", action="store_true")
     b.add_argument("--kind", help="only this kind: analytic | simulator | noisy simulator | qpu")
-    b.add_argument("--provider", help="only this provider: exact | aer | ibm | braket | pennylane")
+    b.add_argument("--provider", help="only this provider: exact | aer | emulate | ibm | braket | pennylane")
     b.add_argument("--filter", help="only names containing this text (case-insensitive)")
     b.set_defaults(handler=backends)
 

@@ -163,7 +163,7 @@ def _quote(args: argparse.Namespace, options: dict | None) -> int:
         print(json.dumps(asdict(q), indent=2))
         return 0
     e = q.estimate
-    shots = f"{q.shots:,} shots per circuit" if q.shots else "no shots (analytic)"
+    shots = f"{q.shots:,} shots per circuit" if q.shots else "no shots (exact probabilities)"
     print(f"{q.backend}: {q.samples:,} samples, {q.rounds} rounds, {q.circuits:,} edge circuits, "
           f"{q.width} per circuit, {shots}, mitigation {q.mitigation.get('method', 'none')}")
     print(f"at most {e.executions:,} circuit executions, {e.shots:,} shots, {e.tasks:,} provider jobs, "

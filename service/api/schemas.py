@@ -251,13 +251,15 @@ class ComparisonRequest(BaseModel):
     backends: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         description="1 to 16 distinct backends, none of them the reference")
     reference: str = Field("exact", min_length=1, max_length=200,
-                           description="An analytic backend (exact) the backends are compared with")
+                           description="A backend giving exact probabilities the backends are compared with: "
+                                       "exact (the ideal model), or emulate:<device> run without shots (what the "
+                                       "device's calibration predicts)")
     shots: int | None = JobRequest.model_fields["shots"]
     pack: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] | None = JobRequest.model_fields["pack"]
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description='Options per backend, e.g. {"aer": {"seed": 1}}')
     mitigation: str | dict[str, Any] | None = Field(
-        None, description="For every compared backend (the reference runs with its default): "
+        None, description="For every compared backend (the reference runs unmitigated): "
         + (JobRequest.model_fields["mitigation"].description or ""))
     mitigation_per_backend: dict[str, str | dict[str, Any]] = Field(
         default_factory=dict, description='Overrides mitigation for the backends named, e.g. {"aer:fake_melbourne": '

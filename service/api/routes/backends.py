@@ -33,7 +33,7 @@ async def backends(
     _: KeyDep,
     session: SessionDep,
     kind: Annotated[str | None, Query(description="analytic | simulator | noisy simulator | qpu")] = None,
-    provider: Annotated[str | None, Query(description="exact | aer | ibm | braket | pennylane")] = None,
+    provider: Annotated[str | None, Query(description="exact | aer | emulate | ibm | braket | pennylane")] = None,
     filter: Annotated[str | None, Query(max_length=200, description="Names containing this text")] = None,
 ) -> list[BackendOut]:
     check_filters(kind, provider)
