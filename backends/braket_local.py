@@ -25,14 +25,12 @@ from braket.devices import LocalSimulator
 from braket.ir.openqasm import Program
 
 from qkan_orch.backends.base import Capabilities
+from qkan_orch.backends.emulator_noise import DEPOLARIZING, READOUT_FLIP, braket_options
 from qkan_orch.backends.sampling import LocalSamplingBackend
 from qkan_orch.circuits.batch import Template
 from qkan_orch.circuits.lower_braket import braket_inputs, braket_template
-from qkan_orch.models.errors import InputError
 
 NOISY_GATES = [Gate.H, Gate.X, Gate.Z, Gate.Rz, Gate.Ry]  # not barriers (fences of folds), not the identity
-DEPOLARIZING = 0.003
-READOUT_FLIP = 0.02
 MAX_SHOTS = 1_000_000
 
 
@@ -87,12 +85,4 @@ class BraketLocalBackend(LocalSamplingBackend):
         return shots - ones
 
     def _noise(self, options: dict[str, Any]) -> tuple[float, float]:
-        if not self.density_matrix or not options.get("noise", True):
-            return 0.0, 0.0
-        values = []
-        for key, default in (("depolarizing", DEPOLARIZING), ("readout_flip", READOUT_FLIP)):
-            value = options.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 0.5:
-                raise InputError(f"options.{key}", f"must be a probability in [0, 0.5], got {value!r}")
-            values.append(float(value))
-        return values[0], values[1]
+        return braket_options(options) if self.density_matrix else (0.0, 0.0)

@@ -31,7 +31,15 @@ import numpy as np
 import torch
 
 from qkan_orch.backends.base import Backend, Capabilities, Handle, Pack, SeedStream
-from qkan_orch.backends.emulator_noise import DeviceNoise, braket_noise, braket_options, ibm_noise, noiseless
+from qkan_orch.backends.emulator_noise import (
+    DEPOLARIZING,
+    READOUT_FLIP,
+    DeviceNoise,
+    braket_noise,
+    braket_options,
+    ibm_noise,
+    noiseless,
+)
 from qkan_orch.backends.names import did_you_mean
 from qkan_orch.circuits.batch import ActivationBatch, BatchResult, Parts, Template, parts_of
 from qkan_orch.circuits.packing import binomial_p0
@@ -226,8 +234,6 @@ class EmulatorBackend(Backend):
 
     def capabilities(self) -> Capabilities:
         if self.device == "dm":
-            from qkan_orch.backends.braket_local import DEPOLARIZING, READOUT_FLIP
-
             return Capabilities(
                 name=self.name, kind="noisy simulator", qubits=DM_QUBITS, max_shots=MAX_SHOTS,
                 noise=f"emulated braket:local_dm: depolarizing p={DEPOLARIZING} after every gate, read-out bit "

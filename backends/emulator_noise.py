@@ -36,6 +36,9 @@ if TYPE_CHECKING:  # emulate:dm needs no Qiskit
 
 NON_GATES = ("measure", "delay", "reset")  # never in an edge circuit's body; measure is the read-out below
 BRAKET_NOISY_GATES = ("h", "x", "z", "rz", "ry")  # backends.braket_local.NOISY_GATES: not the identity
+# braket:local_dm's default noise, which emulate:dm shares; here, so that neither needs the other's SDK
+DEPOLARIZING = 0.003
+READOUT_FLIP = 0.02
 
 
 @dataclass(frozen=True)
@@ -144,10 +147,8 @@ def noiseless(width: int, qubits: tuple[int, ...] | None = None) -> DeviceNoise:
 
 
 def braket_options(options: dict[str, Any]) -> tuple[float, float]:
-    """(depolarizing, readout_flip) of ``emulate:dm`` from ``braket:local_dm``'s options, checked as it checks
-    them; ``noise=false`` is both 0."""
-    from qkan_orch.backends.braket_local import DEPOLARIZING, READOUT_FLIP
-
+    """(depolarizing, readout_flip) from the options of ``braket:local_dm`` and ``emulate:dm`` (the same
+    options, checked by this one function); ``noise=false`` is both 0."""
     if not options.get("noise", True):
         return 0.0, 0.0
     values = []
