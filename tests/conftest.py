@@ -2,12 +2,17 @@
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
 
 from qkan_orch.models import build_model, parse_spec
+
+if TYPE_CHECKING:
+    from qkan_orch.client import Client
+    from qkan_orch.service.local import LocalService
 
 
 def make_model(seed: int = 0, perturb: float = 0.3, **spec: object) -> torch.nn.Module:
@@ -51,3 +56,27 @@ def plugin_backends() -> Iterator[None]:
         else:
             os.environ["QKAN_BACKEND_PLUGINS"] = old
         accounts.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def svc(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator["LocalService"]:
+    """The module's own service on real parts: the system Redis and a fresh PostgreSQL database, the API on a
+    thread of this process, one supervised Celery worker process running one task at a time (a module sets
+    ``pytestmark = pytest.mark.service(concurrency=2)`` for more). A module with other needs defines its own."""
+    from qkan_orch.service.local import LocalService
+    from service_env import stack_env
+
+    marker = request.node.get_closest_marker("service")
+    concurrency = marker.kwargs.get("concurrency", 1) if marker else 1
+    tmp = tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))
+    with stack_env("system-redis+postgresql", tmp) as env, LocalService(tmp, env, concurrency=concurrency) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def qc(svc: "LocalService", request: pytest.FixtureRequest) -> Iterator["Client"]:
+    """A client of ``svc`` with an API key of its own, named after the module."""
+    from qkan_orch.client import Client
+
+    with Client(svc.url, svc.create_key(request.module.__name__.removeprefix("test_"))) as client:
+        yield client

@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,22 +25,8 @@ from qkan_orch.service.local import LocalService
 from qkan_orch.service.store.arrays import unpack_arrays
 from qkan_orch.service.store.database import session_scope
 from qkan_orch.service.store.tables import Comparison, Job, JobResult
-from service_env import stack_env
 
-pytestmark = pytest.mark.usefixtures("plugin_backends")
-
-
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
-    tmp = tmp_path_factory.mktemp("comparisons")
-    with stack_env("system-redis+postgresql", tmp) as env, LocalService(tmp, env, concurrency=2) as service:
-        yield service
-
-
-@pytest.fixture(scope="module")
-def qc(svc: LocalService) -> Iterator[Client]:
-    with Client(svc.url, svc.create_key("compare")) as client:
-        yield client
+pytestmark = [pytest.mark.usefixtures("plugin_backends"), pytest.mark.service(concurrency=2)]
 
 
 def upload(client: Client, folder: Path) -> str:

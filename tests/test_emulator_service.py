@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,22 +23,8 @@ from qkan_orch.client import Client, JobState
 from qkan_orch.mitigation import Mitigation, mitigated
 from qkan_orch.models import load_model, save_model
 from qkan_orch.service.local import LocalService
-from service_env import stack_env
 
 MELBOURNE = "emulate:fake_melbourne"
-
-
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
-    tmp = tmp_path_factory.mktemp("emulator")
-    with stack_env("system-redis+postgresql", tmp) as env, LocalService(tmp, env, concurrency=1) as service:
-        yield service
-
-
-@pytest.fixture(scope="module")
-def qc(svc: LocalService) -> Iterator[Client]:
-    with Client(svc.url, svc.create_key("emulator")) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ Real service: system Redis, PostgreSQL, one Celery worker process.
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +23,9 @@ from qkan_orch.models.sequences import SERIES, split_by_time, windows
 from qkan_orch.service.local import LocalService
 from qkan_orch.service.store.database import session_scope
 from qkan_orch.service.store.tables import StoredModel
-from service_env import stack_env
 from support.cli_process import cli
 
 LSTM = {"kind": "qkan-lstm", "hidden": 2, "window": 4, "gate": {"reps": 1}}
-
-
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
-    tmp = tmp_path_factory.mktemp("training")
-    with stack_env("system-redis+postgresql", tmp) as env, LocalService(tmp, env, concurrency=1) as service:
-        yield service
-
-
-@pytest.fixture(scope="module")
-def qc(svc: LocalService) -> Iterator[Client]:
-    with Client(svc.url, svc.create_key("training")) as client:
-        yield client
 
 
 def stored(svc: LocalService, model_id: str) -> Model:

@@ -8,7 +8,6 @@ Real service: system Redis, PostgreSQL, one Celery worker process.
 """
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,6 @@ from qkan_orch.models.storage import model_noise
 from qkan_orch.service.local import LocalService
 from qkan_orch.service.store.database import session_scope
 from qkan_orch.service.store.tables import StoredModel
-from service_env import stack_env
 from support.cli_process import cli
 
 DEVICE = "fake_melbourne"
@@ -125,19 +123,6 @@ def test_cli_training_records_the_noise_in_the_file_and_refuses_bad_flags_in_one
         assert refused.returncode == 2 and refused.stderr.startswith(f"qkan-orch: error: {field}: ")
         assert refused.stderr.count("\n") == 1, refused.stderr
     assert not (tmp_path / "bad.safetensors").exists()
-
-
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
-    tmp = tmp_path_factory.mktemp("noise-aware")
-    with stack_env("system-redis+postgresql", tmp) as env, LocalService(tmp, env, concurrency=1) as service:
-        yield service
-
-
-@pytest.fixture(scope="module")
-def qc(svc: LocalService) -> Iterator[Client]:
-    with Client(svc.url, svc.create_key("noise-aware")) as client:
-        yield client
 
 
 def test_rest_training_trains_through_the_noise_and_records_it(svc: LocalService, qc: Client) -> None:

@@ -7,7 +7,6 @@ Real service: system Redis, PostgreSQL, one Celery worker process.
 """
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +17,6 @@ from test_sequence_plan import sequence_model, windows
 from qkan_orch.client import ApiError, Client, JobState
 from qkan_orch.models import SequenceModel, build_model, parse_spec, save_model
 from qkan_orch.service.local import LocalService
-from service_env import stack_env
-
-
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
-    tmp = tmp_path_factory.mktemp("sequences")
-    with stack_env("system-redis+postgresql", tmp) as env, LocalService(tmp, env, concurrency=1) as service:
-        yield service
-
-
-@pytest.fixture(scope="module")
-def qc(svc: LocalService) -> Iterator[Client]:
-    with Client(svc.url, svc.create_key("sequences")) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
