@@ -189,12 +189,10 @@ def test_dm_noise_on_the_calibration_circuits_is_analytic() -> None:
     np.testing.assert_allclose(result.p0, expected, atol=1e-15)
 
 
-def test_mitigation_runs_on_the_emulator_and_removes_its_readout_flip() -> None:
-    """A plan through ``mitigated(emulate:dm, readout)``: the calibration circuits and the rows run as parts of one
-    submission. Read-out flip only (depolarizing 0, flip 0.05), 10⁴ shots, 256 one-circuit outputs with p0
-    spread over [0.05, 0.95], pack 4: the experiment of test_mitigation_accuracy's local_dm read-out test,
-    whose bound we reuse — honest errors give mean z² 1 ± 0.098, so ≤ 1.5 is 5 sd. Uncorrected, the flip moves
-    p0 by f(1 − 2p0), tens of σ at the ends. Then ZNE with read-out correction runs on a device emulation."""
+def test_readout_and_zne_run_on_a_device_emulation() -> None:
+    """``mitigated(emulate:fake_melbourne, readout+zne)``: the folded scales and the calibration circuits run as
+    parts of one submission on aer's qubits. (That read-out correction removes emulate:dm's flip is
+    tests/test_mitigation_accuracy.py's read-out test.)"""
     import torch
 
     from qkan_orch.backends import run_plan
@@ -204,22 +202,12 @@ def test_mitigation_runs_on_the_emulator_and_removes_its_readout_flip() -> None:
 
     model = build_model(parse_spec({"width": [1, 1], "reps": 1, "fast_measure": False}), seed=0).double()
     with torch.no_grad():
-        model.layers[0].theta.zero_()
-        model.layers[0].theta[0, 0, 1, 1] = np.pi / 2  # H·RZ(x)·RY(π/2): p0 = cos²(x/2)
-    inputs = 2.0 * np.arccos(np.sqrt(np.linspace(0.05, 0.95, 256)))[:, None]
-    plan = FeedForwardPlan(model, inputs)
-    exact = run_plan(plan, get_backend("exact")).outputs[:, 0]
-    backend, options = get_backend("emulate:dm"), {"depolarizing": 0.0, "readout_flip": 0.05, "seed": 3}
-    report = run_plan(plan, mitigated(backend, Mitigation.parse("readout", backend.capabilities())), shots=10_000,
-                      pack=4, options=options)
-    z2 = np.mean(np.square((report.outputs[:, 0] - exact) / report.stderr[:, 0]))
-    assert z2 <= 1.5, f"read-out corrected: mean z² {z2:.3f} > 1.5"
-    raw = run_plan(plan, backend, shots=10_000, pack=4, options=options).outputs[:, 0]
-    assert np.mean(np.square((raw - exact) / report.stderr[:, 0])) > 5  # ≈ 50 here: the flip is there to remove
+        model.layers[0].theta[0, 0, 1, 1] = np.pi / 2
+    plan = FeedForwardPlan(model, np.linspace(-1.0, 1.0, 16)[:, None])
     device = get_backend("emulate:fake_melbourne")
     zne = run_plan(plan, mitigated(device, Mitigation.parse("readout+zne", device.capabilities())), shots=10_000,
                    options={"seed": 3})
-    assert np.isfinite(zne.outputs).all() and zne.rounds[0].qubits == [0, 8, 1, 11]
+    assert np.isfinite(zne.outputs).all() and (zne.stderr > 0).all() and zne.rounds[0].qubits == [0, 8, 1, 11]
 
 
 def test_emulators_are_listed_as_noisy_simulators() -> None:

@@ -176,7 +176,7 @@ def test_readout_zne_on_ideal_simulators_changes_only_shot_noise(model: Model, n
     On an ideal simulator folding keeps p0 (G(G†G)^k = G) and the calibration reads no flip, so the assignment
     matrices are the identity exactly and the estimate is the scale-1..5 p0 extrapolated over a constant: pure
     shot noise. The 8×8 grid's 64 outputs share 48 first-layer circuits; 2000 simulated binomial runs give mean
-    z² 1.00 ± 0.31 (max 2.4), like χ² with ≈ 21 degrees of freedom: P(mean z² > 3) ≈ 6e-6 for the unseeded run.
+    z² 1.00 ± 0.31 (max 2.4), like χ² with ≈ 21 degrees of freedom: P(mean z² > 3) ≈ 6e-6 for one run.
     """
     plan = FeedForwardPlan(model, grid(8))
     exact = run_plan(plan, get_backend("exact")).outputs[:, 0]
