@@ -35,7 +35,7 @@ def get_backend(name: str) -> Backend:
 
         return AerBackend(name.removeprefix("aer").removeprefix(":") or None)
     if name.startswith("emulate:calibration:"):  # a stored calibration snapshot, through the service's resolver
-        from qkan_orch.backends.calibration_snapshot import SnapshotEmulator
+        from qkan_orch.backends.snapshot_emulator import SnapshotEmulator
 
         return SnapshotEmulator(name.removeprefix("emulate:calibration:"))
     if name.startswith("emulate:"):

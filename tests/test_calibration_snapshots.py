@@ -17,6 +17,7 @@ import pytest
 
 from conftest import make_inputs, make_model
 from qkan_orch.backends import calibration_snapshot as cs
+from qkan_orch.backends import snapshot_emulator
 from qkan_orch.backends.emulator import _fake_programs
 from qkan_orch.backends.emulator_noise import ibm_noise
 from qkan_orch.backends.qiskit_common import best_qubits, compact_target, fake_backend
@@ -76,7 +77,7 @@ def test_snapshot_lowers_to_the_gates_the_device_runs() -> None:
     plan = FeedForwardPlan(model, make_inputs(4, 3))
     template = plan.next_batch(plan.initial_state()).template
     qubits = best_qubits(fake_backend(DEVICE).target, 3)
-    ours, our_sites, _ = cs._programs("local-test", qubits, template)
+    ours, our_sites, _ = snapshot_emulator._programs("local-test", qubits, template)
     theirs, their_sites, _ = _fake_programs(DEVICE, qubits, template)
     by_qubit = {qubits[s]: p for p, s in zip(theirs, their_sites, strict=True)}
     assert [op.gate for op in ours[0]] and {op.gate for op in ours[0]} <= {"rz", "sx", "x"}
@@ -101,7 +102,7 @@ def test_snapshot_reproduces_ibm_fake_per_row_at_1e5_shots() -> None:
     while (hardware := ibm.poll(handle)) is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert hardware is not None
-    emulated = cs.SnapshotEmulator("local-rows").submit(
+    emulated = snapshot_emulator.SnapshotEmulator("local-rows").submit(
         batch, pack=1, options={"qubits": handle.data["placement"]["qubits"]}).result
     assert emulated is not None
     z = (hardware.p0 - emulated.p0) / hardware.p0_stderr
@@ -115,7 +116,7 @@ def test_unknown_snapshot_and_bad_qubits_are_input_errors() -> None:
     with pytest.raises(InputError) as err:
         cs.resolve("nope")
     assert err.value.field == "backend"
-    backend = cs.SnapshotEmulator("local-test-2")
+    backend = snapshot_emulator.SnapshotEmulator("local-test-2")
     for qubits in ([133], [5], [1, 1]):
         with pytest.raises(InputError) as err:
             backend.validate(None, len(qubits), {"qubits": qubits})
@@ -139,7 +140,7 @@ def test_braket_calibration_becomes_a_document_and_runs_the_templates_gates() ->
     assert q2.p1_given_0 == q2.p0_given_1 == pytest.approx(READOUT_ERROR[2])
     assert q2.gates["ry"].error == pytest.approx(RB_ERROR[2]) and q2.gates["ry"].duration is None
     cs.install_resolver(lambda i: document.to_json() if i == "local-braket" else None)
-    backend = cs.SnapshotEmulator("local-braket")
+    backend = snapshot_emulator.SnapshotEmulator("local-braket")
     model = make_model(width=[3, 2], reps=2, fast_measure=False)
     plan = FeedForwardPlan(model, make_inputs(4, 3))
     batch = plan.next_batch(plan.initial_state())
