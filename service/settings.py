@@ -43,6 +43,16 @@ class Settings(BaseSettings):
     max_reps: int = Field(100, ge=1, description="Most data re-uploads (reps) a model spec may have")
     max_window: int = Field(1024, ge=1, description="Most time steps a sequence model's window may have: one round "
                             "(one provider job) each")
+    rate_limit_per_second: float = Field(20.0, gt=0, description="Requests per second one API key may make (bursts "
+                                         "of twice that); 429 with Retry-After above; a key's own limit overrides it")
+    max_active_jobs_per_key: int = Field(200, ge=1, description="Jobs one API key may have queued or running at once "
+                                         "(429 above); a key's own limit overrides it")
+    auth_failures_per_minute: int = Field(30, ge=1, description="Failed authentications one client address may make "
+                                          "per minute (429 above)")
+    key_cache_seconds: float = Field(30.0, ge=0, description="How long an API process trusts a key it verified "
+                                     "without asking the database: a revoked key is refused within this time")
+    retention_days: int = Field(0, ge=0, description="Finished jobs older than this many days are deleted with "
+                                "their rounds, events and results by the workers' periodic prune; 0: keep them")
     max_model_numbers: int = Field(10_000_000, ge=1, description="Most numbers a model's tensors may hold, read from "
                                    "its spec and file header before anything is loaded")
     max_rows_per_round: int = Field(2_000_000, ge=1, description="Most circuits one round may run: samples × edges "
