@@ -5,6 +5,7 @@ would miss their work; the database already holds every job and round, so
 each scrape aggregates it (cheap at the scale of one service's history).
 """
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
 
@@ -19,6 +20,8 @@ from qkan_orch.service.settings import Settings
 from qkan_orch.service.store.database import session_scope
 from qkan_orch.service.store.states import JobState
 from qkan_orch.service.store.tables import Job, Round
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
 
@@ -48,7 +51,7 @@ class ServiceCollector(Collector):
             for name, value in queue_depths(self.broker).items():
                 depth.add_metric([name], value)
         except Exception:  # an unreachable broker shows up in /readyz; metrics still serve the rest
-            pass
+            log.debug("queue depths unavailable", exc_info=True)  # said, not swallowed silently
         yield depth
         yield CounterMetricFamily("qkan_shots", "Shots executed (circuit executions × shots)", value=shots)
         yield CounterMetricFamily("qkan_circuit_executions", "Circuit executions", value=executions)

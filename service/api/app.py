@@ -52,4 +52,5 @@ def create_app(settings: Settings, *, celery: Celery) -> FastAPI:
         app.include_router(router)
     dashboard.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_payload_bytes)
+    app.add_middleware(dashboard.SecurityHeaders)  # outermost: the body limit's 413 gets the headers too
     return app

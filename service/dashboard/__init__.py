@@ -5,7 +5,8 @@ examples do, plus one small script (``static/dashboard.js``) that refreshes a
 page's live region every 1.5 s and draws tooltips: no front-end build, no
 npm, no CDN — the pages work with no network and the templates are the only
 place a page is described. A content security policy allows scripts, styles
-and fetches from this service only.
+and fetches from this service only, and inline scripts not at all
+(``tests/test_security_checks.py`` keeps the templates free of them).
 """
 
 from fastapi import FastAPI
@@ -39,32 +40,49 @@ def install(app: FastAPI) -> None:
     app.mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard-static")
     app.add_exception_handler(SignInRequired, sign_in_redirect)  # type: ignore[arg-type]
 
-    app.add_middleware(SecurityHeaders)
-
 
 class SecurityHeaders:
     """Pure ASGI middleware (a ``BaseHTTPMiddleware`` would wrap every request's body stream in a task group,
-    and the body limit's refusal would no longer reach ``BodyLimit``): the dashboard's pages get the content
-    security policy, no caching and no sniffing; its static files the no-sniffing."""
+    and the body limit's refusal would no longer reach ``BodyLimit``), registered outermost by ``create_app`` so
+    every response gets it, a 413 or an error too: no sniffing and no framing anywhere, no referrer outside the
+    dashboard; the dashboard's pages also get the content security policy and no caching.
+
+    The dashboard sends its referrer to itself (``same-origin``) rather than ``no-referrer``: under
+    ``no-referrer`` a browser sends ``Origin: null`` with a form's POST, and the sign-in's same-origin check
+    (``signin.py``) would refuse every form."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if not path.startswith("/dashboard"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin")]
-        if not path.startswith("/dashboard/static"):
-            extra += [(b"content-security-policy", POLICY.encode()), (b"cache-control", b"no-store")]
+        path: str = scope.get("path", "")
+        extra = _headers(path)
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(name, value) for name, value in extra if name not in present]
+                message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+COMMON = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY")]
+
+
+def _headers(path: str) -> list[tuple[bytes, bytes]]:
+    """The security headers of a response to ``path``."""
+    if not path.startswith("/dashboard"):
+        return [*COMMON, (b"referrer-policy", b"no-referrer")]
+    extra = [*COMMON, (b"referrer-policy", b"same-origin")]
+    if not path.startswith("/dashboard/static"):
+        extra += [(b"content-security-policy", POLICY.encode()), (b"cache-control", b"no-store")]
+    return extra
 
 
 def _backends(url: str) -> list[BackendOut]:
