@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     from qkan_orch.cli.compare import add_compare
     from qkan_orch.cli.demo import add_demo
     from qkan_orch.cli.extend import add_extend
+    from qkan_orch.cli.prune import add_prune
     from qkan_orch.cli.service_commands import add_service_commands
 
     parser = _Parser(prog="qkan-orch", description="Run trained QKAN models on quantum backends.")
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_service_commands(sub)
     add_compare(sub)
     add_extend(sub)
+    add_prune(sub)
     return parser
 
 

@@ -19,7 +19,7 @@ from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.database import engine_for, session_scope, upgrade
 from qkan_orch.workers.app import celery_app
 from qkan_orch.workers.step import advance_job
-from qkan_orch.workers.sweeper import Sweeper
+from qkan_orch.workers.sweeper import Sweeper, broker_lock
 
 app = celery_app()
 log = logging.getLogger("qkan.worker")
@@ -61,7 +61,8 @@ def _recover(**_: object) -> None:
     for job_id, queue in stale:
         log.info("re-enqueueing stale job %s", job_id)
         advance.apply_async((job_id,), queue=queue)
-    Sweeper(url, settings.lease_seconds / 2, _publish_step).start()
+    Sweeper(url, settings.lease_seconds / 2, _publish_step, settings.retention_days,
+            broker_lock(settings.redis_url or "")).start()
 
 
 def _publish_step(job_id: str, queue: str, task_id: str) -> None:
