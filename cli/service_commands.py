@@ -72,13 +72,15 @@ def keys(args: argparse.Namespace) -> int:
     the data folder does not exist, rather than creating a database no running service reads."""
     from qkan_orch.service.settings import get_settings
     from qkan_orch.service.store.database import session_scope, upgrade
-    from qkan_orch.service.store.keys import create_key, list_keys
+    from qkan_orch.service.store.keys import KeyRevoked, create_key, list_keys, revoke_key, rotate_key
 
     settings = get_settings()
     folder = settings.data_dir.resolve()
     if settings.database_url is None and not folder.is_dir():  # never a fresh database no service reads
         raise InputError("QKAN_DATA_DIR", f"no data folder at {folder}; set QKAN_DATA_DIR to the folder "
                                           "'qkan-orch serve' printed, or run this where serve runs")
+    if args.action in ("revoke", "rotate") and args.id is None:
+        raise InputError("id", f"give the id of the key to {args.action} ('qkan-orch keys list' shows them)")
     where = "QKAN_DATABASE_URL's database" if settings.database_url else str(folder)
     url = settings.resolved_database_url
     upgrade(url)
@@ -87,17 +89,41 @@ def keys(args: argparse.Namespace) -> int:
             for flag, value in (("--max-shots", args.max_shots), ("--max-cost", args.max_cost)):
                 if value is not None and value < 0:
                     raise InputError(flag, f"must not be negative, got {value}")
+            for flag, value in (("--rate-limit", args.rate_limit), ("--max-active-jobs", args.max_active_jobs)):
+                if value is not None and value <= 0:
+                    raise InputError(flag, f"must be positive, got {value}")
             key, token = create_key(session, args.name, max_shots=args.max_shots, max_cost=args.max_cost,
-                                    admin=args.admin)
+                                    admin=args.admin, rate_limit=args.rate_limit,
+                                    max_active_jobs=args.max_active_jobs)
             print(token)
             print(f"key {key.id} ('{key.name}') created in {where}; the token above is shown only once",
                   file=sys.stderr)
+        elif args.action == "revoke":
+            if revoke_key(session, args.id) is None:
+                raise InputError("id", f"no key {args.id} in {where}")
+            print(f"key {args.id} revoked: running API processes refuse it within QKAN_KEY_CACHE_SECONDS "
+                  f"({settings.key_cache_seconds:g} s)", file=sys.stderr)
+        elif args.action == "rotate":
+            try:
+                rotated = rotate_key(session, args.id)
+            except KeyRevoked as exc:
+                raise InputError("id", str(exc)) from None
+            if rotated is None:
+                raise InputError("id", f"no key {args.id} in {where}")
+            print(rotated[1])
+            print(f"key {args.id} has the new token above (shown only once); running API processes refuse the old "
+                  f"one within QKAN_KEY_CACHE_SECONDS ({settings.key_cache_seconds:g} s)", file=sys.stderr)
         else:
             for key in list_keys(session):
                 budget = f"shots≤{key.max_shots}" if key.max_shots is not None else "shots unlimited"
                 budget += f", cost≤${key.max_cost:g}" if key.max_cost is not None else ", cost unlimited"
+                limits = f"{key.rate_limit:g}/s" if key.rate_limit is not None else "default rate"
+                limits += f", active≤{key.max_active_jobs}" if key.max_active_jobs is not None else ", default active"
                 role = "admin" if key.admin else "user"
-                print(f"{key.id}\t{key.prefix}…\t{key.name}\t{role}\t{key.created_at:%Y-%m-%d %H:%M}\t{budget}")
+                if key.revoked_at is not None:
+                    role += f", revoked {key.revoked_at:%Y-%m-%d %H:%M}"
+                print(f"{key.id}\t{key.prefix}…\t{key.name}\t{role}\t{key.created_at:%Y-%m-%d %H:%M}\t{budget}"
+                      f"\t{limits}")
     return 0
 
 
@@ -238,12 +264,18 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
                    help="extra task modules to import (importable from PYTHONPATH), e.g. a benchmark's own tasks")
     w.set_defaults(handler=worker)
 
-    k = sub.add_parser("keys", help="create or list API keys (writes to the database directly)")
-    k.add_argument("action", choices=["create", "list"])
+    k = sub.add_parser("keys", help="create, list, revoke or rotate API keys (writes to the database directly)")
+    k.add_argument("action", choices=["create", "list", "revoke", "rotate"])
+    k.add_argument("id", nargs="?", type=int, help="revoke, rotate: the key's id (keys list shows it)")
     k.add_argument("--name", default="default")
     k.add_argument("--max-shots", type=int, help="budget: shots over all of the key's jobs")
     k.add_argument("--max-cost", type=float, help="budget: estimated USD over all of the key's jobs")
-    k.add_argument("--admin", action="store_true", help="its dashboard shows every key's queues and jobs")
+    k.add_argument("--admin", action="store_true", help="its dashboard shows every key's queues and jobs; it may "
+                   "revoke and rotate keys through the API")
+    k.add_argument("--rate-limit", type=float, help="requests per second (bursts of twice that); default "
+                   "QKAN_RATE_LIMIT_PER_SECOND")
+    k.add_argument("--max-active-jobs", type=int, help="jobs queued or running at once; default "
+                   "QKAN_MAX_ACTIVE_JOBS_PER_KEY")
     k.set_defaults(handler=keys)
 
     def client_flags(p: argparse.ArgumentParser) -> None:

@@ -167,9 +167,10 @@ class LocalService:
         kill_group(process)
 
     def create_key(self, name: str = "test", max_shots: int | None = None, max_cost: float | None = None,
-                   admin: bool = False) -> str:
+                   admin: bool = False, rate_limit: float | None = None, max_active_jobs: int | None = None) -> str:
         with session_scope(self.settings.resolved_database_url) as session:
-            return create_key(session, name, max_shots=max_shots, max_cost=max_cost, admin=admin)[1]
+            return create_key(session, name, max_shots=max_shots, max_cost=max_cost, admin=admin,
+                              rate_limit=rate_limit, max_active_jobs=max_active_jobs)[1]
 
     def stop(self) -> None:
         """The API, then (no restarts from here on) the workers, which finish their task, then Redis; then the

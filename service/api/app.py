@@ -14,6 +14,7 @@ from qkan_orch.service.api import docs_assets, errors
 from qkan_orch.service.api.event_hub import EventHub
 from qkan_orch.service.api.limits import BodyLimit
 from qkan_orch.service.api.routes import backends, calibrations, comparisons, estimate, health, jobs, models, queues
+from qkan_orch.service.api.routes import keys as key_routes
 from qkan_orch.service.broker import Courier
 from qkan_orch.service.job_logging import configure_api
 from qkan_orch.service.settings import Settings
@@ -48,7 +49,7 @@ def create_app(settings: Settings, *, celery: Celery) -> FastAPI:
     docs_assets.install(app)
     install_resolver(resolver(settings.resolved_database_url))  # emulate:calibration:<id> in quotes
     for router in (models.router, jobs.router, estimate.router, comparisons.router, calibrations.router,
-                   backends.router, queues.router, health.router):
+                   backends.router, queues.router, health.router, key_routes.router):
         app.include_router(router)
     dashboard.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_payload_bytes)

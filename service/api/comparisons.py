@@ -29,6 +29,7 @@ from qkan_orch.models.errors import InputError
 from qkan_orch.service.api.job_records import new_job, publish
 from qkan_orch.service.api.job_views import jobs_out
 from qkan_orch.service.api.quotes import RunSettings, quote, workload
+from qkan_orch.service.api.rate_limits import check_active_jobs
 from qkan_orch.service.api.schemas import (
     AgreementOut,
     ComparedOut,
@@ -54,6 +55,7 @@ def create_comparison(session: Session, broker: Celery, settings: Settings, key:
     # the model, samples and inputs checked once for every job, before the comparison row that refers to them
     work = workload(session, settings, key, body.model_id, len(inputs) if inputs.ndim else 1, inputs)
     assert work.inputs is not None
+    check_active_jobs(session, settings, key, 1 + len(body.backends))  # the reference's job and one per backend
     comparison = Comparison(id=str(uuid.uuid4()), owner_id=key.id, model_id=body.model_id, reference=body.reference,
                             backends=list(body.backends),
                             settings=body.model_dump(include={"shots", "pack", "options", "mitigation",

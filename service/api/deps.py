@@ -11,10 +11,11 @@ from sqlalchemy.orm import Session
 
 from qkan_orch.service.api.errors import HTTPProblem
 from qkan_orch.service.api.event_hub import EventHub
+from qkan_orch.service.api.rate_limits import check_auth_failures, check_request_rate, record_auth_failure
 from qkan_orch.service.broker import Courier
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store.database import session_scope
-from qkan_orch.service.store.keys import find_key
+from qkan_orch.service.store.keys import hash_key, key_for_token
 from qkan_orch.service.store.tables import ApiKey
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `qkan-orch keys create`")
@@ -30,30 +31,52 @@ def session_dep(settings: Annotated[Settings, Depends(settings_dep)]) -> Iterato
         yield session
 
 
-_KEY_TTL = 30.0  # seconds a verified key is trusted without a database lookup
+# Verified keys by their token's SHA-256 (never the token itself): trusted for settings.key_cache_seconds without
+# a database lookup. A revoke or rotate through this process drops the key's entries at once (``forget_key``);
+# other API processes refuse a revoked or rotated-away token once their entry expires: within key_cache_seconds.
 _known_keys: dict[str, tuple[ApiKey, float]] = {}
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def forget_key(key_id: int) -> None:
+    """Drop the key's cached entries, whatever token they were for (a rotated key's old one included)."""
+    for digest, (key, _) in list(_known_keys.items()):
+        if key.id == key_id:
+            _known_keys.pop(digest, None)
+
+
+def _refused(settings: Settings, address: str, message: str) -> HTTPProblem:
+    record_auth_failure(settings, address)
+    return HTTPProblem(401, "unauthorized", message, headers=_CHALLENGE)
 
 
 def current_key(
+    request: Request,
     settings: Annotated[Settings, Depends(settings_dep)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
     """The caller's key, looked up in a short session of its own: a route that holds no session (an event
-    stream) holds no connection either."""
-    challenge = {"WWW-Authenticate": "Bearer"}
+    stream) holds no connection either. An address with too many failed authentications is refused before any
+    lookup; a known key then takes a request from its rate limit (``rate_limits``)."""
+    address = request.client.host if request.client else "unknown"
     if credentials is None:
-        raise HTTPProblem(401, "unauthorized", "send an API key: 'Authorization: Bearer <key>'", headers=challenge)
-    token = credentials.credentials
-    cached = _known_keys.get(token)
+        raise HTTPProblem(401, "unauthorized", "send an API key: 'Authorization: Bearer <key>'", headers=_CHALLENGE)
+    check_auth_failures(settings, address)
+    digest = hash_key(credentials.credentials)
+    cached = _known_keys.get(digest)
     if cached is not None and cached[1] > time.monotonic():
-        return cached[0]
-    with session_scope(settings.resolved_database_url) as session:
-        key = find_key(session, token)
-        if key is not None:
-            session.expunge(key)
-    if key is None:
-        raise HTTPProblem(401, "unauthorized", "the API key is not valid", headers=challenge)
-    _known_keys[token] = (key, time.monotonic() + _KEY_TTL)
+        key = cached[0]
+    else:
+        with session_scope(settings.resolved_database_url) as session:
+            key = key_for_token(session, credentials.credentials)
+            if key is not None:
+                session.expunge(key)
+        if key is None:
+            raise _refused(settings, address, "the API key is not valid")
+        if key.revoked_at is not None:
+            raise _refused(settings, address, "the API key was revoked")
+        _known_keys[digest] = (key, time.monotonic() + settings.key_cache_seconds)
+    check_request_rate(settings, key)
     return key
 
 

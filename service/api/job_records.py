@@ -23,6 +23,7 @@ from qkan_orch.backends.queues import queue_for
 from qkan_orch.service.api.errors import HTTPProblem
 from qkan_orch.service.api.job_views import job_out
 from qkan_orch.service.api.quotes import RunSettings, quote, workload
+from qkan_orch.service.api.rate_limits import check_active_jobs
 from qkan_orch.service.api.schemas import JobOut, JobRequest
 from qkan_orch.service.broker import ADVANCE_TASK, Courier, PublishStep, Revoke
 from qkan_orch.service.job_logging import job_context
@@ -63,6 +64,7 @@ def submit_inference(session: Session, broker: Celery, settings: Settings, key: 
     assert work.inputs is not None
     quoted = quote(session, settings, key, work, RunSettings(body.backend, body.shots, body.pack, body.options,
                                                              body.mitigation))
+    check_active_jobs(session, settings, key, 1)
     job = create_job(
         session, broker, key, kind="inference", model_id=work.model_id, backend=body.backend, shots=quoted.shots,
         pack=body.pack, options=body.options, arrays={"inputs": work.inputs}, rounds_total=len(work.rows),

@@ -55,6 +55,9 @@ class ApiKey(Base):
     max_shots: Mapped[int | None] = mapped_column(BigInteger)  # budget: shots over all the key's jobs
     max_cost: Mapped[float | None] = mapped_column(Float)  # budget: estimated USD over all its jobs
     admin: Mapped[bool] = mapped_column(Boolean, default=False)  # the dashboard shows it every key's jobs
+    rate_limit: Mapped[float | None] = mapped_column(Float)  # requests per second; None: the service's setting
+    max_active_jobs: Mapped[int | None]  # queued or running at once; None: the setting
+    revoked_at: Mapped[datetime | None]  # set: every request with the key is refused (401)
 
 
 class WebSession(Base):
