@@ -18,6 +18,9 @@ from qkan_orch.service.store.tables import Job, Round
 from service_env import stack_env
 
 JOBS = 500
+# One key submits all 500 at once, as fast as 16 threads can: over the default per-key limits (20 requests/s,
+# 200 active jobs), which this test is not about (tests/test_key_limits.py is).
+LOAD_LIMITS = {"QKAN_RATE_LIMIT_PER_SECOND": "100000", "QKAN_MAX_ACTIVE_JOBS_PER_KEY": str(JOBS)}
 
 
 @pytest.mark.parametrize("stack", ["system-redis+postgresql", "embedded-redis+sqlite"])
@@ -25,7 +28,7 @@ def test_500_concurrent_jobs_finish_once_each(stack: str, tmp_path: Path) -> Non
     model = make_model(width=[2, 2, 1], reps=1).float()
     save_model(model, str(tmp_path / "m.safetensors"))
     inputs = [make_inputs(2, 2, seed=k) for k in range(JOBS)]
-    with stack_env(stack, tmp_path) as env, LocalService(tmp_path, env, concurrency=2) as service, \
+    with stack_env(stack, tmp_path) as env, LocalService(tmp_path, {**env, **LOAD_LIMITS}, concurrency=2) as service, \
             Client(service.url, service.create_key()) as qc:
         model_id = qc.upload_model(tmp_path / "m.safetensors").id
         with ThreadPoolExecutor(16) as pool:
