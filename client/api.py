@@ -15,6 +15,8 @@ from tqdm.auto import tqdm
 from qkan_orch.client.responses import Backend, Comparison, Job, JobResult, Model, Page, Queues, Quote
 from qkan_orch.service.store.states import JobState
 
+RATE_LIMIT_WAIT = 30.0  # seconds one call may spend waiting out its key's request rate limit
+
 
 class ApiError(Exception):
     """An error response: HTTP status plus the service's ``code``, ``message`` and ``field``."""
@@ -255,10 +257,18 @@ class Client:
             return False
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ApiError(0, "unreachable", f"cannot reach {self.url} ({exc})") from None
+        """One request; a ``rate_limited`` 429 is waited out as its Retry-After says, for up to
+        ``RATE_LIMIT_WAIT`` seconds in all (a polling loop slows down instead of failing), then raised."""
+        deadline = time.monotonic() + RATE_LIMIT_WAIT
+        while True:
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise ApiError(0, "unreachable", f"cannot reach {self.url} ({exc})") from None
+            left = deadline - time.monotonic()
+            if response.status_code != 429 or left <= 0 or b'"rate_limited"' not in response.content:
+                break
+            time.sleep(min(float(response.headers.get("Retry-After", "1")), left))
         self._raise(response, response.content)
         if response.status_code == 204 or not response.content:
             return None

@@ -74,6 +74,8 @@ def test_a_key_over_its_rate_gets_429_with_retry_after_and_another_key_does_not(
         assert all(qo.http.get("/v1/jobs").status_code == 200 for _ in range(5))
         time.sleep(int(refused[-1].headers["Retry-After"]))  # the bucket refills: the key works again
         assert qc.http.get("/v1/jobs").status_code == 200
+        # the client waits out rate_limited answers (Retry-After) rather than failing: a polling loop slows down
+        assert [qc.jobs().total for _ in range(5)] == [0] * 5
 
 
 def test_active_jobs_over_the_keys_limit_are_refused_and_nothing_is_stored(svc: LocalService,

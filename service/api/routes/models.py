@@ -24,6 +24,7 @@ from qkan_orch.service.api.deps import BrokerDep, KeyDep, OffsetQuery, SessionDe
 from qkan_orch.service.api.errors import ERROR_RESPONSES, HTTPProblem, field_path, not_found
 from qkan_orch.service.api.job_records import create_job
 from qkan_orch.service.api.job_views import job_out
+from qkan_orch.service.api.rate_limits import check_active_jobs
 from qkan_orch.service.api.schemas import JobOut, ModelOut, ModelPage
 from qkan_orch.service.api.uploads import read_table
 from qkan_orch.service.settings import Settings
@@ -200,6 +201,7 @@ def train(
         x, y = _windows(settings, parsed, function, table, samples, steps)
     else:
         x, y = _samples(settings, parsed, function, table, samples, steps, seed)
+    check_active_jobs(session, settings, key, 1)
     options = {"spec": spec_obj, "optimizer": optimizer, "steps": steps, "lr": lr, "seed": seed, "name": name,
                "noise": trained_for}
     job = create_job(
