@@ -61,16 +61,21 @@ def plugin_backends() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def svc(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator["LocalService"]:
     """The module's own service on real parts: the system Redis and a fresh PostgreSQL database, the API on a
-    thread of this process, one supervised Celery worker process running one task at a time (a module sets
-    ``pytestmark = pytest.mark.service(concurrency=2)`` for more). A module with other needs defines its own."""
+    thread of this process, one supervised Celery worker process running one task at a time. A module changes
+    that with ``pytestmark = pytest.mark.service(concurrency=2, workers=0, env={"QKAN_…": "…"})``."""
     from qkan_orch.service.local import LocalService
     from service_env import stack_env
 
     marker = request.node.get_closest_marker("service")
-    concurrency = marker.kwargs.get("concurrency", 1) if marker else 1
+    options = marker.kwargs if marker else {}
     tmp = tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))
-    with stack_env("system-redis+postgresql", tmp) as env, LocalService(tmp, env, concurrency=concurrency) as service:
-        yield service
+    with stack_env("system-redis+postgresql", tmp) as env:
+        service = LocalService(tmp, {**env, **options.get("env", {})}, concurrency=options.get("concurrency", 1))
+        service.start(workers=options.get("workers", 1))
+        try:
+            yield service
+        finally:
+            service.stop()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ loopback addresses of their own (127.0.0.x), so the address limit they fill neve
 """
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,24 +18,12 @@ from qkan_orch.models import save_model
 from qkan_orch.service.local import LocalService
 from qkan_orch.service.store.database import session_scope
 from qkan_orch.service.store.tables import ApiKey, Comparison, Job
-from service_env import stack_env
 from support.cli_process import cli
 
 AUTH_FAILURES = 4
 KEY_CACHE_SECONDS = 3  # short, so a revoke by another process (the CLI) is seen within the test's time
-
-
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
-    tmp = tmp_path_factory.mktemp("key_limits")
-    with stack_env("system-redis+postgresql", tmp) as env:
-        service = LocalService(tmp, {**env, "QKAN_AUTH_FAILURES_PER_MINUTE": str(AUTH_FAILURES),
-                                      "QKAN_KEY_CACHE_SECONDS": str(KEY_CACHE_SECONDS)}, concurrency=1)
-        service.start(workers=0)
-        try:
-            yield service
-        finally:
-            service.stop()
+pytestmark = pytest.mark.service(workers=0, env={"QKAN_AUTH_FAILURES_PER_MINUTE": str(AUTH_FAILURES),
+                                                "QKAN_KEY_CACHE_SECONDS": str(KEY_CACHE_SECONDS)})
 
 
 @pytest.fixture(scope="module")
