@@ -56,17 +56,18 @@ def current_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
     """The caller's key, looked up in a short session of its own: a route that holds no session (an event
-    stream) holds no connection either. An address with too many failed authentications is refused before any
-    lookup; a known key then takes a request from its rate limit (``rate_limits``)."""
+    stream) holds no connection either. A token this process has not verified is looked up only if its address
+    has not failed too often (a guess never gets into the cache, so only lookups need that check); a known key
+    then takes a request from its rate limit (``rate_limits``)."""
     address = request.client.host if request.client else "unknown"
     if credentials is None:
         raise HTTPProblem(401, "unauthorized", "send an API key: 'Authorization: Bearer <key>'", headers=_CHALLENGE)
-    check_auth_failures(settings, address)
     digest = hash_key(credentials.credentials)
     cached = _known_keys.get(digest)
     if cached is not None and cached[1] > time.monotonic():
         key = cached[0]
     else:
+        check_auth_failures(settings, address)
         with session_scope(settings.resolved_database_url) as session:
             key = key_for_token(session, credentials.credentials)
             if key is not None:
