@@ -25,26 +25,19 @@ from qkan_orch.circuits import FeedForwardPlan
 from qkan_orch.client import ApiError, Client, JobState
 from qkan_orch.models import save_model
 from qkan_orch.models.errors import InputError
-from qkan_orch.service.local import LocalService
-from service_env import stack_env
 
 SHOTS = 4000
 DEVICE = "fake_torino"
 
 
+pytestmark = pytest.mark.service(concurrency=2)
+
+
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("calibrations")
-    with stack_env("system-redis+postgresql", tmp) as env:
-        local = LocalService(tmp, env, concurrency=2)
-        local.start(workers=1)
-        try:
-            with Client(local.url, local.create_key()) as qc:
-                model = make_model(width=[3, 2], reps=2, fast_measure=False)
-                save_model(model.float(), str(tmp / "m.safetensors"))
-                yield qc, qc.upload_model(tmp / "m.safetensors").id
-        finally:
-            local.stop()
+def model_id(qc: Client, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("model") / "m.safetensors"
+    save_model(make_model(width=[3, 2], reps=2, fast_measure=False).float(), str(path))
+    return qc.upload_model(path).id
 
 
 def torino_document() -> cs.CalibrationDocument:
@@ -182,8 +175,7 @@ def _calibrations(qc: Client, **params: object) -> dict:
     return response.json()
 
 
-def test_fake_torino_job_stores_its_snapshot_once_and_the_emulator_reproduces_it(service) -> None:  # type: ignore[no-untyped-def]
-    qc, model_id = service
+def test_fake_torino_job_stores_its_snapshot_once_and_the_emulator_reproduces_it(qc: Client, model_id: str) -> None:
     x = make_inputs(6, 3, seed=1)
     jobs = [qc.submit(model_id, x, backend=f"ibm:{DEVICE}", shots=SHOTS, pack=1, options={"seed": seed},
                       mitigation="none") for seed in (7, 8)]
@@ -225,8 +217,7 @@ def test_fake_torino_job_stores_its_snapshot_once_and_the_emulator_reproduces_it
     assert _calibrations(qc)["total"] == 1  # the emulator stored nothing
 
 
-def test_upload_checks_the_schema_and_stores_once(service) -> None:  # type: ignore[no-untyped-def]
-    qc, model_id = service
+def test_upload_checks_the_schema_and_stores_once(qc: Client, model_id: str) -> None:
     document = torino_document().to_json()
     document["backend"] = "ibm:uploaded"
     created = qc.http.post("/v1/calibrations", json={"document": document})
