@@ -330,6 +330,7 @@ def test_cancel_and_status_need_no_broker(busy, model_file: Path, tmp_path: Path
     refused = httpx.post(f"{service.url}/v1/jobs", headers={"Authorization": f"Bearer {someone.token}"},
                          json={"model_id": someone.model_id, "inputs": make_inputs(2, 2).tolist()}, timeout=60)
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "broker_unavailable"
+    assert refused.headers["Retry-After"] == "5"
     assert len(someone.client.jobs().items) == 2  # the refused submission stored nothing
 
     redis.start()  # back, with its append-only file: the queued job's message is still there

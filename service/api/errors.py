@@ -18,6 +18,7 @@ from qkan_orch.models.errors import InputError
 
 log = logging.getLogger("qkan.api")
 DATABASE_RETRY_AFTER = "5"  # seconds: a pool wait or a database restart is usually over by then
+BROKER_RETRY_AFTER = "5"  # seconds: a restarted Redis answers again within a few seconds
 
 class ErrorBody(BaseModel):
     code: str

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from qkan_orch.backends.base import Estimate, Pack
 from qkan_orch.backends.queues import queue_for
-from qkan_orch.service.api.errors import HTTPProblem
+from qkan_orch.service.api.errors import BROKER_RETRY_AFTER, HTTPProblem
 from qkan_orch.service.api.job_views import job_out
 from qkan_orch.service.api.quotes import RunSettings, quote, workload
 from qkan_orch.service.api.rate_limits import check_active_jobs
@@ -118,7 +118,8 @@ def publish(session: Session, broker: Celery, jobs: list[Job], *, also_undo: lis
         for row in [*jobs, *also_undo]:
             session.delete(row)
         session.commit()
-        raise HTTPProblem(503, "broker_unavailable", f"the job queue is unreachable ({type(exc).__name__})") from None
+        raise HTTPProblem(503, "broker_unavailable", f"the job queue is unreachable ({type(exc).__name__})",
+                          headers={"Retry-After": BROKER_RETRY_AFTER}) from None
 
 
 def cancel_job(session: Session, courier: Courier, job: Job) -> Job:
