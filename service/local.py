@@ -4,6 +4,8 @@
 demo, the integration tests and the benchmark run it on a thread (``start``)
 and talk to it over real HTTP. Both start the broker and the workers with the
 same code, so the embedded default is exactly what the tests exercise.
+``start_api_process`` adds APIs as ``qkan-orch serve`` processes of their own
+on the same broker and database, as several API replicas are deployed.
 
 What it starts it supervises (``service.supervisor``): a worker or the
 embedded Redis that dies is started again, Redis on the same port with the
@@ -28,7 +30,15 @@ from qkan_orch.service import data_folder
 from qkan_orch.service.api.app import create_app
 from qkan_orch.service.broker import celery_app
 from qkan_orch.service.embedded import EmbeddedRedis
-from qkan_orch.service.processes import WORKER_QUEUES, free_port, kill_group, start_worker, stop_groups, wait_for_api
+from qkan_orch.service.processes import (
+    WORKER_QUEUES,
+    free_port,
+    kill_group,
+    start_api,
+    start_worker,
+    stop_groups,
+    wait_for_api,
+)
 from qkan_orch.service.settings import Settings, get_settings
 from qkan_orch.service.store.database import session_scope, upgrade
 from qkan_orch.service.store.keys import create_key
@@ -54,6 +64,7 @@ class LocalService:
         self.server: uvicorn.Server | None = None
         self.thread: threading.Thread | None = None
         self.url = ""
+        self.api_processes: list[subprocess.Popen] = []
 
     @property
     def workers(self) -> list[subprocess.Popen]:
@@ -80,11 +91,13 @@ class LocalService:
         finally:
             self.stop()
 
-    def start(self, workers: int = 1) -> None:
-        """Broker, workers, API on a thread, ready; if any part fails to start, whatever did start is stopped."""
+    def start(self, workers: int = 1, api_thread: bool = True) -> None:
+        """Broker, workers, API on a thread (unless ``api_thread`` is False: then ``start_api_process`` starts
+        the APIs), ready; if any part fails to start, whatever did start is stopped."""
         try:
             self._start_broker_and_workers(workers)
-            self._start_api_thread()
+            if api_thread:
+                self._start_api_thread()
         except BaseException:
             self.stop()
             raise
@@ -142,6 +155,26 @@ class LocalService:
         if self.thread is not None and not self.thread.is_alive():
             raise RuntimeError(f"the API thread for {self.url} ended before it became ready")
 
+    def start_api_process(self) -> str:
+        """One more API, as its own ``qkan-orch serve`` process on this service's broker and database (what
+        several API replicas behind a load balancer run), ready; returns its URL. It gets a data folder of its
+        own under this one (serve locks its folder) and logs to api-n.log; ``stop`` stops it first."""
+        n = len(self.api_processes) + 1
+        port = free_port()
+        env = {**self.env, "QKAN_DATA_DIR": str(self.data_dir / f"api-{n}"),
+               "QKAN_DATABASE_URL": self.settings.resolved_database_url}  # not a database in its own folder
+        process = start_api(env, port, self.data_dir / f"api-{n}.log")
+        self.api_processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+
+        def check() -> None:
+            if process.poll() is not None:
+                raise RuntimeError(f"the API process for {url} exited ({process.returncode}) before it became "
+                                   f"ready; see {self.data_dir / f'api-{n}.log'}")
+
+        wait_for_api(url, check=check)
+        return url
+
     def start_worker(self, queues: str = WORKER_QUEUES) -> subprocess.Popen:
         """One more supervised ``qkan-orch worker`` process group; the first logs to worker.log, the n-th to
         worker-n.log (a restarted worker appends to its predecessor's log)."""
@@ -173,8 +206,9 @@ class LocalService:
                               rate_limit=rate_limit, max_active_jobs=max_active_jobs)[1]
 
     def stop(self) -> None:
-        """The API, then (no restarts from here on) the workers, which finish their task, then Redis; then the
+        """The APIs, then (no restarts from here on) the workers, which finish their task, then Redis; then the
         data folder is free again."""
+        stop_groups(self.api_processes)
         if self.server is not None:
             self.server.should_exit = True
             if self.thread is not None:

@@ -1,4 +1,4 @@
-"""Child processes of a local service: worker process groups, free ports, waiting until something answers.
+"""Child processes of a local service: worker and API process groups, free ports, waiting until something answers.
 
 ``qkan-orch serve``, LocalService, the tests and the benchmarks start and stop
 their processes through these functions only, so a worker is started, and
@@ -86,6 +86,15 @@ def start_worker(env: dict[str, str], queues: str = WORKER_QUEUES, concurrency: 
     finally:
         if log_file:
             out.close()
+
+
+def start_api(env: dict[str, str], port: int, log_file: Path) -> subprocess.Popen:
+    """A ``qkan-orch serve`` child on 127.0.0.1:``port`` in its own process group: with QKAN_REDIS_URL in
+    ``env`` it is the API alone (no broker, no worker), as one of several API replicas is deployed."""
+    argv = [sys.executable, "-m", "qkan_orch.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_file, "ab") as out:  # the child keeps its own copy
+        return subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
