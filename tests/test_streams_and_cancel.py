@@ -10,7 +10,6 @@ module may kill and restart (never the system Redis).
 
 import asyncio
 import json
-import subprocess
 import threading
 import time
 import uuid
@@ -27,13 +26,13 @@ from conftest import make_inputs, make_model
 from qkan_orch.cli.main import main as cli
 from qkan_orch.client import Client, JobState
 from qkan_orch.models import save_model
-from qkan_orch.service.embedded import redis_executable
 from qkan_orch.service.local import LocalService
-from qkan_orch.service.processes import free_port, redis_answers, wait_until
+from qkan_orch.service.processes import wait_until
 from qkan_orch.service.store.database import engine_for, session_scope
 from qkan_orch.service.store.tables import Job as JobRow
 from qkan_orch.service.store.tables import Round
 from service_env import FAST, stack_env
+from support.private_servers import PrivateRedis
 
 pytestmark = pytest.mark.usefixtures("plugin_backends")
 
@@ -242,29 +241,6 @@ def test_a_busy_pool_or_a_bug_still_answers_json(quiet: LocalService, model_file
     bug = httpx.get(f"{quiet.url}/v1/jobs/{someone.jobs[0]}", headers=headers)
     assert bug.status_code == 500 and is_json_error(bug) and bug.json()["error"]["code"] == "internal"
     someone.client.close()
-
-
-class PrivateRedis:
-    """A redis-server of this module's own, on a fixed port and append-only file, so it can die and come back."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [redis_executable(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--appendonly", "yes", "--save", "", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_until(lambda: redis_answers(self.url), "the private Redis", 10)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
 
 
 @pytest.fixture(scope="module")
