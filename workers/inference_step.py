@@ -1,9 +1,11 @@
 """Inference rounds of a claimed job: poll the round in flight or submit the next, absorb, persist.
 
 A step never waits for a provider: a pending round means "again in
-poll_interval seconds". Local rounds finish inside ``submit`` and are absorbed
-at once; the step keeps running rounds until its time slice is used, then
-yields so other jobs get a turn. A finished round is written — plan state,
+poll_interval seconds". A submit or poll that answers ends a run of transient
+errors (``ClaimedJob.recovered``): the retry budget counts errors in a row.
+Local rounds finish inside ``submit`` and are absorbed at once; the step
+keeps running rounds until its time slice is used, then yields so other jobs
+get a turn. A finished round is written — plan state,
 round row, event, in one transaction — before anything else happens, except a
 local round cheaper than ``PERSIST_AFTER`` seconds: redoing it costs less than
 the transaction, so it goes out with the step's next write.
@@ -68,6 +70,7 @@ class _Inference:
                     self.writes.event("resubmit", round=state.rounds_done + 1, message=str(exc))
                     in_flight = None
                     continue
+                self.claimed.recovered()
                 if result is None:
                     return self.claimed.again(self.settings.poll_interval, state=JobState.WAITING_ON_PROVIDER)
                 batch = self.plan.next_batch(state)
@@ -87,6 +90,7 @@ class _Inference:
                         return self.claimed.cancel()
                 else:
                     handle = self.backend.submit(batch, shots=job.shots, pack=job.requested_pack, options=job.options)
+                    self.claimed.recovered()
                     if handle.result is None:  # a provider job: its ids are stored before any wait
                         self._submitted(state, batch, handle, submitted)
                         return self.claimed.again(self.settings.poll_interval)
