@@ -4,11 +4,17 @@
 then appends one line per batch it executes to the file ``log`` — so a test
 can count, across worker processes and restarts, how often each round ran.
 ``delay`` may be a list: entry k for a batch that finds k lines in ``log``
-already (the last entry for any later one).
+already (the last entry for any later one). Before its delay it appends the
+pid of the worker (the pool's parent process) to ``log``.started, so a test
+can tell which worker runs a round.
 ``test:pending`` accepts a batch like a provider would and stays pending for
 ``pending_polls`` polls (counted in a file next to ``log``), never blocking;
 with ``later_polls``, every provider job after the first one that file saw
 stays pending for that many polls instead.
+``test:unsteady`` is ``test:pending`` with an outage: each round's submit
+raises a transient error ``submit_failures`` times, and each provider job's
+poll ``poll_failures`` times, before they answer (-1: never); submits, polls
+and cancels are logged next to ``log``.
 """
 
 import hashlib
@@ -44,6 +50,8 @@ class CountingBackend(_TestBackend):
                options: dict[str, Any] | None = None) -> Handle:
         options = options or {}
         delay = options.get("delay", 0)
+        with open(options["log"] + ".started", "a", encoding="utf-8") as fh:
+            fh.write(f"{os.getppid()}\n")
         if isinstance(delay, list):
             done = len(Path(options["log"]).read_text().splitlines()) if os.path.exists(options["log"]) else 0
             delay = delay[min(done, len(delay) - 1)]
@@ -90,6 +98,38 @@ class PendingBackend(_TestBackend):
     def cancel(self, handle: Handle) -> None:
         with open(handle.data["log"] + ".cancelled", "a", encoding="utf-8") as fh:
             fh.write(handle.provider_job_ids[0] + "\n")
+
+
+class UnsteadyBackend(PendingBackend):
+    """A provider in an outage: submits and polls fail transiently a given number of times each, or forever."""
+
+    name = "test:unsteady"
+    options = ("pending_polls", "submit_failures", "poll_failures", "log")
+
+    def submit(self, batch: ActivationBatch, shots: int | None = None, pack: int | None = None,
+               options: dict[str, Any] | None = None) -> Handle:
+        options = options or {}
+        job_id = hashlib.sha256(batch.params.tobytes()).hexdigest()[:16]
+        _fail_unless_recovered(Path(options["log"] + ".submits"), job_id, int(options.get("submit_failures", 0)),
+                               "submit")
+        handle = super().submit(batch, shots, pack, {**options, "pending_polls": options.get("pending_polls", 0)})
+        handle.data["poll_failures"] = int(options.get("poll_failures", 0))
+        return handle
+
+    def poll(self, handle: Handle) -> BatchResult | None:
+        job_id = handle.provider_job_ids[0]
+        _fail_unless_recovered(Path(handle.data["log"] + ".unsteady-polls"), job_id, handle.data["poll_failures"],
+                               "poll")
+        return super().poll(handle)
+
+
+def _fail_unless_recovered(log: Path, key: str, failures: int, call: str) -> None:
+    """Log a call for ``key``; raise a transient error if it is among the first ``failures`` (-1: all of them)."""
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(key + "\n")
+    calls = log.read_text().splitlines().count(key)
+    if failures < 0 or calls <= failures:
+        raise TransientBackendError(f"provider unavailable ({call} {calls} of {key})")
 
 
 class FlakyBackend(_TestBackend):
@@ -146,5 +186,5 @@ class PricedBackend(_TestBackend):
 
 def get_backend(name: str) -> Any:
     factory = {"test:counting": CountingBackend, "test:pending": PendingBackend, "test:flaky": FlakyBackend,
-               "test:leaky": LeakyBackend, "test:priced": PricedBackend}
+               "test:leaky": LeakyBackend, "test:priced": PricedBackend, "test:unsteady": UnsteadyBackend}
     return factory[name]() if name in factory else None
