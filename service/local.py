@@ -4,7 +4,7 @@
 demo, the integration tests and the benchmark run it on a thread (``start``)
 and talk to it over real HTTP. Both start the broker and the workers with the
 same code, so the embedded default is exactly what the tests exercise.
-``start_api_process`` adds APIs as ``qkan-orch serve`` processes of their own
+``start_api_processes`` adds APIs as ``qkan-orch serve`` processes of their own
 on the same broker and database, as several API replicas are deployed.
 
 What it starts it supervises (``service.supervisor``): a worker or the
@@ -92,7 +92,7 @@ class LocalService:
             self.stop()
 
     def start(self, workers: int = 1, api_thread: bool = True) -> None:
-        """Broker, workers, API on a thread (unless ``api_thread`` is False: then ``start_api_process`` starts
+        """Broker, workers, API on a thread (unless ``api_thread`` is False: then ``start_api_processes`` starts
         the APIs), ready; if any part fails to start, whatever did start is stopped."""
         try:
             self._start_broker_and_workers(workers)
@@ -155,25 +155,21 @@ class LocalService:
         if self.thread is not None and not self.thread.is_alive():
             raise RuntimeError(f"the API thread for {self.url} ended before it became ready")
 
-    def start_api_process(self) -> str:
-        """One more API, as its own ``qkan-orch serve`` process on this service's broker and database (what
-        several API replicas behind a load balancer run), ready; returns its URL. It gets a data folder of its
-        own under this one (serve locks its folder) and logs to api-n.log; ``stop`` stops it first."""
-        n = len(self.api_processes) + 1
-        port = free_port()
-        env = {**self.env, "QKAN_DATA_DIR": str(self.data_dir / f"api-{n}"),
-               "QKAN_DATABASE_URL": self.settings.resolved_database_url}  # not a database in its own folder
-        process = start_api(env, port, self.data_dir / f"api-{n}.log")
-        self.api_processes.append(process)
-        url = f"http://127.0.0.1:{port}"
-
-        def check() -> None:
-            if process.poll() is not None:
-                raise RuntimeError(f"the API process for {url} exited ({process.returncode}) before it became "
-                                   f"ready; see {self.data_dir / f'api-{n}.log'}")
-
-        wait_for_api(url, check=check)
-        return url
+    def start_api_processes(self, count: int = 1) -> list[str]:
+        """``count`` more APIs, each its own ``qkan-orch serve`` process on this service's broker and database
+        (what API replicas behind a load balancer run), started together and ready; returns their URLs. Each gets
+        a data folder of its own under this one (serve locks its folder) and logs to api-n.log; ``stop`` stops
+        them first."""
+        started: list[tuple[str, subprocess.Popen, Path]] = []
+        for n in range(len(self.api_processes) + 1, len(self.api_processes) + count + 1):
+            port, log = free_port(), self.data_dir / f"api-{n}.log"
+            env = {**self.env, "QKAN_DATA_DIR": str(self.data_dir / f"api-{n}"),
+                   "QKAN_DATABASE_URL": self.settings.resolved_database_url}  # not a database in its own folder
+            started.append((f"http://127.0.0.1:{port}", start_api(env, port, log), log))
+            self.api_processes.append(started[-1][1])
+        for url, process, log in started:
+            wait_for_api(url, check=lambda process=process, log=log: _check_api_process(process, log))
+        return [url for url, _, _ in started]
 
     def start_worker(self, queues: str = WORKER_QUEUES) -> subprocess.Popen:
         """One more supervised ``qkan-orch worker`` process group; the first logs to worker.log, the n-th to
@@ -220,6 +216,11 @@ class LocalService:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def _check_api_process(process: subprocess.Popen, log: Path) -> None:
+    if process.poll() is not None:
+        raise RuntimeError(f"an API process exited ({process.returncode}) before it became ready; see {log}")
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:

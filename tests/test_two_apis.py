@@ -64,8 +64,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         service = LocalService(tmp, env, concurrency=1)
         service.start(workers=2, api_thread=False)
         try:
-            urls = (service.start_api_process(), service.start_api_process())
-            yield Setup(service, urls, tmp / "m.safetensors", inputs, want)
+            first, second = service.start_api_processes(2)
+            yield Setup(service, (first, second), tmp / "m.safetensors", inputs, want)
         finally:
             service.stop()
 
@@ -127,8 +127,10 @@ def test_each_round_and_each_state_change_was_written_once(setup: Setup, submitt
 
 
 def test_a_key_sees_its_own_jobs_only_through_either_api(setup: Setup, submitted: list[Submitted]) -> None:
-    for k, client in enumerate(submitted):
-        other = submitted[(k + 1) % CLIENTS]
+    """Each key lists exactly its own jobs on both APIs, and a neighbour's job is 404 to it everywhere."""
+
+    def check(k: int) -> None:
+        client, other = submitted[k], submitted[(k + 1) % CLIENTS]
         stranger = next(iter(other.jobs.values()))
         for url in setup.urls:
             with Client(url, client.key) as qc:
@@ -139,3 +141,6 @@ def test_a_key_sees_its_own_jobs_only_through_either_api(setup: Setup, submitted
                     with pytest.raises(ApiError) as refused:
                         call(stranger)
                     assert refused.value.status == 404, (call.__name__, refused.value)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(check, range(CLIENTS)))  # re-raises the first failed check here
