@@ -139,7 +139,7 @@ def one_job(args: argparse.Namespace, load: Load, clients: list[tuple[Client, li
     try:
         job = qc.submit(model_ids[m], x, backend=backend.name, shots=backend.shots, mitigation=backend.mitigation)
     except ApiError as exc:
-        load.refused[f"{exc.status} {exc.code}"] += 1
+        load.refused[f"{exc.status} {exc.code}" + (f" ({exc.message[-100:]})" if exc.status == 0 else "")] += 1
         return
     except Exception as exc:  # counted and reported: one bad call must not end a 20-minute run
         load.errors[f"submit: {type(exc).__name__}"] += 1
