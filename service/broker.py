@@ -8,9 +8,12 @@ and sends what a cancel owes the broker through a ``Courier``, so cancel and
 status never wait for the broker.
 """
 
+import base64
+import json
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from celery import Celery
 from kombu import Queue
@@ -20,6 +23,7 @@ from qkan_orch.service.settings import Settings
 
 log = logging.getLogger("qkan.api")
 ADVANCE_TASK = "qkan.advance"  # the one task: run a job's next step (registered by workers.tasks)
+UNACKED = "unacked"  # kombu's Redis hash of delivered, unacknowledged messages (its ``unacked_key``)
 _apps: dict[str, Celery] = {}
 
 
@@ -48,15 +52,52 @@ def celery_app(settings: Settings) -> Celery:
     return app
 
 
+def _queue_keys(name: str) -> list[str]:
+    """The Redis lists of a queue: kombu keeps priority levels in sibling lists."""
+    return [name] + [f"{name}\x06\x16{p}" for p in range(1, 10)]
+
+
 def queue_depths(broker: Celery) -> dict[str, int]:
-    """Messages waiting per queue (kombu keeps priority levels in sibling Redis lists)."""
+    """Messages waiting per queue."""
     with broker.connection_for_read() as connection:
         client = connection.default_channel.client
-        depths = {}
-        for name in QUEUES:
-            keys = [name] + [f"{name}\x06\x16{p}" for p in range(1, 10)]
-            depths[name] = sum(client.llen(k) for k in keys)
-    return depths
+        return {name: sum(client.llen(k) for k in _queue_keys(name)) for name in QUEUES}
+
+
+def jobs_with_messages(broker: Celery) -> set[str]:
+    """The ids of the jobs the broker holds a step message for: waiting in a queue, or delivered to a worker
+    and not yet acknowledged (running, prefetched, or held until its countdown) — kombu keeps those in the
+    ``unacked`` hash until the ack, so a message is always in one of the two, except for the instant of a
+    delivery between them.
+
+    Reads every message: the sweeper calls it only when some job looks abandoned (``store.abandoned_jobs``).
+    """
+    with broker.connection_for_read() as connection:
+        client = connection.default_channel.client
+        waiting = [m for name in QUEUES for key in _queue_keys(name) for m in client.lrange(key, 0, -1)]
+        delivered = client.hvals(UNACKED)  # each [message, exchange, routing key]
+    messages = [_parsed(m) for m in waiting] + [(_parsed(m) or [None])[0] for m in delivered]
+    return {job_id for job_id in map(_job_of, messages) if job_id is not None}
+
+
+def _parsed(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _job_of(message: Any) -> str | None:
+    """The job id a step message is for; None for another task's message or one that cannot be read."""
+    try:
+        if message["headers"].get("task") != ADVANCE_TASK:
+            return None
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return str(json.loads(body)[0][0])  # task protocol 2: [args, kwargs, embed]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def ping(broker: Celery) -> None:

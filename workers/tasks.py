@@ -10,13 +10,13 @@ import logging
 
 from celery import Task
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init, worker_ready
+from sqlalchemy.exc import OperationalError
 
 from qkan_orch.backends.accounts import redact_logs
 from qkan_orch.service import job_logging
-from qkan_orch.service.broker import ADVANCE_TASK
+from qkan_orch.service.broker import ADVANCE_TASK, jobs_with_messages
 from qkan_orch.service.settings import get_settings
-from qkan_orch.service.store import jobs as store
-from qkan_orch.service.store.database import engine_for, session_scope, upgrade
+from qkan_orch.service.store.database import engine_for, upgrade
 from qkan_orch.workers.app import celery_app
 from qkan_orch.workers.step import advance_job
 from qkan_orch.workers.sweeper import Sweeper, broker_lock
@@ -27,9 +27,19 @@ log = logging.getLogger("qkan.worker")
 PUBLISH_RETRY = {"max_retries": 60, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 1.0}
 
 
-@app.task(name=ADVANCE_TASK, bind=True)
+@app.task(name=ADVANCE_TASK, bind=True, max_retries=None)
 def advance(self: Task, job_id: str) -> None:
-    step = advance_job(job_id, get_settings())
+    """One step, then its successor message; while the database is unreachable, the same message again after a
+    backoff doubling from QKAN_RETRY_BACKOFF_SECONDS up to a lease (acks_late acknowledges a task that raised:
+    without this the job would wait for the sweeper)."""
+    settings = get_settings()
+    try:
+        step = advance_job(job_id, settings)
+    except OperationalError as exc:
+        delay = min(settings.lease_seconds, settings.retry_backoff_seconds * 2 ** self.request.retries)
+        log.warning("job %s: the database is unreachable (%s); trying again in %g s", job_id,
+                    type(exc.orig).__name__, delay)
+        raise self.retry(countdown=delay, retry_policy=PUBLISH_RETRY) from None
     if step.again_in is not None:  # the job row already names this message (task_id), for revoking
         queue = self.request.delivery_info.get("routing_key") or "local"
         advance.apply_async((job_id,), queue=queue, countdown=step.again_in or None, task_id=step.task_id,
@@ -51,17 +61,12 @@ def _redact(logger: logging.Logger, **_: object) -> None:
 
 @worker_ready.connect
 def _recover(**_: object) -> None:
-    """At start-up, re-enqueue active jobs that nobody holds and nobody touched for a while; start the sweeper."""
+    """At start-up, bring the schema up to date and start the sweeper, whose first sweep re-enqueues the jobs
+    whose worker or message was lost while no worker ran."""
     settings = get_settings()
     url = settings.resolved_database_url
     upgrade(url)
-    idle = max(60.0, 3 * settings.poll_interval)
-    with session_scope(url) as session:
-        stale = store.stale_jobs(session, idle)
-    for job_id, queue in stale:
-        log.info("re-enqueueing stale job %s", job_id)
-        advance.apply_async((job_id,), queue=queue)
-    Sweeper(url, settings.lease_seconds / 2, _publish_step, settings.retention_days,
+    Sweeper(url, settings.lease_seconds, _publish_step, lambda: jobs_with_messages(app), settings.retention_days,
             broker_lock(settings.redis_url or "")).start()
 
 

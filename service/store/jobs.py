@@ -169,13 +169,35 @@ def counts_by_state(session: Session) -> dict[str, int]:
     return {state: count for state, count in rows}
 
 
-def stale_jobs(session: Session, idle_seconds: float) -> list[tuple[str, str]]:
-    """Active jobs nobody holds and nobody touched for a while: their message may be lost."""
-    since = datetime.now(UTC) - timedelta(seconds=idle_seconds)
-    rows = session.execute(
-        select(Job.id, Job.queue).where(
-            Job.state.in_(ACTIVE), Job.updated_at < since,
-            or_(Job.lease_owner.is_(None), Job.lease_until < time.time()),
-        )
+def abandoned_jobs(session: Session, idle_seconds: float, limit: int = 1000) -> list[str]:
+    """Active jobs nobody holds and nobody wrote for ``idle_seconds``: their message may be lost (the broker
+    says whether it is). Oldest first."""
+    rows = session.scalars(
+        select(Job.id).where(Job.state.in_(ACTIVE), Job.lease_owner.is_(None), Job.updated_at < _ago(idle_seconds))
+        .order_by(Job.updated_at).limit(limit)
     )
-    return [(job_id, queue) for job_id, queue in rows]
+    return list(rows)
+
+
+def requeue(session: Session, job_id: str, idle_seconds: float, task_id: str) -> str | None:
+    """Name ``task_id`` as the next message of a job still abandoned (``abandoned_jobs``) and log
+    ``message_lost``; the write itself makes the job look fresh for ``idle_seconds``.
+
+    One conditional UPDATE, so of several sweepers exactly one wins, and a worker that claimed or wrote the job
+    meanwhile makes it lose. Returns the job's queue, or None if someone else won.
+    """
+    queue = session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_(ACTIVE), Job.lease_owner.is_(None),
+               Job.updated_at < _ago(idle_seconds))
+        .values(task_id=task_id, updated_at=datetime.now(UTC))
+        .returning(Job.queue)
+        .execution_options(synchronize_session=False)
+    )
+    if queue is not None:
+        add_event(session, job_id, "message_lost", message="the broker had no message for the job; sent a new one")
+    return queue
+
+
+def _ago(seconds: float) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)
