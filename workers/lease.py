@@ -5,6 +5,7 @@ a worker that finds the lease taken comes back when it expires, in case its
 holder died.
 """
 
+import logging
 import threading
 import time
 import uuid
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from qkan_orch.service.store import jobs as store
@@ -19,6 +21,8 @@ from qkan_orch.service.store.database import session_scope
 from qkan_orch.service.store.states import TERMINAL
 from qkan_orch.service.store.tables import Job
 
+log = logging.getLogger("qkan.worker")
+RENEW_RETRY = 0.5  # seconds between tries of a renewal that failed
 
 @dataclass(frozen=True)
 class Lease:
@@ -56,13 +60,24 @@ def kept(url: str, job_id: str, token: str, seconds: float) -> Iterator[None]:
 
 
 class _Keeper(threading.Thread):
+    """Renews every third of a lease; after a renewal that failed (the database is away), every half second
+    until one succeeds, so the lease is renewed as soon as the database is back — before the sweepers, which
+    give a holder a whole lease then (``sweeper``), would take the job over. Ends when the lease is gone."""
+
     def __init__(self, url: str, job_id: str, token: str, seconds: float) -> None:
         super().__init__(daemon=True)
         self.url, self.job_id, self.token, self.seconds = url, job_id, token, seconds
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(self.seconds / 3):
-            with session_scope(self.url) as session:
-                if not store.renew(session, self.job_id, self.token, self.seconds):
-                    return
+        wait = self.seconds / 3
+        while not self.stopped.wait(wait):
+            try:
+                with session_scope(self.url) as session:
+                    if not store.renew(session, self.job_id, self.token, self.seconds):
+                        return
+                wait = self.seconds / 3
+            except OperationalError as exc:
+                log.warning("job %s: renewing the lease failed (%s); trying again", self.job_id,
+                            type(exc.orig).__name__)
+                wait = min(self.seconds / 3, RENEW_RETRY)

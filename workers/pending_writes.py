@@ -5,15 +5,34 @@ changes wait here and go out with the step's next conditional UPDATE (or are
 recomputed after a crash). Everything here is a plain Python value: counters
 are kept as increments and become ``Job.shots_used + n`` only in the UPDATE,
 so they add to what the row holds, whoever wrote it last.
+
+A write the database refuses because it cannot be reached (OperationalError)
+is tried again, the whole transaction, for up to ``PATIENCE`` seconds: a
+provider job submitted during an outage is recorded once the database is back
+instead of being submitted again by a later step. The rollback drops what the
+transaction held, so everything it carries is kept until it commits: the
+values taken from here, the rows the step added to the session (a round
+submitted to a provider, a result, a trained model) and the statements the
+step executed since the last commit (a polled round's ``complete_round``).
 """
 
+import logging
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.sql import Executable
 
 from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.tables import Job
+
+log = logging.getLogger("qkan.worker")
+PATIENCE = 120.0  # seconds a write waits for an unreachable database before the step gives up
+RETRY_FIRST, RETRY_MAX = 0.25, 2.0  # seconds between tries of a write (doubling)
 
 
 class PendingWrites:
@@ -25,6 +44,12 @@ class PendingWrites:
         self.increments: dict[str, int | float] = {}
         self.rounds: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
+        # what the transaction holds besides this: rows the session inserted, statements the step executed
+        self.flushed: list[object] = []
+        self.executed: list[tuple[Executable, Any, Mapping[str, Any]]] = []
+        event.listen(session, "before_flush", self._remember_flushed)
+        event.listen(session, "do_orm_execute", self._remember_executed)
+        event.listen(session, "after_commit", self._forget)
 
     def set(self, **columns: Any) -> None:
         """Job columns to set (the latest value wins)."""
@@ -45,29 +70,55 @@ class PendingWrites:
 
     def commit_log(self) -> None:
         """Commit the pending round rows and events alone: progress the event stream should show now."""
-        self._insert_log()
-        self.session.commit()
+        self._write(None, {})
 
     def commit(self, **values: Any) -> bool:
         """Write everything pending and ``values``; returns the job's cancel flag. LeaseLost if the lease is gone."""
-        cancelled = store.change(self.session, self.job_id, self.token, **self._take(values))
-        self.session.commit()
-        return cancelled
+        return bool(self._write(store.change, values))
 
     def release(self, **values: Any) -> None:
         """Write everything pending and ``values`` and give the lease up, in the same UPDATE."""
-        store.release(self.session, self.job_id, self.token, **self._take(values))
-        self.session.commit()
+        self._write(store.release, values)
+
+    def _write(self, update: Callable[..., bool | None] | None, values: dict[str, Any]) -> bool | None:
+        """The log rows, then ``update`` of the job with the pending columns and ``values``, one commit; the same
+        again after a backoff while the database cannot be reached, for up to ``PATIENCE`` seconds."""
+        rows, events, columns = self.rounds, self.events, self._take(values) if update else {}
+        added, executed = [*self.flushed, *self.session.new], list(self.executed)
+        self.rounds, self.events = [], []
+        deadline, delay = time.monotonic() + PATIENCE, RETRY_FIRST
+        while True:
+            try:
+                store.add_rounds(self.session, rows)
+                store.add_events(self.session, events)
+                result = update(self.session, self.job_id, self.token, **columns) if update else None
+                self.session.commit()
+                return result
+            except OperationalError as exc:
+                self.session.rollback()
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("job %s: the database is unreachable (%s); writing again in %g s", self.job_id,
+                            type(exc.orig).__name__, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, RETRY_MAX)
+                self.session.add_all(added)
+                for statement, parameters, options in executed:
+                    self.session.execute(statement, parameters, execution_options=options)
 
     def _take(self, values: dict[str, Any]) -> dict[str, Any]:
-        """Queue the log rows; return the column values of the UPDATE, increments as SQL, and forget them."""
-        self._insert_log()
+        """The column values of the UPDATE, increments as SQL; forget them."""
         sums = {name: getattr(Job, name) + amount for name, amount in self.increments.items()}
         columns = {**self.columns, **sums, **values}
         self.columns, self.increments = {}, {}
         return columns
 
-    def _insert_log(self) -> None:
-        store.add_rounds(self.session, self.rounds)
-        store.add_events(self.session, self.events)
-        self.rounds, self.events = [], []
+    def _remember_flushed(self, session: Session, *_: object) -> None:
+        self.flushed.extend(session.new)
+
+    def _remember_executed(self, state: ORMExecuteState) -> None:
+        if not state.is_select:
+            self.executed.append((state.statement, state.parameters, state.local_execution_options))
+
+    def _forget(self, _: Session) -> None:
+        self.flushed, self.executed = [], []

@@ -5,10 +5,16 @@ provider's verdict fails the job, a transient provider error retries it after
 a backoff, an allocation over the worker's memory ceiling fails it with
 ``memory_limit``, and an unknown exception fails it loudly without taking the
 worker down. A step that lost its lease stops without writing anything more.
+A database that cannot be reached ends the step without a verdict on the job:
+its writes already retried for a while (``PendingWrites``), so the task sends
+the message again after a backoff, and whatever was not written is done again
+by the step that next holds the job.
 """
 
 import logging
 import uuid
+
+from sqlalchemy.exc import OperationalError
 
 from qkan_orch.backends.accounts import redact
 from qkan_orch.backends.base import ProviderJobFailed, TransientBackendError
@@ -60,7 +66,7 @@ def _run(claimed: ClaimedJob) -> Step:
     except TRANSIENT as exc:
         session.rollback()
         return claimed.retry(exc)
-    except store.LeaseLost:
+    except (store.LeaseLost, OperationalError):
         raise
     except Exception as exc:  # a bug or an SDK failure we do not know: fail loudly, keep the worker
         if memory_ceiling.reached(exc):

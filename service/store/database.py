@@ -3,6 +3,9 @@
 SQLite is opened in WAL mode with a busy timeout so the API and worker
 processes can write the same file; PostgreSQL migrations take an advisory
 lock so several processes starting at once upgrade the schema exactly once.
+While the database is away, every use of a session raises OperationalError
+within ``CONNECT_TIMEOUT`` (the API answers 503, the workers retry); the pool
+reconnects by itself once it is back.
 """
 
 from collections.abc import Iterator
@@ -18,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _ADVISORY_LOCK = 0x51CA4  # any constant shared by all our processes
+CONNECT_TIMEOUT = 5  # seconds: the API answers 503 database_unavailable after at most this long
 
 
 @cache
@@ -37,7 +41,10 @@ def engine_for(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # a pooled connection the server dropped (a restart) is noticed and replaced before use; a server that does
+    # not answer at all fails a connection within CONNECT_TIMEOUT rather than the kernel's minutes
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT} if parsed.get_backend_name() == "postgresql" else {}
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args=connect_args)
 
 
 @cache
