@@ -21,7 +21,9 @@ from qkan_orch.service.store.tables import ApiKey
 _bearer = HTTPBearer(auto_error=False, description="An API key from `qkan-orch keys create`")
 
 
-def settings_dep(request: Request) -> Settings:
+# Dependencies that only read app.state are ``async def``: FastAPI runs a plain ``def`` dependency on a worker
+# thread, and each such hop costs the event loop more than the read itself (see bench/results/service_load.md).
+async def settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -81,17 +83,17 @@ def current_key(
     return key
 
 
-def broker_dep(request: Request) -> Celery:
+async def broker_dep(request: Request) -> Celery:
     """The Celery app the API was created with (``create_app(…, celery=…)``)."""
     return request.app.state.celery
 
 
-def courier_dep(request: Request) -> Courier:
+async def courier_dep(request: Request) -> Courier:
     """What the API owes the broker after the database has decided (revokes, wake-ups), sent in the background."""
     return request.app.state.courier
 
 
-def event_hub_dep(request: Request) -> EventHub:
+async def event_hub_dep(request: Request) -> EventHub:
     """The one poller of this API process's event streams (``create_app`` makes it)."""
     return request.app.state.event_hub
 

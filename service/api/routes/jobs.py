@@ -2,11 +2,13 @@
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any
 
 import numpy as np
+from celery import Celery
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
@@ -76,20 +78,31 @@ async def submit(request: Request, response: Response, key: KeyDep, session: Ses
     Of concurrent submissions with one idempotency key (header or body field) one creates the job; the others
     lose the insert to the unique constraint and, submitting again, replay it.
     """
-    body, inputs = await _read_submission(request, settings, idempotency_key)
-    try:
-        job, replayed = await run_in_threadpool(submit_inference, session, broker, settings, key, body, inputs)
-    except DuplicateSubmission:
-        job, replayed = await run_in_threadpool(submit_inference, session, broker, settings, key, body, inputs)
+    parse = await _read_submission(request, settings, idempotency_key)
+    job, replayed = await run_in_threadpool(_parse_and_submit, parse, session, broker, settings, key)
     if replayed:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job
 
 
-async def _read_submission(request: Request, settings: Settings,
-                           idempotency_key: str | None) -> tuple[JobRequest, np.ndarray]:
-    """Receive the body here, parse it on a thread: a large upload never stalls the event loop (/healthz).
+Parse = Callable[[], tuple[JobRequest, np.ndarray]]
+
+
+def _parse_and_submit(parse: Parse, session: Session, broker: Celery, settings: Settings,
+                      key: ApiKey) -> tuple[JobOut, bool]:
+    """Parse and submit on one worker thread: each thread hop costs the event loop about as much as parsing
+    a small body (bench/results/service_load.md)."""
+    body, inputs = parse()
+    try:
+        return submit_inference(session, broker, settings, key, body, inputs)
+    except DuplicateSubmission:
+        return submit_inference(session, broker, settings, key, body, inputs)
+
+
+async def _read_submission(request: Request, settings: Settings, idempotency_key: str | None) -> Parse:
+    """Receive the body here; the returned parse runs on a thread: a large upload never stalls the event loop
+    (/healthz).
 
     A thread does not help JSON: ``json.loads`` holds the interpreter for the whole parse (about 0.5 s
     for 16 MB), so JSON bodies have a smaller limit and larger inputs go as .npy/.csv, parsed in blocks.
@@ -102,14 +115,14 @@ async def _read_submission(request: Request, settings: Settings,
             raise InputError("inputs_file", "upload the inputs as a .npy or .csv file part")
         data = await upload.read()
         fields: dict[str, Any] = {k: v for k, v in form.items() if k != "inputs_file" and isinstance(v, str)}
-        return await run_in_threadpool(_parse_form, fields, data, upload.filename or "inputs", idempotency_key)
+        return partial(_parse_form, fields, data, upload.filename or "inputs", idempotency_key)
     if not content_type.startswith("application/json"):
         raise HTTPProblem(415, "unsupported_media_type", "send application/json or multipart/form-data")
     raw = await request.body()
     if len(raw) > settings.max_json_bytes:
         raise HTTPProblem(413, "payload_too_large", f"a JSON body is limited to {settings.max_json_bytes} bytes "
                           f"(QKAN_MAX_JSON_BYTES); upload larger inputs as a .npy or .csv file", "inputs")
-    return await run_in_threadpool(_parse_json, raw, idempotency_key)
+    return partial(_parse_json, raw, idempotency_key)
 
 
 def _parse_form(fields: dict[str, Any], data: bytes, filename: str,
