@@ -46,10 +46,10 @@ class TaskSeen:
 class EventWatcher(threading.Thread):
     """Celery task events on a background thread: when each task was published, taken, finished.
 
-    The API and the worker already send these events (task_send_sent_event,
-    worker_send_task_events), so watching them changes nothing in the path
-    being measured, and it gives the baseline a "done" signal without a
-    result backend.
+    The bench has the API and the worker send these events (task-sent from
+    the API's app, the worker's by an ``enable_events`` broadcast), for
+    noops and jobs alike, and they give the baseline a "done" signal without
+    a result backend.
     """
 
     def __init__(self, app: Celery) -> None:

@@ -29,9 +29,12 @@ def publish_noop(app: Celery, cpu: CpuMeter | None = None) -> tuple[str, float]:
 
 
 def warm_up_noops(app: Celery, watcher: EventWatcher, timeout: float) -> None:
-    """Until the worker is up and the receiver subscribed, then a few more so both processes have run."""
+    """Until the worker is up, sends task events and the receiver is subscribed, then a few more so both
+    processes have run. The worker is asked for task events (a control broadcast, lost while it is not yet
+    listening, so asked again each try) rather than relying on its configuration to send them."""
     deadline = time.monotonic() + timeout
     while True:
+        app.control.enable_events()
         task_id, _ = publish_noop(app)
         try:
             watcher.wait(lambda task_id=task_id: watcher.task_done(task_id), 2.0, "warm-up noop")

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-THROUGHPUT_GOAL = 100.0  # jobs/s
-LATENCY_GOAL = 3.0  # service p50 / bare round-trip p50
+# Ratios from one run, because absolute rates move with the shared machine's load (issue 15, item 11)
+THROUGHPUT_GOAL = 1 / 3  # service jobs/s ÷ bare Celery noops/s, both 500 at once
+LATENCY_GOAL = 3.0  # service p50 ÷ bare round-trip p50, one at a time
 
 
 def log(message: str) -> None:
@@ -151,20 +152,22 @@ def print_report(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 
 def goals(bare_seq: Phase, bare_conc: Phase, svc_seq: Phase, svc_conc: Phase) -> list[dict[str, Any]]:
-    """The issue's two goals, the latency one like for like (unloaded and loaded), plus a reference ratio."""
+    """The issue's two goals, as ratios to bare Celery in the same run; then the loaded latency ratio and the
+    absolute rate, for reference."""
     p50 = {k: stats(p.latencies)["p50"] for k, p in
            (("bs", bare_seq), ("bc", bare_conc), ("ss", svc_seq), ("sc", svc_conc))}
-    rate = svc_conc.rate
-    seq_ratio, conc_ratio, mixed = p50["ss"] / p50["bs"], p50["sc"] / p50["bc"], p50["sc"] / p50["bs"]
+    rate = svc_conc.rate / bare_conc.rate
+    seq_ratio, conc_ratio = p50["ss"] / p50["bs"], p50["sc"] / p50["bc"]
+    n = len(svc_conc.starts)
     return [
-        {"goal": f"throughput ≥ {THROUGHPUT_GOAL:.0f} jobs/s ({len(svc_conc.starts)} at once)",
-         "value": f"{rate:.1f} jobs/s", "ratio": rate, "met": rate >= THROUGHPUT_GOAL},
+        {"goal": f"throughput ≥ ⅓ of bare Celery's ({n} at once)",
+         "value": f"{rate:.2f}×", "ratio": rate, "met": rate >= THROUGHPUT_GOAL},
         {"goal": f"latency ≤ {LATENCY_GOAL:.0f}× bare, one at a time (p50)",
          "value": f"{seq_ratio:.2f}×", "ratio": seq_ratio, "met": seq_ratio <= LATENCY_GOAL},
-        {"goal": f"latency ≤ {LATENCY_GOAL:.0f}× bare, all at once (p50)",
-         "value": f"{conc_ratio:.2f}×", "ratio": conc_ratio, "met": conc_ratio <= LATENCY_GOAL},
-        {"goal": "(reference) loaded service p50 / unloaded bare p50",
-         "value": f"{mixed:.1f}×", "ratio": mixed, "met": None},
+        {"goal": f"(reference) latency, service ÷ bare, {n} at once (p50)",
+         "value": f"{conc_ratio:.2f}×", "ratio": conc_ratio, "met": None},
+        {"goal": f"(reference) service jobs/s, {n} at once",
+         "value": f"{svc_conc.rate:.1f} jobs/s", "ratio": svc_conc.rate, "met": None},
     ]
 
 
