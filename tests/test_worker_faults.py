@@ -2,7 +2,9 @@
 
 Each test runs real worker processes on the system Redis and a fresh PostgreSQL database. The main stack's
 visibility timeout (300 s) and lease (120 s) are long, so that a job that only moved on once either ran out
-would blow the tests' hang detectors: whatever continues a job here continues it at once.
+would blow the tests' hang detectors: whatever continues a job here continues it at once. Which worker holds a
+message comes from the ``task-received`` events the workers send (``worker_send_task_events``, which Flower needs
+too); which ran a round, from the pid ``test:counting`` logs.
 """
 
 import json
@@ -13,8 +15,9 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -62,10 +65,19 @@ def reference(qc: Client, model_id: str) -> np.ndarray:
     return qc.result(job.id)[0]
 
 
-def job_row(service: LocalService, job_id: str) -> Any:
+class JobRow(NamedTuple):
+    """What the tests read of a job's row: who holds it, until when, its next message, when it ended."""
+
+    lease_owner: str | None
+    lease_until: float | None
+    task_id: str | None
+    finished_at: datetime | None
+
+
+def job_row(service: LocalService, job_id: str) -> JobRow:
     with session_scope(service.settings.resolved_database_url) as session:
-        return session.execute(select(Job.lease_owner, Job.lease_until, Job.task_id, Job.finished_at)
-                               .where(Job.id == job_id)).one()
+        return JobRow(*session.execute(select(Job.lease_owner, Job.lease_until, Job.task_id, Job.finished_at)
+                                       .where(Job.id == job_id)).one())
 
 
 def events(service: LocalService, job_id: str, kind: str) -> list[dict[str, Any]]:
@@ -136,7 +148,8 @@ def test_sigterm_mid_step_finishes_the_step_and_another_worker_continues_at_once
     pids = started.read_text().split()
     assert len(pids) == 3 and pids[1] == str(holder) and pids[2] != str(holder)  # it took no step after SIGTERM
     # the next step was published and taken at once, not after the lease (or the visibility timeout) ran out
-    assert job_row(svc, job.id).finished_at.timestamp() < lease_until
+    finished_at = job_row(svc, job.id).finished_at
+    assert finished_at is not None and finished_at.timestamp() < lease_until
 
 
 def test_a_warm_shutdown_hands_back_the_countdown_message_it_held(
@@ -155,10 +168,12 @@ def test_a_warm_shutdown_hands_back_the_countdown_message_it_held(
             (which has just begun)."""
             if not polls.exists():
                 return None
-            owner, _, task_id, _ = job_row(svc, job.id)
+            row = job_row(svc, job.id)
+            if row.lease_owner is not None or row.task_id is None or not receipts[row.task_id]:
+                return None
             fresh = time.time() - json.loads(polls.read_text().splitlines()[-1])["at"] < 0.5
-            unacked = any(task_id.encode() in m for m in broker.hvals("unacked"))
-            return task_id if owner is None and fresh and unacked and receipts[task_id] else None
+            unacked = any(row.task_id.encode() in m for m in broker.hvals("unacked"))
+            return row.task_id if fresh and unacked else None
 
         task_id = wait_until(held, "a worker to hold the job's next poll", 60, interval=0.02)
         holder = receipts[task_id][0]
