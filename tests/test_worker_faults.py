@@ -236,8 +236,8 @@ def test_a_step_delivered_twice_runs_once(redelivering: tuple[LocalService, Clie
     service, qc, model_id = redelivering
     log = tmp_path / "rounds.log"
     with _Receipts(service).listening() as receipts:
-        # round 2 takes 3 s: its message is restored to the queue and taken by the other pool process meanwhile
-        job = qc.submit(model_id, X, backend="test:counting", options={"delay": [0.2, 3.0, 0.2], "log": str(log)})
+        # round 2 takes 4 s: its message is restored to the queue and taken by the other pool process meanwhile
+        job = qc.submit(model_id, X, backend="test:counting", options={"delay": [0.2, 4.0, 0.2], "log": str(log)})
         final = qc.wait(job.id, timeout=60, progress=False)
     assert max(map(len, receipts.values())) >= 2, receipts  # a message was delivered twice
     assert final.state == JobState.SUCCEEDED, final.error
