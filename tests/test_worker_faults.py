@@ -9,7 +9,6 @@ too); which ran a round, from the pid ``test:counting`` logs.
 
 import json
 import signal
-import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -92,11 +91,12 @@ def all_consuming(service: LocalService) -> None:
     wait_until(lambda: len(control.ping(timeout=1.0)) == len(service.workers), "every worker to answer", 60)
 
 
-def terminated(workers: list[subprocess.Popen]) -> list[int | None]:
-    """SIGTERM each worker's main process, as ``docker stop`` does, and wait for it to exit by itself."""
-    for worker in workers:
-        worker.send_signal(signal.SIGTERM)
-    return [worker.wait(timeout=60) for worker in workers]  # a hang detector, not a timing bound
+def terminated(service: LocalService, pid: int) -> int:
+    """SIGTERM the main process of the worker ``pid``, as ``docker stop`` does; its exit status once it has
+    exited by itself."""
+    worker = next(w for w in service.workers if w.pid == pid)
+    worker.send_signal(signal.SIGTERM)
+    return worker.wait(timeout=60)  # a hang detector, not a timing bound
 
 
 class _Receipts:
@@ -139,7 +139,7 @@ def test_sigterm_mid_step_finishes_the_step_and_another_worker_continues_at_once
     lease_until = job_row(svc, job.id).lease_until  # the lease of the step running round 2
     assert lease_until is not None
 
-    assert terminated([next(w for w in svc.workers if w.pid == holder)]) == [0]  # warm shutdown
+    assert terminated(svc, holder) == 0  # a warm shutdown
     final = qc.wait(job.id, timeout=60, progress=False)
     assert final.state == JobState.SUCCEEDED, final.error
     assert np.array_equal(qc.result(job.id)[0], reference)
@@ -177,7 +177,7 @@ def test_a_warm_shutdown_hands_back_the_countdown_message_it_held(
 
         task_id = wait_until(held, "a worker to hold the job's next poll", 60, interval=0.02)
         holder = receipts[task_id][0]
-        assert terminated([next(w for w in svc.workers if w.pid == holder)]) == [0]
+        assert terminated(svc, holder) == 0
         final = qc.wait(job.id, timeout=60, progress=False)  # the visibility timeout (300 s) would blow this
     assert final.state == JobState.SUCCEEDED, final.error
     assert np.array_equal(qc.result(job.id)[0], reference)
