@@ -112,16 +112,21 @@ def kill_group(process: subprocess.Popen) -> None:
 
 
 def stop_groups(processes: Iterable[subprocess.Popen], timeout: float = 10.0) -> None:
-    """SIGTERM every group at once (Celery finishes its current task), SIGKILL whatever is left at the deadline."""
+    """SIGTERM each group's main process at once, SIGKILL what is left of the group once it exits or at the deadline.
+
+    Only the main process: Celery's warm shutdown lets its pool finish the step under way, whereas a pool process
+    that gets SIGTERM itself dies mid-step and its job waits for its lease to run out.
+    """
     running = [p for p in processes if p.poll() is None]
     for process in running:
-        signal_group(process, signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for process in running:
         try:
             process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            kill_group(process)
+            pass
+        kill_group(process)
 
 
 def stop_group(process: subprocess.Popen, timeout: float = 10.0) -> None:
