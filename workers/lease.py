@@ -1,8 +1,9 @@
 """A worker's lease on a job: claimed with one conditional UPDATE, renewed while a step works.
 
 Only the lease holder may change a running job (see ``service.store.jobs``);
-a worker that finds the lease taken comes back when it expires, in case its
-holder died.
+a worker that finds the lease taken comes back when it expires, and every
+half second after that until a sweeper has decided the holder is gone
+(``store.take_over``) or the holder has renewed it.
 """
 
 import logging

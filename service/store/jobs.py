@@ -35,14 +35,17 @@ def add_events(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 def claim(session: Session, job_id: str, token: str, lease_seconds: float) -> Job | None:
-    """Take the job's lease if it is active and nobody holds a live lease; a queued job starts running.
+    """Take the job's lease if it is active and nobody holds it; a queued job starts running.
 
-    Returns the job as it is now, or None if it could not be claimed.
+    A lease that ran out is not free: only a sweeper decides that its holder is gone (``take_over`` clears it),
+    so a holder that was only cut off from the database keeps its job when it comes back (see
+    ``workers.sweeper``) rather than losing it to whichever message arrives first. Returns the job as it is
+    now, or None if it could not be claimed.
     """
     now = time.time()
     job = session.scalars(
         update(Job)
-        .where(Job.id == job_id, Job.state.in_(ACTIVE), or_(Job.lease_owner.is_(None), Job.lease_until < now))
+        .where(Job.id == job_id, Job.state.in_(ACTIVE), Job.lease_owner.is_(None))
         .values(
             lease_owner=token, lease_until=now + lease_seconds,
             state=case((Job.state == JobState.QUEUED, JobState.RUNNING), else_=Job.state),
@@ -67,8 +70,8 @@ def expired_leases(session: Session) -> list[tuple[str, str]]:
 def take_over(session: Session, job_id: str, owner: str, task_id: str) -> str | None:
     """Clear ``owner``'s expired lease, name ``task_id`` as the job's next message, log ``worker_lost``.
 
-    One conditional UPDATE on the owner seen expired, so of several sweepers (or a sweeper and a redelivered
-    message claiming the job) exactly one wins. Returns the job's queue, or None if someone else won.
+    One conditional UPDATE on the owner seen expired, so of several sweepers exactly one wins. Returns the
+    job's queue, or None if someone else won.
     """
     queue = session.scalar(
         update(Job)
