@@ -1,12 +1,14 @@
 """The load benchmark's report: statistics, the goals, the readable table and the JSON line."""
 
 import argparse
+import dataclasses
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from load_floor import COMMITS_BEFORE_FINISHED, CommitCost
 
 # Ratios from one run, because absolute rates move with the shared machine's load (issue 15, item 11)
 THROUGHPUT_GOAL = 1 / 3  # service jobs/s ÷ bare Celery noops/s, both 500 at once
@@ -128,6 +130,11 @@ def print_report(args: argparse.Namespace, result: dict[str, Any]) -> None:
         pg = result["pg_per_job"]
         out.append(f"PostgreSQL per job, API + worker ({args.jobs} at once): "
                    + ", ".join(f"{k} {v:.2f}" for k, v in pg.items()))
+    if result.get("commit_cost"):
+        c = result["commit_cost"]
+        out.append(f"PostgreSQL p50: round trip {1000 * c.round_trip:.2f} ms, INSERT + durable COMMIT "
+                   f"{1000 * c.durable_commit:.2f} ms (synchronous_commit={c.synchronous_commit}, "
+                   f"wal_sync_method={c.wal_sync_method})")
     if result.get("redis_per_task"):
         rd = result["redis_per_task"]
         out.append(f"embedded Redis commands per noop {rd['noop']['total']:.1f}, per job {rd['job']['total']:.1f}")
@@ -151,15 +158,16 @@ def print_report(args: argparse.Namespace, result: dict[str, Any]) -> None:
     print("\n".join(out))
 
 
-def goals(bare_seq: Phase, bare_conc: Phase, svc_seq: Phase, svc_conc: Phase) -> list[dict[str, Any]]:
-    """The issue's two goals, as ratios to bare Celery in the same run; then the loaded latency ratio and the
-    absolute rate, for reference."""
+def goals(bare_seq: Phase, bare_conc: Phase, svc_seq: Phase, svc_conc: Phase,
+          commits: CommitCost | None = None) -> list[dict[str, Any]]:
+    """The issue's two goals, as ratios to bare Celery in the same run; then the loaded latency ratio, the
+    absolute rate and (PostgreSQL) the latency floor of the durable commits, for reference."""
     p50 = {k: stats(p.latencies)["p50"] for k, p in
            (("bs", bare_seq), ("bc", bare_conc), ("ss", svc_seq), ("sc", svc_conc))}
     rate = svc_conc.rate / bare_conc.rate
     seq_ratio, conc_ratio = p50["ss"] / p50["bs"], p50["sc"] / p50["bc"]
     n = len(svc_conc.starts)
-    return [
+    out: list[dict[str, Any]] = [
         {"goal": f"throughput ≥ ⅓ of bare Celery's ({n} at once)",
          "value": f"{rate:.2f}×", "ratio": rate, "met": rate >= THROUGHPUT_GOAL},
         {"goal": f"latency ≤ {LATENCY_GOAL:.0f}× bare, one at a time (p50)",
@@ -169,12 +177,20 @@ def goals(bare_seq: Phase, bare_conc: Phase, svc_seq: Phase, svc_conc: Phase) ->
         {"goal": f"(reference) service jobs/s, {n} at once",
          "value": f"{svc_conc.rate:.1f} jobs/s", "ratio": svc_conc.rate, "met": None},
     ]
+    if commits is not None:
+        floor = COMMITS_BEFORE_FINISHED * commits.durable_commit
+        each = 1000 * commits.durable_commit
+        out.append({"goal": f"(floor) {COMMITS_BEFORE_FINISHED} durable commits ({each:.1f} ms p50 each) ÷ bare p50",
+                    "value": f"{floor / p50['bs']:.2f}×", "ratio": floor / p50["bs"], "met": None})
+    return out
 
 
 def jsonable(value: Any) -> Any:
-    """Floats that JSON can carry (NaN → null), recursively."""
+    """Floats that JSON can carry (NaN → null), dataclasses as objects, recursively."""
     if isinstance(value, float):
         return None if value != value else value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
     if isinstance(value, dict):
         return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -58,6 +58,10 @@ Where the time goes (printed after the results):
   (pool pre-pings run in autocommit, so each checkout is a commit too);
 * embedded Redis only: Redis commands per task (``INFO commandstats``; the
   system Redis is shared with other users, so its counters would lie);
+* PostgreSQL only: the latency floor — a bare round trip and an INSERT +
+  durable COMMIT on the bench database (``load_floor.py``); two such commits
+  lie between a job's POST and its ``finished_at``, so their sum is shown
+  as a ratio to the bare round trip next to the latency goal;
 * the worker path in this process: the worker is stopped, jobs are submitted,
   and ``advance_job`` runs here — once with the SQL meter, once under cProfile.
 
@@ -95,6 +99,7 @@ import celery
 import noop_task
 import numpy as np
 from celery import Celery
+from load_floor import commit_cost
 from load_instruments import CpuMeter, EventWatcher, PgStats, SqlMeter, redis_calls, worker_log_durations
 from load_phases import baseline_concurrent, baseline_sequential, service_phase, submit, wait_jobs, warm_up_noops
 from load_profile import profile_worker_path
@@ -266,6 +271,9 @@ def measure(args: argparse.Namespace, service: LocalService, app: Celery, watche
                 "noop": per_task(after_noops - before_redis, args.jobs),
                 "job": per_task(redis_after - redis_before, args.jobs),
             }
+        if pg is not None:
+            log("[floor] PostgreSQL round trip and durable commit ...")
+            out["commit_cost"] = commit_cost(service.settings.resolved_database_url)
         if args.profile_jobs:
             log(f"[profile] worker path in this process, 2 × {args.profile_jobs} jobs ...")
             out["worker_profile"] = profile_worker_path(service, qc, meter, model_id, inputs, args.profile_jobs)
@@ -283,7 +291,7 @@ def measure(args: argparse.Namespace, service: LocalService, app: Celery, watche
     out["submit_latency_s"] = {"one at a time": stats([s.returned - s.start for s in seq_subs]),
                                "all at once": stats([s.returned - s.start for s in subs])}
     out["cpu_ms_per_item"] = cpu_per
-    out["goals"] = goals(bare_seq, bare_conc, svc_seq, svc_conc)
+    out["goals"] = goals(bare_seq, bare_conc, svc_seq, svc_conc, out.get("commit_cost"))
     return out
 
 
