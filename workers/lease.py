@@ -25,6 +25,7 @@ from qkan_orch.service.store.tables import Job
 log = logging.getLogger("qkan.worker")
 RENEW_RETRY = 0.5  # seconds between tries of a renewal that failed
 
+
 @dataclass(frozen=True)
 class Lease:
     """The claimed job as the claim left it, and the token every later write must present."""
