@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, insert, or_, select, update
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from qkan_orch.service.store.states import ACTIVE, JobState
@@ -137,16 +137,16 @@ def store_result(session: Session, job_id: str, arrays: bytes, summary: dict[str
 def cancel_if_idle(session: Session, job_id: str) -> bool:
     """Cancel a job no worker holds and no provider runs for; False if a worker must do it.
 
+    A lease that ran out still counts as held (see ``claim``): its holder may be alive and about to write, and
+    its write — conditional on the lease alone — would otherwise put the cancelled job back to running.
+
     Only the database decides: the session's copy of the job is left alone, because evaluating the condition on
     a copy read before a worker claimed the job would mark it cancelled in memory, and the caller's flag for
     the worker would then never be written.
     """
     result = session.execute(
         update(Job)
-        .where(
-            Job.id == job_id, Job.state.in_(ACTIVE), Job.in_flight.is_(None),
-            or_(Job.lease_owner.is_(None), Job.lease_until < time.time()),
-        )
+        .where(Job.id == job_id, Job.state.in_(ACTIVE), Job.in_flight.is_(None), Job.lease_owner.is_(None))
         .values(state=JobState.CANCELLED, cancel_requested=True, finished_at=datetime.now(UTC))
         .execution_options(synchronize_session=False)
     )
