@@ -47,7 +47,6 @@ def celery_app(settings: Settings) -> Celery:
             "unacked_restore_interval": max(1, settings.broker_visibility_timeout // 10),
             "unacked_restore_throttle": 1,
         },
-        task_send_sent_event=True,
     )
     return app
 
