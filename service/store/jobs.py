@@ -31,7 +31,10 @@ def add_event(session: Session, job_id: str, kind: str, **data: Any) -> None:
 def add_events(session: Session, rows: list[dict[str, Any]]) -> None:
     """Several events (``job_id``, ``kind``, ``data``, ``at``) in one statement."""
     if rows:
-        session.execute(insert(JobEvent), rows)
+        # Core on the session's connection, not the ORM's bulk path: 0.3 ms less CPU a step, and nothing reads
+        # these rows back through the session. Not seen by ``do_orm_execute``: PendingWrites writes them again
+        # itself when it replays a transaction.
+        session.connection().execute(insert(JobEvent.__table__), rows)
 
 
 def claim(session: Session, job_id: str, token: str, lease_seconds: float) -> Job | None:
@@ -120,7 +123,7 @@ def add_round(session: Session, job_id: str, number: int, **values: Any) -> None
 def add_rounds(session: Session, rows: list[dict[str, Any]]) -> None:
     """Several finished rounds (with ``job_id`` and ``number``) in one statement."""
     if rows:
-        session.execute(insert(Round), rows)
+        session.connection().execute(insert(Round.__table__), rows)  # Core, as in ``add_events``
 
 
 def complete_round(session: Session, job_id: str, number: int, **values: Any) -> None:
