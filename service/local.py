@@ -160,6 +160,8 @@ class LocalService:
         (what API replicas behind a load balancer run), started together and ready; returns their URLs. Each gets
         a data folder of its own under this one (serve locks its folder) and logs to api-n.log; ``stop`` stops
         them first."""
+        if not self.env.get("QKAN_REDIS_URL"):
+            raise RuntimeError("start the service first: its API processes use its broker, not one of their own")
         started: list[tuple[str, subprocess.Popen, Path]] = []
         for n in range(len(self.api_processes) + 1, len(self.api_processes) + count + 1):
             port, log = free_port(), self.data_dir / f"api-{n}.log"

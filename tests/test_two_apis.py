@@ -8,6 +8,7 @@ rounds and its state changes written once, by the database's own record)
 and give the model's exact outputs, and no key may see another key's job.
 """
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,19 +21,23 @@ import torch
 from sqlalchemy import func, select
 
 from conftest import make_inputs, make_model
-from qkan_orch.client import ApiError, Client, JobState
+from qkan_orch.client import ApiError, Client, Job, JobState
 from qkan_orch.models import save_model
 from qkan_orch.service.local import LocalService
 from qkan_orch.service.store.database import session_scope
 from qkan_orch.service.store.tables import JobEvent, Round
 from service_env import stack_env
 
+# ≤ 32 jobs per key: under the default active-job limit (QKAN_MAX_ACTIVE_JOBS_PER_KEY, 200), so none is refused;
+# stack_env's FAST settings lift the per-key request rate limit
 CLIENTS, JOBS = 32, 1000
-WAIT = 180.0  # hang detector for one job; the whole run takes well under that
+WAIT = 180.0  # hang detector for one client's jobs; the whole run takes well under that
 
 
 @dataclass(frozen=True)
 class Setup:
+    """The running service, its two API URLs, and what every job sends and must get back."""
+
     service: LocalService
     urls: tuple[str, str]  # API 1, API 2: each its own `qkan-orch serve` process
     model: Path
@@ -70,6 +75,20 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             service.stop()
 
 
+def finished(qc: Client, last: str, count: int) -> dict[str, Job]:
+    """The key's jobs once all ``count`` are terminal: the last one submitted is waited for (the queue is roughly
+    first in, first out), then the list is read until it shows every job finished — one request per poll
+    either way, rather than one per job."""
+    deadline = time.monotonic() + WAIT
+    qc.wait(last, timeout=WAIT, progress=False, interval=0.5)
+    while True:
+        page = qc.jobs(limit=500)
+        if page.total >= count and all(job.state.terminal for job in page.items):  # more: the test says whose
+            return {job.id: job for job in page.items}
+        assert time.monotonic() < deadline, f"{page.total} jobs listed, not all finished after {WAIT} s"
+        time.sleep(0.5)
+
+
 def run_client(setup: Setup, k: int, key: str) -> Submitted:
     """Client ``k`` starts on API k % 2, alternates APIs per submission, and reads each job through the API it
     did not submit it to."""
@@ -78,9 +97,9 @@ def run_client(setup: Setup, k: int, key: str) -> Submitted:
         apis = (first, second) if k % 2 == 0 else (second, first)
         model_id = apis[0].upload_model(setup.model).id
         jobs = {j: apis[j % 2].submit(model_id, setup.inputs[j]).id for j in mine}
-        final = {jobs[j]: apis[(j + 1) % 2].wait(jobs[j], timeout=WAIT, progress=False, interval=0.5)
-                 for j in mine}
-        outputs = {j: apis[(j + 1) % 2].result(jobs[j])[0] for j in mine if final[jobs[j]].state == "succeeded"}
+        final = finished(apis[1], jobs[mine[-1]], len(jobs))
+        outputs = {j: apis[(j + 1) % 2].result(jobs[j])[0] for j in mine
+                   if final.get(jobs[j]) and final[jobs[j]].state == JobState.SUCCEEDED}
     return Submitted(key, jobs, {i: s.state for i, s in final.items()},
                      {i: (s.rounds_done, s.rounds_total) for i, s in final.items()}, outputs)
 
@@ -95,6 +114,7 @@ def submitted(setup: Setup) -> list[Submitted]:
 def test_every_job_succeeds_once_with_the_exact_outputs(setup: Setup, submitted: list[Submitted]) -> None:
     ids = [job_id for client in submitted for job_id in client.jobs.values()]
     assert len(ids) == JOBS and len(set(ids)) == JOBS
+    assert all(set(client.final) == set(client.jobs.values()) for client in submitted)  # its list: its jobs
     final = {i: s for client in submitted for i, s in client.final.items()}
     assert Counter(final.values()) == {JobState.SUCCEEDED: JOBS}
     rounds = {i: r for client in submitted for i, r in client.rounds.items()}
