@@ -26,10 +26,13 @@ def profile_worker_path(service: LocalService, qc: Client, meter: SqlMeter, mode
                         inputs: list[np.ndarray], jobs: int) -> dict[str, Any]:
     """Run ``advance_job`` in this process on fresh jobs: once metered, once under cProfile.
 
-    The worker is stopped first, so the jobs' messages stay in Redis and the
-    only code touching them is the call timed here (no queueing, no
-    contention: the unloaded cost of the worker side of one job).
+    The worker is stopped first, and the supervisor before it (it would start the
+    worker again within a second, which would then run the jobs timed here), so
+    the jobs' messages stay in Redis and the only code touching them is the call
+    timed here (no queueing, no contention: the unloaded cost of the worker side
+    of one job). This is the bench's last phase: nothing needs the workers after.
     """
+    service.supervisor.stop()
     for process in service.workers:
         stop_group(process)
     settings = service.settings
