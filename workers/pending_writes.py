@@ -28,7 +28,6 @@ from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql import Executable
 
 from qkan_orch.service.store import jobs as store
-from qkan_orch.service.store.tables import Job
 
 log = logging.getLogger("qkan.worker")
 PATIENCE = 120.0  # seconds a write waits for an unreachable database before the step gives up
@@ -108,7 +107,7 @@ class PendingWrites:
 
     def _take(self, values: dict[str, Any]) -> dict[str, Any]:
         """The column values of the UPDATE, increments as SQL; forget them."""
-        sums = {name: getattr(Job, name) + amount for name, amount in self.increments.items()}
+        sums = {name: store.JOBS.c[name] + amount for name, amount in self.increments.items()}
         columns = {**self.columns, **sums, **values}
         self.columns, self.increments = {}, {}
         return columns
