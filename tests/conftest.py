@@ -1,4 +1,4 @@
-"""Shared helpers: small models and inputs, float64 where exactness is checked; how tests spread over xdist."""
+"""Shared helpers: small models and inputs, float64 where exactness is checked."""
 
 import os
 from collections.abc import Iterator
@@ -32,20 +32,6 @@ def make_model(seed: int = 0, perturb: float = 0.3, **spec: object) -> torch.nn.
 
 def make_inputs(rows: int, cols: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1.0, 1.0, size=(rows, cols))
-
-
-# Modules whose tests share nothing bigger than a test's own fixtures: their long tests are spread over the xdist
-# workers one by one. Every other module runs whole on one worker, so its module-scoped service stack starts once.
-SPREAD_MODULES = {"test_cli", "test_emulator", "test_sequence_plan", "test_models", "test_sequence_data"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Group each test by its module for ``--dist loadgroup`` (pyproject's addopts), except in SPREAD_MODULES."""
-    for item in items:
-        module = item.module.__name__ if item.module is not None else item.nodeid
-        if module not in SPREAD_MODULES:
-            item.add_marker(pytest.mark.xdist_group(module))
 
 
 @pytest.fixture
