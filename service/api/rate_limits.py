@@ -23,19 +23,21 @@ import threading
 import time
 
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from qkan_orch.service.api.errors import HTTPProblem
 from qkan_orch.service.settings import Settings
+from qkan_orch.service.store.jobs import JOBS
 from qkan_orch.service.store.states import ACTIVE
-from qkan_orch.service.store.tables import ApiKey, Job
+from qkan_orch.service.store.tables import ApiKey
 
 log = logging.getLogger("qkan.api")
 BURST_SECONDS = 2.0  # a bucket holds this many seconds' worth of requests
 AUTH_WINDOW = 60  # seconds: failed authentications are counted per address and minute
 _OFFLINE_SECONDS = 5.0  # after Redis failed to answer, limits are skipped this long before it is asked again
 _TIMEOUT = 0.25  # seconds a limit may wait for Redis
+KEYS: Table = ApiKey.__table__  # type: ignore[assignment]
 ACTIVE_JOBS_RETRY_AFTER = 5  # seconds: jobs end at their own pace, so this is a polite guess, not a promise
 
 # KEYS[1]: the bucket; ARGV: rate (tokens/s), capacity. Returns 0 (allowed) or the ms until a token is there.
@@ -145,9 +147,13 @@ def check_active_jobs(session: Session, settings: Settings, key: ApiKey, adding:
     """429 ``too_many_active_jobs`` if ``adding`` more jobs would take the key over its active-jobs limit. Holds
     the key's row lock until the transaction ends, so call it in the transaction that inserts the jobs."""
     limit = key.max_active_jobs if key.max_active_jobs is not None else settings.max_active_jobs_per_key
-    session.execute(select(ApiKey.id).where(ApiKey.id == key.id).with_for_update())
-    active = session.scalar(select(func.count()).select_from(Job).where(Job.owner_id == key.id,
-                                                                         Job.state.in_(ACTIVE)))
+    # Core on the session's connection (0.4 ms less CPU than through the ORM, bench/results/service_load.md).
+    # Two statements, not one with a locking subquery: under READ COMMITTED the count must see the jobs a
+    # submission that held the lock before us committed, so it needs a snapshot taken after the lock.
+    connection = session.connection()
+    connection.execute(select(KEYS.c.id).where(KEYS.c.id == key.id).with_for_update())
+    active = connection.execute(select(func.count()).select_from(JOBS).where(
+        JOBS.c.owner_id == key.id, JOBS.c.state.in_(ACTIVE))).scalar_one()
     if active + adding > limit:
         raise _too_many("too_many_active_jobs",
                         f"this API key may have {limit} jobs queued or running at once; it has {active} "
