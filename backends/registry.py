@@ -1,11 +1,17 @@
 """Backends by the names users type (DESIGN §5).
 
 Each SDK (Qiskit, Braket, PennyLane) takes about a second to import, so a
-backend's module is imported only when its name is asked for.
+backend's module is imported only when its name is asked for. Lazy imports
+from several threads (the API's request threads) are not safe: two threads
+importing qiskit at once can each see one of its modules half-initialised (a
+circular import inside qiskit) and fail. So the first use of a backend name in
+a process — construction and, offline, its capabilities, which import the rest
+of its SDK — happens under one lock; later uses find every module imported.
 """
 
 import importlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -16,6 +22,8 @@ from qkan_orch.backends.names import check_filters, did_you_mean, name_matches
 from qkan_orch.models.errors import InputError
 
 log = logging.getLogger("qkan.backends")
+_FIRST_USE = threading.RLock()  # reentrant: the error path of get_backend lists local_names, which takes it too
+_used: set[str] = set()  # names whose first use (imports included) has completed in this process
 
 
 def installed_pennylane_devices() -> list[str]:
@@ -23,9 +31,22 @@ def installed_pennylane_devices() -> list[str]:
 
 
 def get_backend(name: str) -> Backend:
-    """The backend called ``name``, or an InputError that lists what exists."""
+    """The backend called ``name``, or an InputError that lists what exists; the first use of a name is
+    serialised (see the module's docstring). A hardware backend's capabilities ask its provider, so they are
+    left to the caller: its SDK's client is imported by its constructor."""
     if not isinstance(name, str) or not name:
         raise InputError("backend", "must be a backend name such as 'exact' or 'aer'")
+    if name in _used:
+        return _backend(name)
+    with _FIRST_USE:
+        backend = _backend(name)
+        if name.startswith("ibm:fake_") or not name.startswith(("ibm:", "braket:arn:")):  # offline: a bounded set
+            backend.capabilities()
+            _used.add(name)
+        return backend
+
+
+def _backend(name: str) -> Backend:
     if name == "exact":
         from qkan_orch.backends.exact import ExactBackend
 
@@ -94,9 +115,10 @@ def backend_names() -> list[str]:
 
 def local_names() -> list[str]:
     """Every backend this installation can run offline (no account, no network)."""
-    from qkan_orch.backends.qiskit_common import fake_backend_classes
+    with _FIRST_USE:
+        from qkan_orch.backends.qiskit_common import fake_backend_classes
 
-    fakes = sorted(fake_backend_classes())
+        fakes = sorted(fake_backend_classes())
     names = ["exact", "aer", *(f"aer:{fake}" for fake in fakes), "braket:local", "braket:local_dm",
              "emulate:dm", *(f"emulate:{fake}" for fake in fakes)]
     names += [f"pennylane:{device}" for device in installed_pennylane_devices()

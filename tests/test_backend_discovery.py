@@ -124,3 +124,40 @@ def test_service_unknown_filter_values_are_422_naming_the_field(qc: Client, para
     with pytest.raises(ApiError) as err:
         qc.backends(**params)
     assert err.value.status == 422 and err.value.field == field and f"did you mean {meant}" in err.value.message
+
+
+FIRST_USE_FROM_THREADS = """
+import sys, threading
+from qkan_orch.backends.registry import get_backend
+
+names = sys.argv[1:]
+errors, start = [], threading.Barrier(len(names))
+
+
+def first_use(name):
+    start.wait()
+    try:
+        get_backend(name).capabilities()
+    except Exception as exc:
+        errors.append(f"{name}: {type(exc).__name__}: {exc}")
+
+
+threads = [threading.Thread(target=first_use, args=(name,)) for name in names]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(errors)
+"""
+
+
+def test_the_first_use_of_backends_from_several_threads_at_once_imports_each_sdk_whole() -> None:
+    """The API's request threads may each ask for a qiskit backend first: without the registry's lock, qiskit's
+    modules were seen half-initialised (ImportError: partially initialized module 'qiskit.passmanager') every
+    time in a fresh interpreter."""
+    names = ["aer", "aer:fake_melbourne", "emulate:fake_melbourne", "emulate:fake_sherbrooke", "ibm:fake_torino",
+             "emulate:dm", "braket:local"]
+    run = subprocess.run([sys.executable, "-c", FIRST_USE_FROM_THREADS, *names], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]", run.stdout
