@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session
 from qkan_orch.backends import Handle, get_backend
 from qkan_orch.backends.accounts import redact
 from qkan_orch.service.settings import Settings
-from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.states import JobState
 from qkan_orch.service.store.tables import Job
 from qkan_orch.workers.lease import Lease
@@ -76,7 +75,7 @@ class ClaimedJob:
         return Step(None)
 
     def succeed(self, arrays: bytes, summary: dict[str, Any], **values: Any) -> Step:
-        store.store_result(self.session, self.job.id, arrays, summary)
+        self.writes.store_result(arrays, summary)
         return self.end(JobState.SUCCEEDED, summary, **values)
 
     def fail(self, code: str, message: str) -> Step:

@@ -11,9 +11,12 @@ is tried again, the whole transaction, for up to ``PATIENCE`` seconds: a
 provider job submitted during an outage is recorded once the database is back
 instead of being submitted again by a later step. The rollback drops what the
 transaction held, so everything it carries is kept until it commits: the
-values taken from here, the rows the step added to the session (a round
-submitted to a provider, a result, a trained model) and the statements the
-step executed since the last commit (a polled round's ``complete_round``).
+values taken from here (columns, counters, rounds, events, the result), the
+rows the step added to the session (a round submitted to a provider, a
+trained model) and the ORM statements the step executed since the last commit
+(a polled round's ``complete_round``). What ``_write`` issues itself with
+Core on the session's connection (``store.change``, the log rows, the
+result) is not recorded: it issues it again on each try.
 """
 
 import logging
@@ -43,6 +46,7 @@ class PendingWrites:
         self.increments: dict[str, int | float] = {}
         self.rounds: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
+        self.result: tuple[bytes, dict[str, Any]] | None = None
         # what the transaction holds besides this: rows the session inserted, statements the step executed
         self.flushed: list[object] = []
         self.executed: list[tuple[Executable, Any, Mapping[str, Any]]] = []
@@ -67,6 +71,10 @@ class PendingWrites:
     def event(self, kind: str, **data: Any) -> None:
         self.events.append({"job_id": self.job_id, "kind": kind, "at": datetime.now(UTC), "data": data})
 
+    def store_result(self, arrays: bytes, summary: dict[str, Any]) -> None:
+        """The job's result (safetensors ``arrays``, ``summary``), written with the next write (``end``'s release)."""
+        self.result = (arrays, summary)
+
     def commit_log(self) -> None:
         """Commit the pending round rows and events alone: progress the event stream should show now."""
         self._write(None, {})
@@ -82,14 +90,16 @@ class PendingWrites:
     def _write(self, update: Callable[..., bool | None] | None, values: dict[str, Any]) -> bool | None:
         """The log rows, then ``update`` of the job with the pending columns and ``values``, one commit; the same
         again after a backoff while the database cannot be reached, for up to ``PATIENCE`` seconds."""
-        rows, events, columns = self.rounds, self.events, self._take(values) if update else {}
+        rows, events, stored, columns = self.rounds, self.events, self.result, self._take(values) if update else {}
         added, executed = [*self.flushed, *self.session.new], list(self.executed)
-        self.rounds, self.events = [], []
+        self.rounds, self.events, self.result = [], [], None
         deadline, delay = time.monotonic() + PATIENCE, RETRY_FIRST
         while True:
             try:
                 store.add_rounds(self.session, rows)
                 store.add_events(self.session, events)
+                if stored is not None:
+                    store.store_result(self.session, self.job_id, *stored)
                 result = update(self.session, self.job_id, self.token, **columns) if update else None
                 self.session.commit()
                 return result
