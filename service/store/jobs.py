@@ -30,13 +30,16 @@ def add_event(session: Session, job_id: str, kind: str, **data: Any) -> None:
     session.add(JobEvent(job_id=job_id, kind=kind, data=data))
 
 
+_ADD_EVENTS, _ADD_ROUNDS = insert(JobEvent.__table__), insert(Round.__table__)
+
+
 def add_events(session: Session, rows: list[dict[str, Any]]) -> None:
     """Several events (``job_id``, ``kind``, ``data``, ``at``) in one statement."""
     if rows:
         # Core on the session's connection, not the ORM's bulk path: 0.3 ms less CPU a step, and nothing reads
         # these rows back through the session. Not seen by ``do_orm_execute``: PendingWrites writes them again
         # itself when it replays a transaction.
-        session.connection().execute(insert(JobEvent.__table__), rows)
+        session.connection().execute(_ADD_EVENTS, rows)
 
 
 # Core, as in ``change``, and built once, not per call: 0.3-0.4 ms less CPU a step each (A/B, bench/results/
@@ -111,6 +114,11 @@ def renew(session: Session, job_id: str, token: str, lease_seconds: float) -> bo
     return result.rowcount == 1
 
 
+# built once; each call adds its values. With the inserts built once too: 0.2-0.3 ms less CPU a step (A/B)
+_CHANGE = (update(JOBS).where(JOBS.c.id == bindparam("change_id"), JOBS.c.lease_owner == bindparam("change_token"))
+           .returning(JOBS.c.cancel_requested))
+
+
 def change(session: Session, job_id: str, token: str, **values: Any) -> bool:
     """Update the job while ``token`` holds its lease; returns its cancel flag. LeaseLost otherwise.
 
@@ -120,8 +128,7 @@ def change(session: Session, job_id: str, token: str, **values: Any) -> bool:
     ``PendingWrites`` wants: it issues this statement again itself on each try.
     """
     row = session.connection().execute(
-        update(JOBS).where(JOBS.c.id == job_id, JOBS.c.lease_owner == token).values(**values)
-        .returning(JOBS.c.cancel_requested)
+        _CHANGE.values(**values), {"change_id": job_id, "change_token": token}
     ).first()
     if row is None:
         raise LeaseLost(job_id)
@@ -140,7 +147,7 @@ def add_round(session: Session, job_id: str, number: int, **values: Any) -> None
 def add_rounds(session: Session, rows: list[dict[str, Any]]) -> None:
     """Several finished rounds (with ``job_id`` and ``number``) in one statement."""
     if rows:
-        session.connection().execute(insert(Round.__table__), rows)  # Core, as in ``add_events``
+        session.connection().execute(_ADD_ROUNDS, rows)  # Core, as in ``add_events``
 
 
 def complete_round(session: Session, job_id: str, number: int, **values: Any) -> None:
