@@ -41,6 +41,7 @@ from datetime import timedelta
 import redis
 from kombu.exceptions import OperationalError as BrokerUnreachable
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.database import ping, session_scope
@@ -68,17 +69,9 @@ def sweep(url: str, publish: Publish) -> list[str]:
         for job_id, owner in store.expired_leases(session):
             task_id = uuid.uuid4().hex
             queue = store.take_over(session, job_id, owner, task_id)
-            if queue is None:
-                continue
-            try:
-                publish(job_id, queue, task_id)
-            except Exception:
-                session.rollback()
-                log.warning("job %s: worker lost, but the broker did not take its next step; retrying", job_id)
-                continue
-            session.commit()
-            log.warning("job %s: its worker stopped renewing the lease; re-enqueued", job_id)
-            taken.append(job_id)
+            if queue is not None and _published(session, publish, job_id, queue, task_id,
+                                                "its worker stopped renewing the lease"):
+                taken.append(job_id)
     return taken
 
 
@@ -94,18 +87,24 @@ def requeue_lost(url: str, publish: Publish, messages: Messages, idle: float) ->
                 continue
             task_id = uuid.uuid4().hex
             queue = store.requeue(session, job_id, idle, task_id)
-            if queue is None:
-                continue
-            try:
-                publish(job_id, queue, task_id)
-            except Exception:
-                session.rollback()
-                log.warning("job %s: its message is lost, but the broker did not take a new one; retrying", job_id)
-                continue
-            session.commit()
-            log.warning("job %s: the broker had no message for it; re-enqueued", job_id)
-            requeued.append(job_id)
+            if queue is not None and _published(session, publish, job_id, queue, task_id,
+                                                "the broker had no message for it"):
+                requeued.append(job_id)
     return requeued
+
+
+def _published(session: Session, publish: Publish, job_id: str, queue: str, task_id: str, why: str) -> bool:
+    """Publish the step the session's uncommitted UPDATE names, then commit it; roll it back if the broker refused
+    (the next sweep tries again)."""
+    try:
+        publish(job_id, queue, task_id)
+    except Exception:
+        session.rollback()
+        log.warning("job %s: %s, but the broker did not take its next step; retrying", job_id, why)
+        return False
+    session.commit()
+    log.warning("job %s: %s; re-enqueued", job_id, why)
+    return True
 
 
 def broker_lock(redis_url: str) -> Acquire:
