@@ -74,11 +74,24 @@ def start_worker(env: dict[str, str], queues: str = WORKER_QUEUES, concurrency: 
     ``env`` is laid over this process's environment; ``include`` names extra
     task modules for the worker to import (``--include``).
     """
-    argv = [sys.executable, "-m", "qkan_orch.cli.main", "worker", "--queues", queues]
+    argv = ["worker", "--queues", queues]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     if include:
         argv += ["--include", include]
+    return _start_cli(argv, env, log_file)
+
+
+def start_api(env: dict[str, str], port: int, log_file: Path) -> subprocess.Popen:
+    """A ``qkan-orch serve`` child on 127.0.0.1:``port`` in its own process group: with QKAN_REDIS_URL in
+    ``env`` it is the API alone (no broker, no worker), as one of several API replicas is deployed."""
+    return _start_cli(["serve", "--host", "127.0.0.1", "--port", str(port)], env, log_file)
+
+
+def _start_cli(args: list[str], env: dict[str, str], log_file: Path | None) -> subprocess.Popen:
+    """``qkan-orch <args>`` as a child in a process group of its own, ``env`` laid over ours, output to
+    ``log_file`` (or nowhere)."""
+    argv = [sys.executable, "-m", "qkan_orch.cli.main", *args]
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # the child keeps its own copy
     try:
         return subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
@@ -86,15 +99,6 @@ def start_worker(env: dict[str, str], queues: str = WORKER_QUEUES, concurrency: 
     finally:
         if log_file:
             out.close()
-
-
-def start_api(env: dict[str, str], port: int, log_file: Path) -> subprocess.Popen:
-    """A ``qkan-orch serve`` child on 127.0.0.1:``port`` in its own process group: with QKAN_REDIS_URL in
-    ``env`` it is the API alone (no broker, no worker), as one of several API replicas is deployed."""
-    argv = [sys.executable, "-m", "qkan_orch.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with open(log_file, "ab") as out:  # the child keeps its own copy
-        return subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
 
 
 def signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
