@@ -258,12 +258,19 @@ class Client:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One request; a ``rate_limited`` 429 is waited out as its Retry-After says, for up to
-        ``RATE_LIMIT_WAIT`` seconds in all (a polling loop slows down instead of failing), then raised."""
+        ``RATE_LIMIT_WAIT`` seconds in all (a polling loop slows down instead of failing), then raised.
+
+        A GET that fails in transport is sent once more on a fresh connection: the server may close an idle
+        keep-alive connection just as the pool hands it out (a reset), and reading twice does no harm."""
         deadline = time.monotonic() + RATE_LIMIT_WAIT
+        attempts = 2 if method == "GET" else 1
         while True:
             try:
                 response = self.http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
+                attempts -= 1
+                if attempts > 0:
+                    continue
                 raise ApiError(0, "unreachable", f"cannot reach {self.url} ({exc})") from None
             left = deadline - time.monotonic()
             if response.status_code != 429 or left <= 0 or b'"rate_limited"' not in response.content:

@@ -1,7 +1,11 @@
 """The client's records mirror the API's response schemas, and parse what a server sends (older or newer)."""
 
+import json
+import socket
+import struct
 import subprocess
 import sys
+import threading
 from dataclasses import fields
 from datetime import UTC, datetime
 
@@ -9,7 +13,9 @@ import pytest
 
 from qkan_orch.client import (
     Agreement,
+    ApiError,
     Backend,
+    Client,
     Compared,
     Comparison,
     EdgeError,
@@ -81,3 +87,46 @@ def test_importing_the_client_loads_no_service_or_quantum_stack() -> None:
     code = f"import sys, qkan_orch.client; print([m for m in {heavy!r} if m in sys.modules])"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+class ResettingServer(threading.Thread):
+    """A loopback HTTP server that resets the first connection after reading its request (a keep-alive connection
+    closed under the client) and answers every later one with ``body``."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(daemon=True)
+        self.body, self.connections = body, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def run(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:  # closed by the test
+                return
+            with connection:
+                self.connections += 1
+                connection.recv(65536)
+                if self.connections == 1:  # SO_LINGER 0: close sends RST, as a server closing mid-request does
+                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    continue
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                                   b"Content-Length: %d\r\n\r\n" % len(self.body) + self.body)
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_a_reset_connection_is_retried_once_for_a_get_and_never_for_a_change(method: str) -> None:
+    server = ResettingServer(json.dumps(JOB).encode())
+    server.start()
+    try:
+        with Client(server.url, "key") as qc:
+            if method == "GET":
+                assert qc.status("j1").id == "j1"
+                assert server.connections == 2
+            else:
+                with pytest.raises(ApiError) as refused:
+                    qc.cancel("j1")
+                assert refused.value.code == "unreachable" and server.connections == 1
+    finally:
+        server.listener.close()
