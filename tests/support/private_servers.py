@@ -16,26 +16,24 @@ from pathlib import Path
 
 import psycopg
 
-from qkan_orch.service.embedded import redis_executable
-from qkan_orch.service.processes import free_port, redis_answers, wait_until
+from qkan_orch.service.embedded import EmbeddedRedis
+from qkan_orch.service.processes import free_port, wait_until
 from service_env import unavailable
 
 
 class PrivateRedis:
-    """A redis-server on a fixed port and append-only file, so it can die and come back with or without its data."""
+    """A redis-server on a fixed port and append-only file, so it can die and come back with or without its data:
+    the embedded stack's server (``EmbeddedRedis``), without the hand-back of unacknowledged messages its
+    supervisor does after a restart — a production broker restarted by its operator does not do that."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.server = EmbeddedRedis(folder)
+        self.folder, self.url = self.server.folder, self.server.url
         self.process: subprocess.Popen | None = None
-        folder.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [redis_executable(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--appendonly", "yes", "--save", "", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_until(lambda: redis_answers(self.url), "the private Redis", 10)
+        self.process = self.server.spawn()
+        self.server.wait_ready(self.process)
 
     def stop(self) -> None:
         """SIGTERM, as ``docker compose stop`` sends: Redis writes its append-only file out and exits."""
@@ -53,8 +51,7 @@ class PrivateRedis:
     def forget(self) -> None:
         """Delete the stopped server's data: the next start is a broker that lost every message."""
         assert self.process is None, "stop the server before deleting its data"
-        shutil.rmtree(self.folder)
-        self.folder.mkdir()
+        shutil.rmtree(self.folder)  # the next start writes its configuration again
 
 
 def _postgres_bin() -> Path:
