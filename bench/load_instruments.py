@@ -284,13 +284,19 @@ def process_cpu(pid: int) -> float:
     return times.user + times.system
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and every process below it (the worker and its prefork children)."""
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process and every process below it (a worker: Celery's main process and its prefork children); empty
+    once it is gone."""
     try:
-        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
-    return sum(process_cpu(p.pid) for p in tree)
+        return []
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and every process below it."""
+    return sum(process_cpu(p.pid) for p in process_tree(pid))
 
 
 def thread_cpu(native_id: int | None) -> float:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psutil
+from load_instruments import process_tree
 from load_report import stats
 from sqlalchemy import Engine, text
 
@@ -19,13 +20,8 @@ GROWTH_GOAL = 0.20  # RSS may grow by at most this share from after the warm-up 
 
 def group_rss(pid: int) -> int:
     """Resident bytes of a process and all its descendants (a worker: Celery's main process and its pool)."""
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
     total = 0
-    for process in processes:
+    for process in process_tree(pid):
         try:
             total += process.memory_info().rss
         except psutil.NoSuchProcess:
