@@ -29,10 +29,14 @@ class CommitCost:
     wal_sync_method: str
 
 
+def libpq_dsn(database_url: str) -> str:
+    """The service's SQLAlchemy URL (``postgresql+psycopg://…``) as psycopg takes it."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def commit_cost(database_url: str, n: int = 300) -> CommitCost:
     """``SELECT 1`` and a one-row INSERT + COMMIT, ``n`` times each, on a scratch table dropped afterwards."""
-    url = make_url(database_url)
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    dsn = libpq_dsn(database_url)
     table = f"bench_commit_probe_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(dsn) as conn:
         sync = str(conn.execute("SHOW synchronous_commit").fetchone()[0])  # type: ignore[index]

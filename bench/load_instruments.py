@@ -8,6 +8,7 @@ being measured.
 import contextlib
 import os
 import re
+import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
@@ -316,10 +317,12 @@ def machine_busy() -> float:
 class CpuMeter:
     """CPU seconds per role over a phase (psutil): who burns the cores a job needs.
 
-    The bench process holds the API, the client threads and the event
-    receiver; the clients' share is summed by the client calls themselves
-    (``time.thread_time``) and the receiver's read from its thread, so the
-    API's share follows by difference. Worker = the ``qkan-orch worker``
+    The bench process holds the client threads and the event receiver (and,
+    with ``--api thread``, the API); the clients' share is summed by the
+    client calls themselves (``time.thread_time``) and the receiver's read
+    from its thread, so an API thread's share follows by difference; API
+    processes (``LocalService.start_api_processes``) are measured as
+    themselves. Worker = the ``qkan-orch worker``
     process and its prefork children; Redis = the server's process (the
     system one also serves others, but little while a phase runs); this
     run's PostgreSQL backends. Whatever else the machine's cores did in the
@@ -330,6 +333,7 @@ class CpuMeter:
     def __init__(self, service: LocalService, watcher: threading.Thread, pg: PgStats | None) -> None:
         self.service, self.watcher, self.pg = service, watcher, pg
         self.client_seconds = 0.0
+        self.extra_apis: list[subprocess.Popen] = []  # API processes LocalService did not start (the floor's)
         self.lock = threading.Lock()
         info = redis.Redis.from_url(service.settings.redis_url or "").info("server")
         self.redis_pid = int(info["process_id"])
@@ -346,6 +350,7 @@ class CpuMeter:
             "bench process": process_cpu(os.getpid()),
             "client calls": self.client_seconds,
             "event receiver": thread_cpu(self.watcher.native_id),
+            "API processes": sum(tree_cpu(api.pid) for api in [*self.service.api_processes, *self.extra_apis]),
             "worker processes": sum(tree_cpu(worker.pid) for worker in self.service.workers),
             "redis-server": process_cpu(self.redis_pid),
         }
@@ -354,11 +359,13 @@ class CpuMeter:
         return snap
 
     def per_item(self, before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
-        """ms of CPU per job/noop by role; the API is the bench process minus clients and receiver."""
+        """ms of CPU per job/noop by role; an API thread's is the bench process minus clients and receiver."""
         delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+        rest = delta["bench process"] - delta["client calls"] - delta["event receiver"]
         out = {
-            "API (bench process − clients − receiver)":
-                delta["bench process"] - delta["client calls"] - delta["event receiver"],
+            "API processes": delta["API processes"],
+            "bench process − clients − receiver" if self.service.api_processes
+            else "API (bench process − clients − receiver)": rest,
             "client calls": delta["client calls"],
             "event receiver": delta["event receiver"],
             "worker processes": delta["worker processes"],

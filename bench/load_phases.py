@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
+import httpx
 import numpy as np
 from celery import Celery
 from load_instruments import CpuMeter, EventWatcher, TaskSeen
@@ -139,3 +140,40 @@ def service_phase(label: str, subs: list[Submitted], status: dict[str, Job], wat
         segments["exact rounds, backend seconds"].append(sum(r.seconds or 0.0 for r in job.rounds))
     dones = [epoch(status[s.job_id].finished_at) or float("nan") for s in subs]
     return Phase(label, [s.start for s in subs], dones, {"failed": failed, "segments": segments})
+
+
+def post_floor(client: httpx.Client, inputs: np.ndarray, cpu: CpuMeter | None = None) -> Submitted:
+    """One job through the floor service (``floor_service.py``); its id is its task's id."""
+    start, cpu_start = time.time(), time.thread_time()
+    response = client.post("/jobs", json={"inputs": inputs.tolist()})
+    response.raise_for_status()
+    returned = time.time()
+    if cpu is not None:
+        cpu.add_client(time.thread_time() - cpu_start)
+    return Submitted(response.json()["id"], start, returned)
+
+
+def floor_sequential(client: httpx.Client, watcher: EventWatcher, cpu: CpuMeter, inputs: list[np.ndarray],
+                     timeout: float) -> tuple[Phase, list[Submitted]]:
+    subs = []
+    for x in inputs:
+        sub = post_floor(client, x, cpu)
+        watcher.wait(lambda sub=sub: watcher.task_done(sub.job_id), timeout, "floor job")
+        subs.append(sub)
+    return _floor_phase("floor service, one at a time", subs, watcher), subs
+
+
+def floor_concurrent(client: httpx.Client, watcher: EventWatcher, cpu: CpuMeter, inputs: list[np.ndarray],
+                     threads: int, timeout: float) -> tuple[Phase, list[Submitted]]:
+    with ThreadPoolExecutor(threads) as pool:
+        subs = list(pool.map(lambda x: post_floor(client, x, cpu), inputs))
+    watcher.wait(lambda: all(watcher.task_done(s.job_id) for s in subs), timeout, f"{len(subs)} floor jobs")
+    return _floor_phase(f"floor service, {len(subs)} at once", subs, watcher), subs
+
+
+def _floor_phase(label: str, subs: list[Submitted], watcher: EventWatcher) -> Phase:
+    """Done = the task-succeeded event, after the job's last commit: later than the service's ``finished_at``,
+    so the floor is not flattered against it."""
+    dones = [watcher.tasks[s.job_id].done for s in subs]
+    failed = sum(not watcher.tasks[s.job_id].ok for s in subs)
+    return Phase(label, [s.start for s in subs], dones, {"failed": failed})  # type: ignore[arg-type]

@@ -64,20 +64,26 @@ def print_report(args: argparse.Namespace, result: dict[str, Any]) -> None:
     out.append(f"host: {head['cpus']} CPUs, load average before {head['loadavg_before']}, after "
                f"{head['loadavg_after']}; python {head['python']}, celery {head['celery']}; shared machine — "
                f"other processes move these numbers")
-    out.append("the API runs on a thread of this process, sharing its GIL with the client threads and the "
-               "event receiver (as LocalService always does)")
+    out.append("the API runs in a qkan-orch serve process of its own" if head["api"] == "process" else
+               "the API runs on a thread of this process, sharing its GIL with the client threads and the "
+               "event receiver")
     out.append("")
     out.append(f"{'':42}{'n':>5}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'per s':>9}")
-    for key in ("bare_sequential", "bare_concurrent", "service_sequential", "service_concurrent"):
+    for key in ("bare_sequential", "bare_concurrent", "floor_sequential", "floor_concurrent", "service_sequential",
+                "service_concurrent"):
+        if key not in result:
+            continue
         phase = result[key]
         lat = phase["latency_s"]
         rate = f"{phase['per_second']:9.1f}" if "concurrent" in key else f"{'':9}"
         out.append(f"{phase['label']:42}{lat['n']:5d}{ms(lat['p50'], 9)}{ms(lat['p99'], 9)}{ms(lat['max'], 9)}{rate}")
-    out.append("latency = done − client clock before publish/POST; done = task-succeeded event (bare) or the "
-               "job's finished_at (service)")
+    out.append("latency = done − client clock before publish/POST; done = task-succeeded event (bare, floor) or "
+               "the job's finished_at (service)")
     failed = result["service_concurrent"]["failed"] + result["service_sequential"]["failed"]
-    if failed or result["bare_concurrent"]["failed"]:
-        out.append(f"FAILURES: {failed} jobs, {result['bare_concurrent']['failed']} noops did not succeed")
+    floor_failed = sum(result[k]["failed"] for k in ("floor_sequential", "floor_concurrent") if k in result)
+    if failed or floor_failed or result["bare_concurrent"]["failed"]:
+        out.append(f"FAILURES: {failed} jobs, {floor_failed} floor jobs, {result['bare_concurrent']['failed']} noops "
+                   "did not succeed")
     out.append("")
     out.append("goals")
     for goal in result["goals"]:
@@ -118,14 +124,19 @@ def print_report(args: argparse.Namespace, result: dict[str, Any]) -> None:
     for name, values in result["worker_log"].items():
         out.append(f"  {name:32}{values['n']:5d}{ms(values['p50'], 9)}{ms(values['p99'], 9)}{ms(values['mean'], 9)}")
     out.append("")
+    if "api_sql_concurrent" not in result:
+        out.append("API SQL statements: not metered (the API runs in its own process; --api thread meters them)")
     for key, label in (("api_sql_sequential", "one at a time"), ("api_sql_concurrent", "all at once")):
+        if key not in result:
+            continue
         api = result[key]
         out.append(f"API process per submission ({label}): {api['statements']:.1f} SQL statements "
                    f"{api['statement_ms']:.2f} ms, {api['commits']:.1f} commits {api['commit_ms']:.2f} ms, "
                    f"{api['pool_checkouts']:.1f} pool checkouts, {api['publishes']:.1f} broker publish "
                    f"{api['publish_ms']:.2f} ms")
-    out.append("  statements per submission: " + ", ".join(
-        f"{k} ×{v['count']:.1f}" for k, v in result["api_sql_concurrent"]["by_kind"].items()))
+    if "api_sql_concurrent" in result:
+        out.append("  statements per submission: " + ", ".join(
+            f"{k} ×{v['count']:.1f}" for k, v in result["api_sql_concurrent"]["by_kind"].items()))
     if result.get("pg_per_job"):
         pg = result["pg_per_job"]
         out.append(f"PostgreSQL per job, API + worker ({args.jobs} at once): "
@@ -158,10 +169,11 @@ def print_report(args: argparse.Namespace, result: dict[str, Any]) -> None:
     print("\n".join(out))
 
 
-def goals(bare_seq: Phase, bare_conc: Phase, svc_seq: Phase, svc_conc: Phase,
-          commits: CommitCost | None = None) -> list[dict[str, Any]]:
+def goals(bare_seq: Phase, bare_conc: Phase, svc_seq: Phase, svc_conc: Phase, commits: CommitCost | None = None,
+          floor_seq: Phase | None = None, floor_conc: Phase | None = None) -> list[dict[str, Any]]:
     """The issue's two goals, as ratios to bare Celery in the same run; then the loaded latency ratio, the
-    absolute rate and (PostgreSQL) the latency floor of the durable commits, for reference."""
+    absolute rate and (PostgreSQL) the latency floor of the durable commits and the floor service's ratios (the
+    same goals for the least a durable service does, ``floor_service.py``), for reference."""
     p50 = {k: stats(p.latencies)["p50"] for k, p in
            (("bs", bare_seq), ("bc", bare_conc), ("ss", svc_seq), ("sc", svc_conc))}
     rate = svc_conc.rate / bare_conc.rate
@@ -182,6 +194,13 @@ def goals(bare_seq: Phase, bare_conc: Phase, svc_seq: Phase, svc_conc: Phase,
         each = 1000 * commits.durable_commit
         out.append({"goal": f"(floor) {COMMITS_BEFORE_FINISHED} durable commits ({each:.1f} ms p50 each) ÷ bare p50",
                     "value": f"{floor / p50['bs']:.2f}×", "ratio": floor / p50["bs"], "met": None})
+    if floor_seq is not None and floor_conc is not None:
+        rate = floor_conc.rate / bare_conc.rate
+        seq_ratio = stats(floor_seq.latencies)["p50"] / p50["bs"]
+        out.append({"goal": f"(floor service) throughput ÷ bare ({n} at once; goal ⅓)", "value": f"{rate:.2f}×",
+                    "ratio": rate, "met": None})
+        out.append({"goal": f"(floor service) latency ÷ bare, one at a time (goal {LATENCY_GOAL:.0f}×)",
+                    "value": f"{seq_ratio:.2f}×", "ratio": seq_ratio, "met": None})
     return out
 
 

@@ -21,8 +21,9 @@ worker process:
    trip = that timestamp − the client's clock just before ``send_task``
    (same machine, same clock). Measured sequentially (one in flight, N times)
    and with all ``--jobs`` published at once from ``--threads`` threads.
-2. Service — LocalService (API on a uvicorn thread of this process, the
-   worker above), one API key, one tiny model (width [2, 2, 1], reps 1), and
+2. Service — LocalService (the worker above; the API in a ``qkan-orch
+   serve`` process of its own, as deployed, or with ``--api thread`` on a
+   uvicorn thread of this process), one API key, one tiny model (width [2, 2, 1], reps 1), and
    jobs of 2 samples on the ``exact`` backend submitted through the Python
    ``Client``: sequentially (N times) and all ``--jobs`` at once from
    ``--threads`` threads. Latency = the job's ``finished_at`` (stamped by the
@@ -49,9 +50,10 @@ Where the time goes (printed after the results):
   ``task-received`` (worker took the message) → ``started_at`` (job claimed,
   marked running) → ``finished_at`` → ``task-succeeded`` (lease released,
   task returned);
-* the API's database work per submission, counted with SQLAlchemy engine
-  events on the engine this process's API thread uses (statements by kind,
-  their time, commits), and its broker publish time (Celery publish signals);
+* ``--api thread`` only: the API's database work per submission, counted
+  with SQLAlchemy engine events on the engine this process's API thread uses
+  (statements by kind, their time, commits), and its broker publish time
+  (Celery publish signals);
 * worker task durations from the worker log (``succeeded in Xs``);
 * PostgreSQL only: commits and row writes per job over both processes
   (``pg_stat_database``), so the worker's share follows by difference
@@ -65,11 +67,11 @@ Where the time goes (printed after the results):
 * the worker path in this process: the worker is stopped, jobs are submitted,
   and ``advance_job`` runs here — once with the SQL meter, once under cProfile.
 
-Caveats, printed in the header too: the API shares this process (and its GIL)
-with the 16 client threads and the event receiver, as it does in
-LocalService everywhere; on a shared 2-core machine other work moves the
-numbers, so read the "other processes on the machine" row before
-comparing runs.
+Caveats, printed in the header too: with ``--api thread`` the API shares this
+process (and its GIL) with the 16 client threads and the event receiver, which
+costs it CPU and latency a deployed API does not pay (its own process is the
+default); on a shared 2-core machine other work moves the numbers, so read the
+"other processes on the machine" row before comparing runs.
 
 Not a test and not run by CI. Run it with::
 
@@ -99,11 +101,22 @@ import celery
 import noop_task
 import numpy as np
 from celery import Celery
+from floor_service import running_floor, succeeded
 from load_floor import commit_cost
 from load_instruments import CpuMeter, EventWatcher, PgStats, SqlMeter, redis_calls, worker_log_durations
-from load_phases import baseline_concurrent, baseline_sequential, service_phase, submit, wait_jobs, warm_up_noops
+from load_phases import (
+    baseline_concurrent,
+    baseline_sequential,
+    floor_concurrent,
+    floor_sequential,
+    post_floor,
+    service_phase,
+    submit,
+    wait_jobs,
+    warm_up_noops,
+)
 from load_profile import profile_worker_path
-from load_report import goals, jsonable, log, per_task, print_report, stats
+from load_report import Phase, goals, jsonable, log, per_task, print_report, stats
 
 from qkan_orch.client import Client
 from qkan_orch.models import build_model, parse_spec, save_model
@@ -123,6 +136,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stack", choices=STACKS, default="postgresql",
                         help="postgresql: system Redis + fresh PostgreSQL database (default); sqlite-system: "
                              "system Redis + SQLite; embedded: embedded Redis + SQLite")
+    parser.add_argument("--api", choices=("process", "thread"), default="process",
+                        help="process: the API in a qkan-orch serve process of its own, as deployed (default); "
+                             "thread: on a uvicorn thread of this process, sharing its GIL with the client threads "
+                             "and the event receiver, where the SQL meter sees its statements")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes, prefork (default: 2)")
     parser.add_argument("--threads", type=int, default=16, help="client threads submitting at once (default: 16)")
     parser.add_argument("--sequential", type=int, default=200,
@@ -175,7 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     inputs = [rng.uniform(-1.0, 1.0, size=(args.samples, 2)) for _ in range(n_inputs)]
     result: dict[str, Any] = {"header": {
         "cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "celery": celery.__version__, "stack": args.stack,
+        "python": platform.python_version(), "celery": celery.__version__, "stack": args.stack, "api": args.api,
         "jobs": args.jobs, "concurrency": args.concurrency, "threads": args.threads,
         "sequential": args.sequential, "samples": args.samples,
     }}
@@ -184,26 +201,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         folder = Path(tmp)
         model_path = tiny_model(folder)
         log(f"[setup] stack {args.stack}: starting LocalService (worker concurrency {args.concurrency}) ...")
-        with LocalService(folder, env, concurrency=args.concurrency, worker_include=noop_task.__name__) as service:
+        service = LocalService(folder, env, concurrency=args.concurrency,
+                               worker_include=f"{noop_task.__name__},floor_service")
+        service.start(api_thread=args.api == "thread")
+        try:
+            api_url = service.url if args.api == "thread" else service.start_api_processes(1)[0]
             settings = service.settings
             app = celery_app(settings)
-            app.conf.task_send_sent_event = True  # the API thread shares this app: its task-sent events time a job
+            app.conf.task_send_sent_event = True  # an API thread shares this app: its task-sent events time a job
             meter = SqlMeter(engine_for(settings.resolved_database_url))
             pg = PgStats(settings.resolved_database_url) if args.stack == "postgresql" else None
             redis_url = settings.redis_url if args.stack == "embedded" else None
             watcher = EventWatcher(app)
             watcher.start()
             try:
-                result.update(measure(args, service, app, watcher, meter, pg, redis_url, model_path, inputs))
+                result.update(measure(args, service, api_url, app, watcher, meter, pg, redis_url, model_path,
+                                      inputs))
             finally:
                 watcher.stop()
+        finally:
+            service.stop()
     result["header"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 
-def measure(args: argparse.Namespace, service: LocalService, app: Celery, watcher: EventWatcher, meter: SqlMeter,
-            pg: PgStats | None, redis_url: str | None, model_path: Path, inputs: list[np.ndarray]) -> dict[str, Any]:
-    """Every phase, in order: baseline, service, worker-path profile."""
+def measure(args: argparse.Namespace, service: LocalService, api_url: str, app: Celery, watcher: EventWatcher,
+            meter: SqlMeter, pg: PgStats | None, redis_url: str | None, model_path: Path,
+            inputs: list[np.ndarray]) -> dict[str, Any]:
+    """Every phase, in order: baseline, floor service (PostgreSQL), service, worker-path profile."""
     out: dict[str, Any] = {}
     cpu = CpuMeter(service, watcher, pg)
     cpu_per: dict[str, dict[str, float]] = {}
@@ -219,9 +244,10 @@ def measure(args: argparse.Namespace, service: LocalService, app: Celery, watche
     bare_conc = baseline_concurrent(app, watcher, cpu, args.jobs, args.threads, args.timeout)
     cpu_per[f"bare, {args.jobs} at once"] = cpu.per_item(before, cpu.snapshot(), args.jobs)
     after_noops = redis_calls(redis_url) if redis_url else None
+    floor = measure_floor(args, service, watcher, cpu, cpu_per, model_path, inputs) if pg is not None else {}
 
     # the bench measures what a job costs, not the per-key limits: its key's own limits are out of the way
-    with Client(service.url, service.create_key("bench", rate_limit=1e6, max_active_jobs=10**6)) as qc:
+    with Client(api_url, service.create_key("bench", rate_limit=1e6, max_active_jobs=10**6)) as qc:
         model_id = qc.upload_model(model_path).id
         log("[service] warming up (model cache and backend import in every worker process) ...")
         with ThreadPoolExecutor(args.threads) as pool:
@@ -279,20 +305,47 @@ def measure(args: argparse.Namespace, service: LocalService, app: Celery, watche
             out["worker_profile"] = profile_worker_path(service, qc, meter, model_id, inputs, args.profile_jobs)
 
     for key, phase in (("bare_sequential", bare_seq), ("bare_concurrent", bare_conc),
+                       ("floor_sequential", floor.get("sequential")), ("floor_concurrent", floor.get("concurrent")),
                        ("service_sequential", svc_seq), ("service_concurrent", svc_conc)):
+        if phase is None:
+            continue
         summary = phase.summary()
         summary.pop("task_ids", None)
         if "segments" in summary:
             summary["segments"] = {k: stats(v) for k, v in summary["segments"].items()}
         summary.setdefault("failed", 0)
         out[key] = summary
-    out["api_sql_sequential"] = api_seq.per(args.sequential)
-    out["api_sql_concurrent"] = api_conc.per(args.jobs)
+    if args.api == "thread":  # an API process's statements are not this process's to meter
+        out["api_sql_sequential"] = api_seq.per(args.sequential)
+        out["api_sql_concurrent"] = api_conc.per(args.jobs)
     out["submit_latency_s"] = {"one at a time": stats([s.returned - s.start for s in seq_subs]),
                                "all at once": stats([s.returned - s.start for s in subs])}
     out["cpu_ms_per_item"] = cpu_per
-    out["goals"] = goals(bare_seq, bare_conc, svc_seq, svc_conc, out.get("commit_cost"))
+    out["goals"] = goals(bare_seq, bare_conc, svc_seq, svc_conc, out.get("commit_cost"),
+                         floor.get("sequential"), floor.get("concurrent"))
     return out
+
+
+def measure_floor(args: argparse.Namespace, service: LocalService, watcher: EventWatcher, cpu: CpuMeter,
+                  cpu_per: dict[str, dict[str, float]], model_path: Path, inputs: list[np.ndarray]) -> dict[str, Phase]:
+    """The floor service (``floor_service.py``) one at a time and all at once, on the same worker and database."""
+    log("[floor] the floor service: warming up ...")
+    with running_floor(service.env, model_path, service.data_dir / "floor-api.log") as (client, process):
+        warm = [post_floor(client, x) for x in inputs[:4 * args.concurrency]]
+        watcher.wait(lambda: all(watcher.task_done(s.job_id) for s in warm), args.timeout, "floor warm-up")
+        cpu.extra_apis.append(process)
+        log(f"[floor] {args.sequential} floor jobs one at a time ...")
+        before = cpu.snapshot()
+        seq, seq_subs = floor_sequential(client, watcher, cpu, inputs[:args.sequential], args.timeout)
+        cpu_per["floor, one at a time"] = cpu.per_item(before, cpu.snapshot(), args.sequential)
+        log(f"[floor] {args.jobs} floor jobs at once ...")
+        before = cpu.snapshot()
+        conc, conc_subs = floor_concurrent(client, watcher, cpu, inputs[:args.jobs], args.threads, args.timeout)
+        cpu_per[f"floor, {args.jobs} at once"] = cpu.per_item(before, cpu.snapshot(), args.jobs)
+        cpu.extra_apis.remove(process)  # before it stops: a stopped process reads as 0 s
+    for phase, subs in ((seq, seq_subs), (conc, conc_subs)):  # a task can return without a result
+        phase.extra["failed"] += len(subs) - succeeded(service.settings.resolved_database_url, [s.job_id for s in subs])
+    return {"sequential": seq, "concurrent": conc}
 
 
 def main(argv: list[str] | None = None) -> int:
