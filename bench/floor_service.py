@@ -16,7 +16,10 @@ by ``service_load.py`` in the same run as bare Celery and the service.
   ``finished_at`` (UPDATE, COMMIT).
 
 Three durable commits per job, as the service makes (insert, claim, finish);
-raw psycopg, one connection per process. Left out, because the protocol does
+raw psycopg, one connection per process. A job posted with ``?durable=false``
+goes through connections with ``synchronous_commit=off`` (a commit returns
+before its WAL flush): the same path without the disk's wait, so the bench
+can tell what durability itself costs. Left out, because the protocol does
 not need them to be durable: rate limits and active-job caps, model lookup and
 validation, quotes and budgets, rounds, events, leases, the ORM and logging.
 The compute is the least that gives the answer, not the service's circuits:
@@ -55,7 +58,8 @@ TASK = "bench.floor_job"
 SCHEMA = ("CREATE TABLE IF NOT EXISTS floor_jobs (id text PRIMARY KEY, inputs jsonb NOT NULL, state text NOT NULL, "
           "created_at timestamptz NOT NULL DEFAULT clock_timestamp(), started_at timestamptz, "
           "finished_at timestamptz, result jsonb)")
-POOL_SIZE = 4  # connections of the API process (the service's pool keeps 5)
+POOL_SIZE = 4  # connections of the API process per durability (the service's pool keeps 5)
+NO_FLUSH = "-c synchronous_commit=off"  # libpq options of the connections for ?durable=false
 
 
 @contextlib.contextmanager
@@ -96,21 +100,22 @@ def succeeded(database_url: str, job_ids: list[str]) -> int:
 
 # ---- worker half: one connection and one model per pool process, made after the fork
 
-_connection: dict[int, psycopg.Connection] = {}
+_connection: dict[tuple[int, bool], psycopg.Connection] = {}
 _models: dict[str, torch.nn.Module] = {}
 
 
-def _conn() -> psycopg.Connection:
-    pid = os.getpid()
-    if pid not in _connection:
-        _connection[pid] = psycopg.connect(libpq_dsn(get_settings().resolved_database_url))
-    return _connection[pid]
+def _conn(durable: bool) -> psycopg.Connection:
+    key = (os.getpid(), durable)
+    if key not in _connection:
+        _connection[key] = psycopg.connect(libpq_dsn(get_settings().resolved_database_url),
+                                           options="" if durable else NO_FLUSH)
+    return _connection[key]
 
 
 @shared_task(name=TASK)
-def floor_job(job_id: str, model_path: str) -> None:
-    """Claim, compute, finish: two of the job's three durable commits."""
-    conn = _conn()
+def floor_job(job_id: str, model_path: str, durable: bool = True) -> None:
+    """Claim, compute, finish: two of the job's three commits."""
+    conn = _conn(durable)
     row = conn.execute("UPDATE floor_jobs SET state = 'running', started_at = clock_timestamp() "
                        "WHERE id = %s AND state = 'queued' RETURNING inputs", (job_id,)).fetchone()
     conn.commit()
@@ -137,15 +142,17 @@ def create_app() -> FastAPI:
     settings = get_settings()
     dsn, broker = libpq_dsn(settings.resolved_database_url), celery_app(settings)
     token, model_path = os.environ["FLOOR_TOKEN"], os.environ["FLOOR_MODEL"]
-    pool: asyncio.Queue[psycopg.AsyncConnection] = asyncio.Queue()
+    pools: dict[bool, asyncio.Queue[psycopg.AsyncConnection]] = {True: asyncio.Queue(), False: asyncio.Queue()}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        for _ in range(POOL_SIZE):
-            pool.put_nowait(await psycopg.AsyncConnection.connect(dsn))
+        for durable, pool in pools.items():
+            for _ in range(POOL_SIZE):
+                pool.put_nowait(await psycopg.AsyncConnection.connect(dsn, options="" if durable else NO_FLUSH))
         yield
-        while not pool.empty():
-            await pool.get_nowait().close()
+        for pool in pools.values():
+            while not pool.empty():
+                await pool.get_nowait().close()
 
     app = FastAPI(lifespan=lifespan)
 
@@ -154,13 +161,15 @@ def create_app() -> FastAPI:
         return {"status": "ok"}
 
     @app.post("/jobs", status_code=202)
-    async def submit(body: FloorJob, authorization: Annotated[str, Header()] = "") -> dict[str, str]:
+    async def submit(body: FloorJob, authorization: Annotated[str, Header()] = "",
+                     durable: bool = True) -> dict[str, str]:
         if not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
             raise HTTPException(401, "send the bench's token")
         inputs = np.asarray(body.inputs, dtype=np.float64)
         if inputs.ndim != 2 or inputs.shape[1] != 2 or not np.isfinite(inputs).all():
             raise HTTPException(422, "inputs: rows of 2 finite numbers")
         job_id = str(uuid.uuid4())
+        pool = pools[durable]
         conn = await pool.get()
         try:
             await conn.execute("INSERT INTO floor_jobs (id, inputs, state) VALUES (%s, %s, 'queued')",
@@ -168,7 +177,7 @@ def create_app() -> FastAPI:
             await conn.commit()
         finally:
             pool.put_nowait(conn)
-        broker.send_task(TASK, args=[job_id, model_path], queue="local", task_id=job_id)
+        broker.send_task(TASK, args=[job_id, model_path, durable], queue="local", task_id=job_id)
         return {"id": job_id}
 
     return app

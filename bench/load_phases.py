@@ -142,10 +142,12 @@ def service_phase(label: str, subs: list[Submitted], status: dict[str, Job], wat
     return Phase(label, [s.start for s in subs], dones, {"failed": failed, "segments": segments})
 
 
-def post_floor(client: httpx.Client, inputs: np.ndarray, cpu: CpuMeter | None = None) -> Submitted:
-    """One job through the floor service (``floor_service.py``); its id is its task's id."""
+def post_floor(client: httpx.Client, inputs: np.ndarray, cpu: CpuMeter | None = None,
+               durable: bool = True) -> Submitted:
+    """One job through the floor service (``floor_service.py``); its id is its task's id. Not ``durable``: its
+    commits return before their WAL flush."""
     start, cpu_start = time.time(), time.thread_time()
-    response = client.post("/jobs", json={"inputs": inputs.tolist()})
+    response = client.post("/jobs", json={"inputs": inputs.tolist()}, params={} if durable else {"durable": "false"})
     response.raise_for_status()
     returned = time.time()
     if cpu is not None:
@@ -154,13 +156,14 @@ def post_floor(client: httpx.Client, inputs: np.ndarray, cpu: CpuMeter | None = 
 
 
 def floor_sequential(client: httpx.Client, watcher: EventWatcher, cpu: CpuMeter, inputs: list[np.ndarray],
-                     timeout: float) -> tuple[Phase, list[Submitted]]:
+                     timeout: float, durable: bool = True) -> tuple[Phase, list[Submitted]]:
     subs = []
     for x in inputs:
-        sub = post_floor(client, x, cpu)
+        sub = post_floor(client, x, cpu, durable)
         watcher.wait(lambda sub=sub: watcher.task_done(sub.job_id), timeout, "floor job")
         subs.append(sub)
-    return _floor_phase("floor service, one at a time", subs, watcher), subs
+    label = "floor service, one at a time" if durable else "floor, commits not flushed, one at a time"
+    return _floor_phase(label, subs, watcher), subs
 
 
 def floor_concurrent(client: httpx.Client, watcher: EventWatcher, cpu: CpuMeter, inputs: list[np.ndarray],

@@ -305,7 +305,8 @@ def measure(args: argparse.Namespace, service: LocalService, api_url: str, app: 
             out["worker_profile"] = profile_worker_path(service, qc, meter, model_id, inputs, args.profile_jobs)
 
     for key, phase in (("bare_sequential", bare_seq), ("bare_concurrent", bare_conc),
-                       ("floor_sequential", floor.get("sequential")), ("floor_concurrent", floor.get("concurrent")),
+                       ("floor_sequential", floor.get("sequential")), ("floor_no_flush", floor.get("no flush")),
+                       ("floor_concurrent", floor.get("concurrent")),
                        ("service_sequential", svc_seq), ("service_concurrent", svc_conc)):
         if phase is None:
             continue
@@ -322,7 +323,7 @@ def measure(args: argparse.Namespace, service: LocalService, api_url: str, app: 
                                "all at once": stats([s.returned - s.start for s in subs])}
     out["cpu_ms_per_item"] = cpu_per
     out["goals"] = goals(bare_seq, bare_conc, svc_seq, svc_conc, out.get("commit_cost"),
-                         floor.get("sequential"), floor.get("concurrent"))
+                         floor.get("sequential"), floor.get("concurrent"), floor.get("no flush"))
     return out
 
 
@@ -338,14 +339,19 @@ def measure_floor(args: argparse.Namespace, service: LocalService, watcher: Even
         before = cpu.snapshot()
         seq, seq_subs = floor_sequential(client, watcher, cpu, inputs[:args.sequential], args.timeout)
         cpu_per["floor, one at a time"] = cpu.per_item(before, cpu.snapshot(), args.sequential)
+        log(f"[floor] {args.sequential} floor jobs one at a time, commits not flushed ...")
+        no_flush, no_flush_subs = floor_sequential(client, watcher, cpu, inputs[:args.sequential], args.timeout,
+                                                   durable=False)
         log(f"[floor] {args.jobs} floor jobs at once ...")
         before = cpu.snapshot()
         conc, conc_subs = floor_concurrent(client, watcher, cpu, inputs[:args.jobs], args.threads, args.timeout)
         cpu_per[f"floor, {args.jobs} at once"] = cpu.per_item(before, cpu.snapshot(), args.jobs)
         cpu.extra_apis.remove(process)  # before it stops: a stopped process reads as 0 s
-    for phase, subs in ((seq, seq_subs), (conc, conc_subs)):  # a task can return without a result
+    phases = {"sequential": (seq, seq_subs), "no flush": (no_flush, no_flush_subs), "concurrent": (conc, conc_subs)}
+    for phase, subs in phases.values():  # a task can return without a result
         phase.extra["failed"] += len(subs) - succeeded(service.settings.resolved_database_url, [s.job_id for s in subs])
-    return {"sequential": seq, "concurrent": conc}
+        phase.extra["post_s"] = stats([s.returned - s.start for s in subs])
+    return {name: phase for name, (phase, _) in phases.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
