@@ -71,15 +71,15 @@ IdempotencyHeader = Annotated[str | None, Header(alias="Idempotency-Key",
         "multipart/form-data": {"schema": _MULTIPART_BODY},
     }}},
 )
-async def submit(request: Request, response: Response, key: KeyDep, session: SessionDep,
-                 settings: SettingsDep, broker: BrokerDep, idempotency_key: IdempotencyHeader = None) -> JobOut:
+async def submit(request: Request, response: Response, key: KeyDep, settings: SettingsDep, broker: BrokerDep,
+                 idempotency_key: IdempotencyHeader = None) -> JobOut:
     """Inputs as a JSON array in the body, or as an uploaded .npy/.csv (multipart).
 
     Of concurrent submissions with one idempotency key (header or body field) one creates the job; the others
     lose the insert to the unique constraint and, submitting again, replay it.
     """
     parse = await _read_submission(request, settings, idempotency_key)
-    job, replayed = await run_in_threadpool(_parse_and_submit, parse, session, broker, settings, key)
+    job, replayed = await run_in_threadpool(_parse_and_submit, parse, broker, settings, key)
     if replayed:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -89,15 +89,16 @@ async def submit(request: Request, response: Response, key: KeyDep, session: Ses
 Parse = Callable[[], tuple[JobRequest, np.ndarray]]
 
 
-def _parse_and_submit(parse: Parse, session: Session, broker: Celery, settings: Settings,
-                      key: ApiKey) -> tuple[JobOut, bool]:
-    """Parse and submit on one worker thread: each thread hop costs the event loop about as much as parsing
-    a small body (bench/results/service_load.md)."""
+def _parse_and_submit(parse: Parse, broker: Celery, settings: Settings, key: ApiKey) -> tuple[JobOut, bool]:
+    """Parse, then submit in a session of its own, on one worker thread: each thread hop costs the event loop
+    about as much as parsing a small body, and a session dependency costs two (bench/results/service_load.md).
+    The parse holds no connection."""
     body, inputs = parse()
-    try:
-        return submit_inference(session, broker, settings, key, body, inputs)
-    except DuplicateSubmission:
-        return submit_inference(session, broker, settings, key, body, inputs)
+    with session_scope(settings.resolved_database_url) as session:
+        try:
+            return submit_inference(session, broker, settings, key, body, inputs)
+        except DuplicateSubmission:
+            return submit_inference(session, broker, settings, key, body, inputs)
 
 
 async def _read_submission(request: Request, settings: Settings, idempotency_key: str | None) -> Parse:
