@@ -2,6 +2,7 @@
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,12 +22,44 @@ def epoch(stamp: datetime | None) -> float | None:
     return None if stamp is None else stamp.timestamp()
 
 
-def publish_noop(app: Celery, cpu: CpuMeter | None = None) -> tuple[str, float]:
+@dataclass
+class Submitted:
+    """One noop or job as the client saw it: its task's id (the job's id for the service and the floor), and
+    the client's clock before and after the publish or POST."""
+
+    job_id: str
+    start: float
+    returned: float
+
+
+def timed(cpu: CpuMeter | None, send: Callable[[], str]) -> Submitted:
+    """One publish or POST on the client's clock; its thread CPU counts as the clients' (``cpu``)."""
     start, cpu_start = time.time(), time.thread_time()
-    task_id = app.send_task(NOOP, queue="local").id
+    job_id = send()
+    returned = time.time()
     if cpu is not None:
         cpu.add_client(time.thread_time() - cpu_start)
-    return task_id, start
+    return Submitted(job_id, start, returned)
+
+
+def publish_noop(app: Celery, cpu: CpuMeter | None = None) -> Submitted:
+    return timed(cpu, lambda: app.send_task(NOOP, queue="local").id)
+
+
+def submit(qc: Client, model_id: str, inputs: np.ndarray, cpu: CpuMeter | None = None) -> Submitted:
+    return timed(cpu, lambda: qc.submit(model_id, inputs, backend="exact").id)
+
+
+def post_floor(client: httpx.Client, inputs: np.ndarray, cpu: CpuMeter | None = None,
+               durable: bool = True) -> Submitted:
+    """One job through the floor service (``floor_service.py``); its id is its task's id. Not ``durable``: its
+    commits return before their WAL flush."""
+    def post() -> str:
+        response = client.post("/jobs", json={"inputs": inputs.tolist()},
+                               params={} if durable else {"durable": "false"})
+        response.raise_for_status()
+        return str(response.json()["id"])
+    return timed(cpu, post)
 
 
 def warm_up_noops(app: Celery, watcher: EventWatcher, timeout: float) -> None:
@@ -36,54 +69,47 @@ def warm_up_noops(app: Celery, watcher: EventWatcher, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         app.control.enable_events()
-        task_id, _ = publish_noop(app)
+        task_id = publish_noop(app).job_id
         try:
             watcher.wait(lambda task_id=task_id: watcher.task_done(task_id), 2.0, "warm-up noop")
             break
         except TimeoutError:
             if time.monotonic() > deadline:
                 raise
-    ids = [publish_noop(app)[0] for _ in range(20)]
+    ids = [publish_noop(app).job_id for _ in range(20)]
     watcher.wait(lambda: all(watcher.task_done(t) for t in ids), timeout, "warm-up noops")
 
 
-def baseline_sequential(app: Celery, watcher: EventWatcher, cpu: CpuMeter, n: int, timeout: float) -> Phase:
-    starts, dones, ids = [], [], []
-    for _ in range(n):
-        task_id, start = publish_noop(app, cpu)
-        watcher.wait(lambda task_id=task_id: watcher.task_done(task_id), timeout, "noop")
-        starts.append(start)
-        dones.append(watcher.tasks[task_id].done)  # type: ignore[arg-type]
-        ids.append(task_id)
-    return Phase("bare celery, one at a time", starts, dones, {"task_ids": ids})
+Send = Callable[[], Submitted]
 
 
-def baseline_concurrent(app: Celery, watcher: EventWatcher, cpu: CpuMeter, n: int, threads: int,
-                        timeout: float) -> Phase:
+def one_at_a_time(label: str, sends: list[Send], watcher: EventWatcher,
+                  timeout: float) -> tuple[Phase, list[Submitted]]:
+    """Each send once the task before it has finished (bare noops and floor jobs: one task each)."""
+    subs = []
+    for send in sends:
+        sub = send()
+        watcher.wait(lambda sub=sub: watcher.task_done(sub.job_id), timeout, label)
+        subs.append(sub)
+    return _task_phase(label, subs, watcher), subs
+
+
+def all_at_once(label: str, sends: list[Send], threads: int, watcher: EventWatcher,
+                timeout: float) -> tuple[Phase, list[Submitted]]:
+    """Every send from ``threads`` threads, then until every task has finished."""
     with ThreadPoolExecutor(threads) as pool:
-        sent = list(pool.map(lambda _: publish_noop(app, cpu), range(n)))
-    watcher.wait(lambda: all(watcher.task_done(t) for t, _ in sent), timeout, f"{n} noops")
-    failed = sum(not watcher.tasks[t].ok for t, _ in sent)
-    return Phase(f"bare celery, {n} at once", [s for _, s in sent], [watcher.tasks[t].done for t, _ in sent],  # type: ignore[misc]
-                 {"failed": failed, "task_ids": [t for t, _ in sent]})
+        subs = list(pool.map(lambda send: send(), sends))
+    watcher.wait(lambda: all(watcher.task_done(s.job_id) for s in subs), timeout, label)
+    return _task_phase(label, subs, watcher), subs
 
 
-@dataclass
-class Submitted:
-    """One job as the client saw it."""
-
-    job_id: str
-    start: float
-    returned: float
-
-
-def submit(qc: Client, model_id: str, inputs: np.ndarray, cpu: CpuMeter | None = None) -> Submitted:
-    start, cpu_start = time.time(), time.thread_time()
-    job_id = qc.submit(model_id, inputs, backend="exact").id
-    returned = time.time()
-    if cpu is not None:
-        cpu.add_client(time.thread_time() - cpu_start)
-    return Submitted(job_id, start, returned)
+def _task_phase(label: str, subs: list[Submitted], watcher: EventWatcher) -> Phase:
+    """Done = the task-succeeded event: for a floor job after its last commit, later than the service's
+    ``finished_at``, so the floor is not flattered against it."""
+    dones = [watcher.tasks[s.job_id].done for s in subs]
+    failed = sum(not watcher.tasks[s.job_id].ok for s in subs)
+    return Phase(label, [s.start for s in subs], dones,  # type: ignore[arg-type]
+                 {"failed": failed, "task_ids": [s.job_id for s in subs]})
 
 
 def wait_jobs(qc: Client, watcher: EventWatcher, ids: list[str], timeout: float) -> dict[str, Job]:
@@ -141,42 +167,3 @@ def service_phase(label: str, subs: list[Submitted], status: dict[str, Job], wat
     dones = [epoch(status[s.job_id].finished_at) or float("nan") for s in subs]
     return Phase(label, [s.start for s in subs], dones, {"failed": failed, "segments": segments})
 
-
-def post_floor(client: httpx.Client, inputs: np.ndarray, cpu: CpuMeter | None = None,
-               durable: bool = True) -> Submitted:
-    """One job through the floor service (``floor_service.py``); its id is its task's id. Not ``durable``: its
-    commits return before their WAL flush."""
-    start, cpu_start = time.time(), time.thread_time()
-    response = client.post("/jobs", json={"inputs": inputs.tolist()}, params={} if durable else {"durable": "false"})
-    response.raise_for_status()
-    returned = time.time()
-    if cpu is not None:
-        cpu.add_client(time.thread_time() - cpu_start)
-    return Submitted(response.json()["id"], start, returned)
-
-
-def floor_sequential(client: httpx.Client, watcher: EventWatcher, cpu: CpuMeter, inputs: list[np.ndarray],
-                     timeout: float, durable: bool = True) -> tuple[Phase, list[Submitted]]:
-    subs = []
-    for x in inputs:
-        sub = post_floor(client, x, cpu, durable)
-        watcher.wait(lambda sub=sub: watcher.task_done(sub.job_id), timeout, "floor job")
-        subs.append(sub)
-    label = "floor service, one at a time" if durable else "floor, commits not flushed, one at a time"
-    return _floor_phase(label, subs, watcher), subs
-
-
-def floor_concurrent(client: httpx.Client, watcher: EventWatcher, cpu: CpuMeter, inputs: list[np.ndarray],
-                     threads: int, timeout: float) -> tuple[Phase, list[Submitted]]:
-    with ThreadPoolExecutor(threads) as pool:
-        subs = list(pool.map(lambda x: post_floor(client, x, cpu), inputs))
-    watcher.wait(lambda: all(watcher.task_done(s.job_id) for s in subs), timeout, f"{len(subs)} floor jobs")
-    return _floor_phase(f"floor service, {len(subs)} at once", subs, watcher), subs
-
-
-def _floor_phase(label: str, subs: list[Submitted], watcher: EventWatcher) -> Phase:
-    """Done = the task-succeeded event, after the job's last commit: later than the service's ``finished_at``,
-    so the floor is not flattered against it."""
-    dones = [watcher.tasks[s.job_id].done for s in subs]
-    failed = sum(not watcher.tasks[s.job_id].ok for s in subs)
-    return Phase(label, [s.start for s in subs], dones, {"failed": failed})  # type: ignore[arg-type]

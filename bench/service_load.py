@@ -94,6 +94,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +106,11 @@ from floor_service import running_floor, succeeded
 from load_floor import commit_cost
 from load_instruments import CpuMeter, EventWatcher, PgStats, SqlMeter, redis_calls, worker_log_durations
 from load_phases import (
-    baseline_concurrent,
-    baseline_sequential,
-    floor_concurrent,
-    floor_sequential,
+    Send,
+    all_at_once,
+    one_at_a_time,
     post_floor,
+    publish_noop,
     service_phase,
     submit,
     wait_jobs,
@@ -236,12 +237,14 @@ def measure(args: argparse.Namespace, service: LocalService, api_url: str, app: 
     warm_up_noops(app, watcher, args.timeout)
     log(f"[bare] {args.sequential} noops one at a time ...")
     before = cpu.snapshot()
-    bare_seq = baseline_sequential(app, watcher, cpu, args.sequential, args.timeout)
+    noop: Send = partial(publish_noop, app, cpu)
+    bare_seq, _ = one_at_a_time("bare celery, one at a time", [noop] * args.sequential, watcher, args.timeout)
     cpu_per["bare, one at a time"] = cpu.per_item(before, cpu.snapshot(), args.sequential)
     log(f"[bare] {args.jobs} noops at once ...")
     before_redis = redis_calls(redis_url) if redis_url else None
     before = cpu.snapshot()
-    bare_conc = baseline_concurrent(app, watcher, cpu, args.jobs, args.threads, args.timeout)
+    bare_conc, _ = all_at_once(f"bare celery, {args.jobs} at once", [noop] * args.jobs, args.threads, watcher,
+                               args.timeout)
     cpu_per[f"bare, {args.jobs} at once"] = cpu.per_item(before, cpu.snapshot(), args.jobs)
     after_noops = redis_calls(redis_url) if redis_url else None
     floor = measure_floor(args, service, watcher, cpu, cpu_per, model_path, inputs) if pg is not None else {}
@@ -337,14 +340,17 @@ def measure_floor(args: argparse.Namespace, service: LocalService, watcher: Even
         cpu.extra_apis.append(process)
         log(f"[floor] {args.sequential} floor jobs one at a time ...")
         before = cpu.snapshot()
-        seq, seq_subs = floor_sequential(client, watcher, cpu, inputs[:args.sequential], args.timeout)
+        seq, seq_subs = one_at_a_time("floor service, one at a time", [
+            partial(post_floor, client, x, cpu) for x in inputs[:args.sequential]], watcher, args.timeout)
         cpu_per["floor, one at a time"] = cpu.per_item(before, cpu.snapshot(), args.sequential)
         log(f"[floor] {args.sequential} floor jobs one at a time, commits not flushed ...")
-        no_flush, no_flush_subs = floor_sequential(client, watcher, cpu, inputs[:args.sequential], args.timeout,
-                                                   durable=False)
+        no_flush, no_flush_subs = one_at_a_time("floor, commits not flushed, one at a time", [
+            partial(post_floor, client, x, cpu, durable=False) for x in inputs[:args.sequential]], watcher,
+            args.timeout)
         log(f"[floor] {args.jobs} floor jobs at once ...")
         before = cpu.snapshot()
-        conc, conc_subs = floor_concurrent(client, watcher, cpu, inputs[:args.jobs], args.threads, args.timeout)
+        conc, conc_subs = all_at_once(f"floor service, {args.jobs} at once", [
+            partial(post_floor, client, x, cpu) for x in inputs[:args.jobs]], args.threads, watcher, args.timeout)
         cpu_per[f"floor, {args.jobs} at once"] = cpu.per_item(before, cpu.snapshot(), args.jobs)
         cpu.extra_apis.remove(process)  # before it stops: a stopped process reads as 0 s
     phases = {"sequential": (seq, seq_subs), "no flush": (no_flush, no_flush_subs), "concurrent": (conc, conc_subs)}
