@@ -51,7 +51,7 @@ from pydantic import BaseModel
 
 from qkan_orch.models import load_model
 from qkan_orch.service.broker import celery_app
-from qkan_orch.service.processes import free_port, stop_group, wait_for_api
+from qkan_orch.service.processes import free_port, start_child, stop_group, wait_for_api
 from qkan_orch.service.settings import get_settings
 
 TASK = "bench.floor_job"
@@ -73,10 +73,7 @@ def running_floor(env: dict[str, str], model_path: Path, log_file: Path) -> Iter
     token, url = secrets.token_urlsafe(16), f"http://127.0.0.1:{free_port()}"
     argv = [sys.executable, "-m", "uvicorn", "floor_service:create_app", "--factory", "--host", "127.0.0.1",
             "--port", url.rsplit(":", 1)[1], "--log-level", "warning", "--no-access-log"]
-    with open(log_file, "ab") as log:
-        process = subprocess.Popen(argv, env={**os.environ, **env, "FLOOR_TOKEN": token,
-                                              "FLOOR_MODEL": str(model_path)},
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = start_child(argv, {**env, "FLOOR_TOKEN": token, "FLOOR_MODEL": str(model_path)}, log_file)
     try:
         wait_for_api(url, check=lambda: _check_running(process, log_file))
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:

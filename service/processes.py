@@ -89,9 +89,13 @@ def start_api(env: dict[str, str], port: int, log_file: Path) -> subprocess.Pope
 
 
 def _start_cli(args: list[str], env: dict[str, str], log_file: Path | None) -> subprocess.Popen:
-    """``qkan-orch <args>`` as a child in a process group of its own, ``env`` laid over ours, output to
-    ``log_file`` (or nowhere)."""
-    argv = [sys.executable, "-m", "qkan_orch.cli.main", *args]
+    """``qkan-orch <args>`` as a child (``start_child``)."""
+    return start_child([sys.executable, "-m", "qkan_orch.cli.main", *args], env, log_file)
+
+
+def start_child(argv: list[str], env: dict[str, str], log_file: Path | None) -> subprocess.Popen:
+    """``argv`` as a child in a process group of its own (``stop_group`` stops it whole), ``env`` laid over ours,
+    output appended to ``log_file`` (or nowhere)."""
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # the child keeps its own copy
     try:
         return subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
