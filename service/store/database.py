@@ -6,8 +6,17 @@ lock so several processes starting at once upgrade the schema exactly once.
 While the database is away, every use of a session raises OperationalError
 within ``CONNECT_TIMEOUT`` (the API answers 503, the workers retry); the pool
 reconnects by itself once it is back.
+
+A pooled PostgreSQL connection is pinged before use only if it sat idle for
+``PING_AFTER_IDLE`` seconds: a ping is a round trip, and under load a
+connection comes back within milliseconds (bench/results/service_load.md).
+A server restarted in that second fails the first statement on such a
+connection instead of the ping: the same OperationalError, and the same 503
+or retry, as a restart in the middle of a transaction; SQLAlchemy then drops
+every connection of the pool, so the next use reconnects.
 """
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -17,11 +26,13 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _ADVISORY_LOCK = 0x51CA4  # any constant shared by all our processes
 CONNECT_TIMEOUT = 5  # seconds: the API answers 503 database_unavailable after at most this long
+PING_AFTER_IDLE = 1.0  # seconds a pooled connection may sit unused before it is pinged at checkout
 
 
 @cache
@@ -41,10 +52,29 @@ def engine_for(url: str) -> Engine:
             cursor.close()
 
         return engine
-    # a pooled connection the server dropped (a restart) is noticed and replaced before use; a server that does
-    # not answer at all fails a connection within CONNECT_TIMEOUT rather than the kernel's minutes
+    # a server that does not answer at all fails a connection within CONNECT_TIMEOUT rather than the kernel's minutes
     connect_args = {"connect_timeout": CONNECT_TIMEOUT} if parsed.get_backend_name() == "postgresql" else {}
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args=connect_args)
+    engine = create_engine(url, pool_size=5, max_overflow=10, connect_args=connect_args)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a connection at checkout if it was idle ``PING_AFTER_IDLE`` seconds, and replace it if the server
+    dropped it (a restart); a connection used a moment ago goes out as it is (see the module's docstring)."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _check(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+        if time.monotonic() - record.info.get("returned_at", 0.0) < PING_AFTER_IDLE:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(f"the pooled connection is gone ({type(exc).__name__})") from exc
 
 
 @cache
