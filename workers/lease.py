@@ -24,6 +24,8 @@ from qkan_orch.service.store.tables import Job
 
 log = logging.getLogger("qkan.worker")
 RENEW_RETRY = 0.5  # seconds between tries of a renewal that failed
+# the claim is one statement, committed by itself: no BEGIN and COMMIT round trips around it
+ONE_STATEMENT = {"isolation_level": "AUTOCOMMIT"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Lease:
 def claim(session: Session, job_id: str, seconds: float) -> Lease | None:
     """Take the job's lease (committed) if it is active and free; None if someone else holds it or it ended."""
     token = uuid.uuid4().hex
+    session.connection(execution_options=ONE_STATEMENT)
     job = store.claim(session, job_id, token, seconds)
     session.commit()
     return Lease(job, token) if job is not None else None
