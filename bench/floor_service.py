@@ -45,12 +45,12 @@ import psycopg
 import torch
 from celery import shared_task
 from fastapi import FastAPI, Header, HTTPException
-from load_floor import libpq_dsn
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
 from qkan_orch.models import load_model
 from qkan_orch.service.broker import celery_app
+from qkan_orch.service.devstack import libpq_dsn
 from qkan_orch.service.processes import free_port, start_child, stop_group, wait_for_api
 from qkan_orch.service.settings import get_settings
 

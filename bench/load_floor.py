@@ -14,7 +14,8 @@ import uuid
 from dataclasses import dataclass
 
 import psycopg
-from sqlalchemy.engine import make_url
+
+from qkan_orch.service.devstack import libpq_dsn
 
 COMMITS_BEFORE_FINISHED = 2  # the job's INSERT (before the 202) and the worker's claim (before it computes)
 
@@ -27,11 +28,6 @@ class CommitCost:
     durable_commit: float
     synchronous_commit: str
     wal_sync_method: str
-
-
-def libpq_dsn(database_url: str) -> str:
-    """The service's SQLAlchemy URL (``postgresql+psycopg://…``) as psycopg takes it."""
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def commit_cost(database_url: str, n: int = 300) -> CommitCost:

@@ -78,6 +78,13 @@ def postgres_admin_dsn(server: Server = SYSTEM_POSTGRES) -> str:
     return f"host={server.host} port={server.port} user=postgres dbname=postgres"
 
 
+def libpq_dsn(database_url: str) -> str:
+    """A SQLAlchemy URL (``postgresql+psycopg://…``) as psycopg takes it."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 @contextmanager
 def fresh_postgres_database(prefix: str = "qkan_test", server: Server = SYSTEM_POSTGRES) -> Iterator[str]:
     """The SQLAlchemy URL of a new PostgreSQL database, dropped afterwards (connections and all)."""

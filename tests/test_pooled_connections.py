@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
+from qkan_orch.service.devstack import libpq_dsn
 from qkan_orch.service.store.database import PING_AFTER_IDLE, engine_for, upgrade
 from service_env import postgres_url
 
@@ -30,8 +31,7 @@ def _backend_pid(engine: Engine) -> int:
 
 def _restart(url: str) -> None:
     """What a server restart does to the pool: every other connection to the database ends."""
-    dsn = url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(dsn, autocommit=True) as admin:
+    with psycopg.connect(libpq_dsn(url), autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
 

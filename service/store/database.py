@@ -61,7 +61,8 @@ def engine_for(url: str) -> Engine:
 
 def _ping_when_idle(engine: Engine) -> None:
     """Ping a connection at checkout if it was idle ``PING_AFTER_IDLE`` seconds, and replace it if the server
-    dropped it (a restart); a connection used a moment ago goes out as it is (see the module's docstring)."""
+    dropped it (a restart); a connection used a moment ago, or never returned yet (just made), goes out as it
+    is (see the module's docstring)."""
 
     @event.listens_for(engine, "checkin")
     def _returned(_dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
@@ -69,7 +70,8 @@ def _ping_when_idle(engine: Engine) -> None:
 
     @event.listens_for(engine, "checkout")
     def _check(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-untyped-def]
-        if time.monotonic() - record.info.get("returned_at", 0.0) < PING_AFTER_IDLE:
+        returned_at = record.info.get("returned_at")
+        if returned_at is None or time.monotonic() - returned_at < PING_AFTER_IDLE:
             return
         try:
             engine.dialect.do_ping(dbapi_connection)
