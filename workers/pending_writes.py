@@ -3,7 +3,7 @@
 A local round cheaper than its own transaction is not written at once; its
 changes wait here and go out with the step's next conditional UPDATE (or are
 recomputed after a crash). Everything here is a plain Python value: counters
-are kept as increments and become ``Job.shots_used + n`` only in the UPDATE,
+are kept as increments and become ``shots_used + n`` only in the UPDATE,
 so they add to what the row holds, whoever wrote it last.
 
 A write the database refuses because it cannot be reached (OperationalError)
@@ -90,7 +90,8 @@ class PendingWrites:
     def _write(self, update: Callable[..., bool | None] | None, values: dict[str, Any]) -> bool | None:
         """The log rows, then ``update`` of the job with the pending columns and ``values``, one commit; the same
         again after a backoff while the database cannot be reached, for up to ``PATIENCE`` seconds."""
-        rows, events, stored, columns = self.rounds, self.events, self.result, self._take(values) if update else {}
+        rows, events, stored = self.rounds, self.events, self.result
+        columns, amounts = self._take(values) if update else ({}, {})
         added, executed = [*self.flushed, *self.session.new], list(self.executed)
         self.rounds, self.events, self.result = [], [], None
         deadline, delay = time.monotonic() + PATIENCE, RETRY_FIRST
@@ -100,7 +101,7 @@ class PendingWrites:
                 store.add_events(self.session, events)
                 if stored is not None:
                     store.store_result(self.session, self.job_id, *stored)
-                result = update(self.session, self.job_id, self.token, **columns) if update else None
+                result = update(self.session, self.job_id, self.token, amounts, **columns) if update else None
                 self.session.commit()
                 return result
             except OperationalError as exc:
@@ -115,12 +116,12 @@ class PendingWrites:
                 for statement, parameters, options in executed:
                     self.session.execute(statement, parameters, execution_options=options)
 
-    def _take(self, values: dict[str, Any]) -> dict[str, Any]:
-        """The column values of the UPDATE, increments as SQL; forget them."""
-        sums = {name: store.JOBS.c[name] + amount for name, amount in self.increments.items()}
-        columns = {**self.columns, **sums, **values}
+    def _take(self, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int | float]]:
+        """The columns the UPDATE sets and the amounts it adds to counters (a column set outright wins); forget them."""
+        columns = {**self.columns, **values}
+        amounts = {name: amount for name, amount in self.increments.items() if name not in columns}
         self.columns, self.increments = {}, {}
-        return columns
+        return columns, amounts
 
     def _remember_flushed(self, session: Session, *_: object) -> None:
         self.flushed.extend(session.new)
