@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 from qkan_orch.service.store import jobs as store
 from qkan_orch.service.store.database import session_scope
 from qkan_orch.service.store.states import TERMINAL
-from qkan_orch.service.store.tables import Job
 
 log = logging.getLogger("qkan.worker")
 RENEW_RETRY = 0.5  # seconds between tries of a renewal that failed
@@ -32,7 +31,7 @@ ONE_STATEMENT = {"isolation_level": "AUTOCOMMIT"}
 class Lease:
     """The claimed job as the claim left it, and the token every later write must present."""
 
-    job: Job
+    job: store.ClaimedRow
     token: str
 
 

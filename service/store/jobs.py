@@ -11,6 +11,7 @@ of a worker writes each round in a single transaction.
 import functools
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,6 +46,34 @@ def add_events(session: Session, rows: list[dict[str, Any]]) -> None:
         session.connection().execute(_ADD_EVENTS, rows)
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """What a step reads of the job it claimed, as the claim left it: a plain copy, neither an ORM object nor
+    the whole row (the claim returns these columns alone; building a ``Job`` from all of them cost more than
+    the claim's statement). A step writes the row only with ``change``."""
+
+    id: str
+    owner_id: int
+    kind: str
+    model_id: str | None
+    backend: str
+    shots: int | None
+    pack: int | None
+    pack_auto: bool
+    options: dict[str, Any]
+    mitigation: dict[str, Any] | None
+    inputs: bytes
+    plan_state: bytes | None
+    in_flight: dict[str, Any] | None
+    attempts: int
+    cancel_requested: bool
+
+    @property
+    def requested_pack(self) -> int | str | None:
+        """What the submission asked for: a width, "auto", or None for the backend's default."""
+        return "auto" if self.pack_auto else self.pack
+
+
 # Core, as in ``change``, and built once, not per call: 0.3-0.4 ms less CPU a step each (A/B, bench/results/
 # service_load.md)
 _CLAIM = (
@@ -55,25 +84,24 @@ _CLAIM = (
         state=case((JOBS.c.state == JobState.QUEUED, JobState.RUNNING), else_=JOBS.c.state),
         started_at=func.coalesce(JOBS.c.started_at, bindparam("claim_now", type_=JOBS.c.started_at.type)),
     )
-    .returning(*JOBS.c)
+    .returning(*(JOBS.c[field.name] for field in fields(ClaimedRow)))
 )
 
 
-def claim(session: Session, job_id: str, token: str, lease_seconds: float) -> Job | None:
+def claim(session: Session, job_id: str, token: str, lease_seconds: float) -> ClaimedRow | None:
     """Take the job's lease if it is active and nobody holds it; a queued job starts running.
 
     A lease that ran out is not free: only a sweeper decides that its holder is gone (``take_over`` clears it),
     so a holder that was only cut off from the database keeps its job when it comes back (see
     ``workers.sweeper``) rather than losing it to whichever message arrives first. Returns the job as it is
-    now, or None if it could not be claimed: a copy outside the session (a step writes the row with ``change``
-    and never through this object; a rollback leaves it as claimed).
+    now, or None if it could not be claimed (a rollback leaves it as claimed).
     """
     now = time.time()
     row = session.connection().execute(
         _CLAIM, {"claim_id": job_id, "claim_token": token, "claim_until": now + lease_seconds,
                  "claim_now": datetime.now(UTC)}
     ).first()
-    return Job(**row._asdict()) if row is not None else None
+    return ClaimedRow(*row) if row is not None else None
 
 
 def expired_leases(session: Session) -> list[tuple[str, str]]:
