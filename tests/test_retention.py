@@ -9,13 +9,15 @@ unit-level form of "the database does not grow under a soak".
 
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import event, func, insert, select, update
 
+from qkan_orch.service.store.budget_usage import committed
 from qkan_orch.service.store.database import engine_for, session_scope, upgrade
 from qkan_orch.service.store.keys import create_key
 from qkan_orch.service.store.retention import PruneReport, prune
@@ -149,6 +151,55 @@ def test_many_old_jobs_are_pruned_in_batches_back_to_the_baseline(database: str)
     assert report.jobs == n and report.rounds == report.job_events == 2 * n and report.results == n
     assert len(commits) >= 3  # 1100 jobs in batches of 500: a transaction each
     assert counts(database) == baseline
+
+
+def estimated(url: str, ids: list[str], shots: int, cost: float, executions: int) -> None:
+    with session_scope(url) as session:
+        session.execute(update(Job).where(Job.id.in_(ids)).values(
+            estimate={"shots": shots, "cost": cost}, executions=executions))
+
+
+def spent(url: str, *owners: int) -> list[tuple[int, float]]:
+    with session_scope(url) as session:
+        return [committed(session, owner) for owner in owners]
+
+
+def test_what_pruned_jobs_spent_still_counts_against_their_keys_budgets(database: str) -> None:
+    owner, model = owner_and_model(database)
+    other, _ = owner_and_model(database)
+    ran = add_jobs(database, [(owner, model, JobState.SUCCEEDED, OLD)] * 3 + [(owner, model, JobState.CANCELLED, OLD)]
+                   + [(owner, model, JobState.SUCCEEDED, RECENT), (owner, model, JobState.RUNNING, None)])
+    unused = add_jobs(database, [(owner, model, JobState.FAILED, OLD)])  # ended before running a circuit
+    others = add_jobs(database, [(other, None, JobState.SUCCEEDED, OLD)])
+    estimated(database, ran, shots=1000, cost=2.5, executions=4)
+    estimated(database, unused, shots=10**6, cost=900.0, executions=0)
+    estimated(database, others, shots=7, cost=0.25, executions=1)
+    before = spent(database, owner, other)
+    assert before == [(6000, 15.0), (7, 0.25)]
+    with session_scope(database) as session:
+        assert prune(session, timedelta(days=30)).jobs == 6
+    assert spent(database, owner, other) == before
+    with session_scope(database) as session:  # the four old jobs that ran, carried over; the unused one never counted
+        pruned = session.execute(select(ApiKey.pruned_shots, ApiKey.pruned_cost).where(ApiKey.id == owner)).one()
+        assert tuple(pruned) == (4000, 10.0)
+
+
+def test_two_prunes_at_once_carry_each_job_over_once() -> None:
+    with postgres_url() as url:
+        upgrade(url)
+        owner, model = owner_and_model(url)
+        ids = add_jobs(url, [(owner, model, JobState.SUCCEEDED, OLD - timedelta(minutes=k)) for k in range(300)])
+        estimated(url, ids, shots=10, cost=0.5, executions=1)
+        before = spent(url, owner)
+
+        def prune_in_small_batches() -> PruneReport:
+            with session_scope(url) as session:
+                return prune(session, timedelta(days=30), batch=20)
+
+        with ThreadPoolExecutor(2) as pool:
+            reports = list(pool.map(lambda _: prune_in_small_batches(), range(2)))
+        assert sum(r.jobs for r in reports) == 300
+        assert spent(url, owner) == before == [(3000, 150.0)]
 
 
 def test_the_cli_prunes_the_database_directly_and_dry_run_changes_nothing(database: str, tmp_path: Path) -> None:

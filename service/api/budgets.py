@@ -1,31 +1,17 @@
-"""Budgets per API key: caps on shots and on estimated cost, over all of the key's jobs.
+"""Budgets per API key: caps on shots and on estimated cost, over all of the key's jobs (pruned ones too).
 
-A job counts with its estimate (an upper bound computed before submission);
-a job that ended without running a circuit gives its share back. The key's
-row is locked while a submission checks it, so two concurrent submissions
-cannot both spend the last of a budget.
+What counts is ``store.budget_usage``'s. The key's row is locked while a
+submission checks it, so two concurrent submissions cannot both spend the
+last of a budget.
 """
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from qkan_orch.backends.base import Estimate
 from qkan_orch.service.api.errors import HTTPProblem
-from qkan_orch.service.store.states import JobState
-from qkan_orch.service.store.tables import ApiKey, Job
-
-ENDED_UNUSED = (JobState.FAILED, JobState.CANCELLED)
-
-
-def committed(session: Session, key_id: int) -> tuple[int, float]:
-    """Shots and USD the key's jobs may use: estimates, less those of jobs that ended unused (summed in SQL)."""
-    shots, cost = session.execute(
-        select(func.sum(Job.estimate["shots"].as_integer()), func.sum(Job.estimate["cost"].as_float())).where(
-            Job.owner_id == key_id, Job.estimate.is_not(None),
-            or_(Job.state.not_in(ENDED_UNUSED), Job.executions > 0),
-        )
-    ).one()
-    return int(shots or 0), float(cost or 0.0)
+from qkan_orch.service.store.budget_usage import committed
+from qkan_orch.service.store.tables import ApiKey
 
 
 def check_budget(session: Session, key: ApiKey, estimate: Estimate) -> None:

@@ -23,12 +23,13 @@ import threading
 import time
 
 import redis
-from sqlalchemy import Table, bindparam, func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from qkan_orch.service.api.errors import HTTPProblem
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store.jobs import JOBS
+from qkan_orch.service.store.keys import KEYS
 from qkan_orch.service.store.states import ACTIVE
 from qkan_orch.service.store.tables import ApiKey
 
@@ -37,7 +38,6 @@ BURST_SECONDS = 2.0  # a bucket holds this many seconds' worth of requests
 AUTH_WINDOW = 60  # seconds: failed authentications are counted per address and minute
 _OFFLINE_SECONDS = 5.0  # after Redis failed to answer, limits are skipped this long before it is asked again
 _TIMEOUT = 0.25  # seconds a limit may wait for Redis
-KEYS: Table = ApiKey.__table__  # type: ignore[assignment]
 ACTIVE_JOBS_RETRY_AFTER = 5  # seconds: jobs end at their own pace, so this is a polite guess, not a promise
 
 # KEYS[1]: the bucket; ARGV: rate (tokens/s), capacity. Returns 0 (allowed) or the ms until a token is there.

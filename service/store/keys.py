@@ -8,12 +8,13 @@ import hashlib
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session
 
 from qkan_orch.service.store.tables import ApiKey, WebSession
 
 PREFIX = "qk_"
+KEYS: Table = ApiKey.__table__  # type: ignore[assignment]  # Core statements on hot paths use its columns
 
 
 def hash_key(token: str) -> str:

@@ -11,6 +11,9 @@ Invariants:
   deletes count the rows per table.
 * Work goes in batches of at most ``batch`` jobs, one transaction each, so a big prune never holds its locks
   long. Two prunes at once are harmless: each deletes what the other has not.
+* What a job counted against its key's budgets outlives it: the batch's jobs are locked (FOR UPDATE) and their
+  estimates carried over to their keys (``budget_usage.carry_over``) in the transaction that deletes them, so
+  a concurrent prune waits and then finds them gone, and counts none of them twice.
 * A comparison goes once no job refers to it any more and it is older than the cutoff (its jobs were created
   after it, so one whose jobs were all pruned always is; a comparison being created now never is). Models,
   keys and calibration snapshots are kept.
@@ -22,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import ColumnElement, delete, exists, func, not_, select
 from sqlalchemy.orm import Session
 
+from qkan_orch.service.store.budget_usage import carry_over
 from qkan_orch.service.store.states import TERMINAL
 from qkan_orch.service.store.tables import Comparison, Job, JobEvent, JobResult, Round
 
@@ -79,6 +83,7 @@ def prune(session: Session, older_than: timedelta, now: datetime | None = None, 
         return report
     while ids := session.scalars(select(Job.id).where(_prunable(cutoff)).order_by(Job.finished_at).limit(batch)).all():
         doomed = select(Job.id).where(Job.id.in_(ids), _prunable(cutoff))
+        carry_over(session, session.scalars(doomed.with_for_update()).all())
         for name, table in CHILDREN:
             rows = session.execute(delete(table).where(table.job_id.in_(doomed)), execution_options=UNSYNCED).rowcount
             setattr(report, name, getattr(report, name) + rows)

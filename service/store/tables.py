@@ -58,6 +58,9 @@ class ApiKey(Base):
     rate_limit: Mapped[float | None] = mapped_column(Float)  # requests per second; None: the service's setting
     max_active_jobs: Mapped[int | None]  # queued or running at once; None: the setting
     revoked_at: Mapped[datetime | None]  # set: every request with the key is refused (401)
+    # what its pruned jobs had counted against the budgets: retention deletes jobs, not what they spent
+    pruned_shots: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    pruned_cost: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class WebSession(Base):
