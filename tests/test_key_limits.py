@@ -5,19 +5,25 @@ queued, which is what the active-jobs limit counts. Requests that are meant to f
 loopback addresses of their own (127.0.0.x), so the address limit they fill never refuses the other tests.
 """
 
+import json
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from conftest import make_inputs, make_model
 from qkan_orch.client import ApiError, Client
 from qkan_orch.models import save_model
+from qkan_orch.service.api.rate_limits import _COUNT_ACTIVE
 from qkan_orch.service.local import LocalService
-from qkan_orch.service.store.database import session_scope
+from qkan_orch.service.store.database import engine_for, session_scope, upgrade
+from qkan_orch.service.store.keys import create_key
+from qkan_orch.service.store.states import JobState
 from qkan_orch.service.store.tables import ApiKey, Comparison, Job
+from service_env import postgres_url
 from support.cli_process import cli
 
 AUTH_FAILURES = 4
@@ -173,3 +179,26 @@ def test_rotate_gives_the_same_key_a_new_token_and_the_old_one_stops(svc: LocalS
             time.sleep(1)
     with Client(svc.url, newest) as qc:
         assert [j.id for j in qc.jobs().items] == [job_id]
+
+
+def test_the_active_jobs_count_reads_only_the_keys_own_active_jobs() -> None:
+    """With a long history for the key and many active jobs of other keys, the count the submission makes under
+    the key's row lock goes through (owner_id, state), not every key's active jobs (migration 0010)."""
+    with postgres_url() as url:
+        upgrade(url)
+        with session_scope(url) as session:
+            ours, _ = create_key(session, "ours")
+            theirs, _ = create_key(session, "theirs")
+            owners = {JobState.SUCCEEDED: ours.id, JobState.QUEUED: theirs.id}
+        jobs = Job.__table__
+        with engine_for(url).begin() as connection:
+            for state, count in ((JobState.SUCCEEDED, 20_000), (JobState.QUEUED, 5_000)):
+                connection.execute(insert(jobs), [
+                    {"id": str(uuid.uuid4()), "owner_id": owners[state], "kind": "inference", "backend": "exact",
+                     "queue": "local", "request_hash": "", "state": state, "inputs": b"", "options": {}}
+                    for _ in range(count)])
+            connection.exec_driver_sql("ANALYZE jobs")
+            count = _COUNT_ACTIVE.params(key_id=ours.id).compile(dialect=connection.dialect,
+                                                                 compile_kwargs={"literal_binds": True})
+            plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {count}").scalar_one()
+    assert "ix_jobs_owner_state" in json.dumps(plan), plan
