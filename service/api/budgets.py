@@ -5,7 +5,6 @@ submission checks it, so two concurrent submissions cannot both spend the
 last of a budget.
 """
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from qkan_orch.backends.base import Estimate
@@ -18,8 +17,7 @@ def check_budget(session: Session, key: ApiKey, estimate: Estimate) -> None:
     """Refuse, with the estimate in the message, a job that would take the key over a cap."""
     if key.max_shots is None and key.max_cost is None:
         return
-    session.execute(select(ApiKey.id).where(ApiKey.id == key.id).with_for_update())
-    shots, cost = committed(session, key.id)
+    shots, cost = committed(session, key.id)  # locks the key's row until the submission's insert commits
     if key.max_shots is not None and shots + estimate.shots > key.max_shots:
         raise HTTPProblem(
             402, "budget_exceeded",

@@ -68,10 +68,7 @@ class ClaimedRow:
     attempts: int
     cancel_requested: bool
 
-    @property
-    def requested_pack(self) -> int | str | None:
-        """What the submission asked for: a width, "auto", or None for the backend's default."""
-        return "auto" if self.pack_auto else self.pack
+    requested_pack = Job.requested_pack  # the same property: it reads pack_auto and pack
 
 
 # Core, as in ``change``, and built once, not per call: 0.3-0.4 ms less CPU a step each (A/B, bench/results/
