@@ -94,7 +94,8 @@ class _Keeper(threading.Thread):
             time.sleep(wait)
             with self.lock:
                 held = list(self.held.items())
-            if not held:
+            if not held:  # nothing to renew: back to the usual pace, whatever the last round of renewals met
+                wait = self.seconds / 3
                 continue
             try:
                 with session_scope(self.url) as session:
