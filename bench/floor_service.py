@@ -24,6 +24,29 @@ not need them to be durable: rate limits and active-job caps, model lookup and
 validation, quotes and budgets, rounds, events, leases, the ORM and logging.
 The compute is the least that gives the answer, not the service's circuits:
 the service's per-round backend time is printed beside it.
+
+A job posted with ``?duties=true`` also does, in the same shape, what the
+service owes every job beyond durability — the cheapest form of the service's
+own work, to tell whether the service's design or its duties keep it from the
+throughput goal:
+
+* API: the key's request rate (the service's token bucket in Redis,
+  ``check_request_rate``), its active jobs (the key's row locked, its active
+  jobs counted, in the insert's transaction, as ``check_active_jobs``), the
+  inputs stored as safetensors (``pack_arrays``).
+* Worker: the inputs unpacked, the answer computed by the service's own plan
+  and ``exact`` backend round by round (``plan_for``, ``ExactBackend.submit``,
+  ``absorb``), the result arrays the service keeps (outputs, stderr, every
+  layer's outputs and activations) packed as safetensors, and a round row per
+  round, the service's four events (running, one per round, succeeded) and a
+  result row written with the job's end — one statement, autocommitted, whose
+  inserts join the UPDATE that ends the job, so they happen only if it does.
+  The claim is one autocommitted statement too, as the service's is.
+
+Still left out: the key lookup (a token compared, as the service's key cache
+does after a key's first request), quotes, budgets and idempotency keys (no
+statement for a key without a budget or a request without a key), leases,
+the job's other columns, the response's job document and logging.
 """
 
 import asyncio
@@ -33,11 +56,14 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import numpy as np
@@ -48,16 +74,56 @@ from fastapi import FastAPI, Header, HTTPException
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
-from qkan_orch.models import load_model
+from qkan_orch.backends import get_backend
+from qkan_orch.circuits import plan_for
+from qkan_orch.models import Model, load_model
+from qkan_orch.service.api.rate_limits import check_request_rate
 from qkan_orch.service.broker import celery_app
 from qkan_orch.service.devstack import libpq_dsn
 from qkan_orch.service.processes import free_port, start_child, stop_group, wait_for_api
 from qkan_orch.service.settings import get_settings
+from qkan_orch.service.store.arrays import pack_arrays, unpack_arrays
 
 TASK = "bench.floor_job"
-SCHEMA = ("CREATE TABLE IF NOT EXISTS floor_jobs (id text PRIMARY KEY, inputs jsonb NOT NULL, state text NOT NULL, "
-          "created_at timestamptz NOT NULL DEFAULT clock_timestamp(), started_at timestamptz, "
-          "finished_at timestamptz, result jsonb)")
+DUTIES_TASK = "bench.floor_job_with_duties"
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS floor_keys (id serial PRIMARY KEY, max_active_jobs integer NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS floor_jobs (id text PRIMARY KEY, owner_id integer REFERENCES floor_keys (id), "
+    "inputs jsonb, blob bytea, state text NOT NULL, created_at timestamptz NOT NULL DEFAULT clock_timestamp(), "
+    "started_at timestamptz, finished_at timestamptz, result jsonb);"
+    "CREATE INDEX IF NOT EXISTS ix_floor_jobs_owner_state ON floor_jobs (owner_id, state);"
+    "CREATE TABLE IF NOT EXISTS floor_rounds (job_id text NOT NULL REFERENCES floor_jobs (id), "
+    "number integer NOT NULL, rows integer NOT NULL, executions integer NOT NULL, seconds float8 NOT NULL, "
+    "finished_at timestamptz NOT NULL, PRIMARY KEY (job_id, number));"
+    "CREATE TABLE IF NOT EXISTS floor_events (id bigserial PRIMARY KEY, "
+    "job_id text NOT NULL REFERENCES floor_jobs (id), kind text NOT NULL, at timestamptz NOT NULL, "
+    "data jsonb NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS ix_floor_events_job ON floor_events (job_id, id);"
+    "CREATE TABLE IF NOT EXISTS floor_results (job_id text PRIMARY KEY REFERENCES floor_jobs (id), "
+    "arrays bytea NOT NULL, summary jsonb NOT NULL)"
+)
+# the job's end with its round rows, events and result: the inserts join the UPDATE, so a job that was not
+# running (a duplicate message) gets none of them; events keep their order (ordinality)
+FINISH_WITH_DUTIES = """
+WITH job AS (
+    UPDATE floor_jobs SET state = 'succeeded', finished_at = clock_timestamp(), result = %(summary)s
+    WHERE id = %(id)s AND state = 'running' RETURNING id
+), rounds AS (
+    INSERT INTO floor_rounds (job_id, number, rows, executions, seconds, finished_at)
+    SELECT job.id, r.number, r.rows, r.executions, r.seconds, r.finished_at FROM job,
+        jsonb_to_recordset(%(rounds)s) AS r(number integer, rows integer, executions integer, seconds float8,
+                                            finished_at timestamptz)
+), events AS (
+    INSERT INTO floor_events (job_id, kind, at, data)
+    SELECT job.id, e.kind, e.at, e.data FROM job,
+        ROWS FROM (jsonb_to_recordset(%(events)s) AS (kind text, at timestamptz, data jsonb)) WITH ORDINALITY
+            AS e(kind, at, data, n)
+    ORDER BY e.n
+), result AS (
+    INSERT INTO floor_results (job_id, arrays, summary) SELECT job.id, %(arrays)s, %(summary)s FROM job
+)
+SELECT id FROM job
+"""
 POOL_SIZE = 4  # connections of the API process per durability (the service's pool keeps 5)
 NO_FLUSH = "-c synchronous_commit=off"  # libpq options of the connections for ?durable=false
 
@@ -97,16 +163,22 @@ def succeeded(database_url: str, job_ids: list[str]) -> int:
 
 # ---- worker half: one connection and one model per pool process, made after the fork
 
-_connection: dict[tuple[int, bool], psycopg.Connection] = {}
-_models: dict[str, torch.nn.Module] = {}
+_connection: dict[tuple[int, bool, bool], psycopg.Connection] = {}
+_models: dict[str, Model] = {}
 
 
-def _conn(durable: bool) -> psycopg.Connection:
-    key = (os.getpid(), durable)
+def _conn(durable: bool, autocommit: bool = False) -> psycopg.Connection:
+    key = (os.getpid(), durable, autocommit)
     if key not in _connection:
         _connection[key] = psycopg.connect(libpq_dsn(get_settings().resolved_database_url),
-                                           options="" if durable else NO_FLUSH)
+                                           options="" if durable else NO_FLUSH, autocommit=autocommit)
     return _connection[key]
+
+
+def _model(path: str) -> Model:
+    if path not in _models:
+        _models[path] = load_model(path)
+    return _models[path]
 
 
 @shared_task(name=TASK)
@@ -118,13 +190,47 @@ def floor_job(job_id: str, model_path: str, durable: bool = True) -> None:
     conn.commit()
     if row is None:  # a duplicate message: the job is someone else's or done
         return
-    if model_path not in _models:
-        _models[model_path] = load_model(model_path)
     with torch.no_grad():
-        outputs = _models[model_path](torch.as_tensor(row[0], dtype=torch.float32))
+        outputs = _model(model_path)(torch.as_tensor(row[0], dtype=torch.float32))
     conn.execute("UPDATE floor_jobs SET state = 'succeeded', finished_at = clock_timestamp(), result = %s "
                  "WHERE id = %s", (Jsonb(outputs.tolist()), job_id))
     conn.commit()
+
+
+@shared_task(name=DUTIES_TASK)
+def floor_job_with_duties(job_id: str, model_path: str) -> None:
+    """Claim (one statement), run the service's plan on ``exact`` round by round, end the job with its rounds,
+    events and result (one statement): the job's second and third commits."""
+    conn = _conn(True, autocommit=True)
+    row = conn.execute("UPDATE floor_jobs SET state = 'running', started_at = clock_timestamp() "
+                       "WHERE id = %s AND state = 'queued' RETURNING blob", (job_id,)).fetchone()
+    if row is None:  # a duplicate message: the job is someone else's or done
+        return
+    plan = plan_for(_model(model_path), unpack_arrays(row[0])["inputs"])
+    backend, state = get_backend("exact"), plan.initial_state()
+    rounds: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = [_event("state", state="running")]
+    while (batch := plan.next_batch(state)) is not None:
+        began = time.perf_counter()
+        result = backend.submit(batch).result
+        assert result is not None  # a local backend answers at once
+        state = plan.absorb(state, result)
+        seconds = time.perf_counter() - began
+        rounds.append({"number": len(rounds), "rows": batch.num_rows, "executions": result.executions,
+                       "seconds": seconds, "finished_at": datetime.now(UTC).isoformat()})
+        events.append(_event("round", round=state.rounds_done, of=plan.total_rounds, rows=batch.num_rows,
+                             executions=result.executions, seconds=round(seconds, 4)))
+    outputs, stderr = plan.outputs(state)
+    arrays = {"outputs": outputs, "stderr": stderr, **{f"layer.{k}": y for k, y in enumerate(state.layer_outputs)},
+              **{f"activation.{k}": a for k, a in enumerate(state.activations)}}
+    summary = {"samples": int(outputs.shape[0]), "outputs": int(outputs.shape[1])}
+    events.append(_event("state", state="succeeded", **summary))
+    conn.execute(FINISH_WITH_DUTIES, {"id": job_id, "summary": Jsonb(summary), "rounds": Jsonb(rounds),
+                                      "events": Jsonb(events), "arrays": pack_arrays(arrays)})
+
+
+def _event(kind: str, **data: Any) -> dict[str, Any]:
+    return {"kind": kind, "at": datetime.now(UTC).isoformat(), "data": data}
 
 
 # ---- API half: ``uvicorn floor_service:create_app --factory`` with the service's QKAN_* settings, FLOOR_TOKEN and
@@ -135,17 +241,46 @@ class FloorJob(BaseModel):
     inputs: list[list[float]]
 
 
+@dataclass(frozen=True)
+class FloorKey:
+    """The bench's key: its Redis bucket name (``id``), its row in floor_keys and its limits."""
+
+    id: str
+    row: int
+    rate_limit: float
+    max_active_jobs: int
+
+
+async def _insert_with_duties(conn: psycopg.AsyncConnection, key: FloorKey, job_id: str, inputs: np.ndarray) -> None:
+    """The key's row locked and its active jobs counted (two statements: the count needs a snapshot taken after
+    the lock), then the job with its inputs as safetensors; the caller commits."""
+    await conn.execute("SELECT id FROM floor_keys WHERE id = %s FOR UPDATE", (key.row,))
+    cursor = await conn.execute("SELECT count(*) FROM floor_jobs WHERE owner_id = %s AND state IN ('queued', "
+                                "'running')", (key.row,))
+    active = (await cursor.fetchone() or (0,))[0]
+    if active + 1 > key.max_active_jobs:
+        raise HTTPException(429, "too many active jobs")
+    await conn.execute("INSERT INTO floor_jobs (id, owner_id, blob, state) VALUES (%s, %s, %s, 'queued')",
+                       (job_id, key.row, pack_arrays({"inputs": inputs})))
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
     dsn, broker = libpq_dsn(settings.resolved_database_url), celery_app(settings)
     token, model_path = os.environ["FLOOR_TOKEN"], os.environ["FLOOR_MODEL"]
     pools: dict[bool, asyncio.Queue[psycopg.AsyncConnection]] = {True: asyncio.Queue(), False: asyncio.Queue()}
+    keys: list[FloorKey] = []  # the bench's one key, made at start-up
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         for durable, pool in pools.items():
             for _ in range(POOL_SIZE):
                 pool.put_nowait(await psycopg.AsyncConnection.connect(dsn, options="" if durable else NO_FLUSH))
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            cursor = await conn.execute("INSERT INTO floor_keys (max_active_jobs) VALUES (%s) RETURNING id",
+                                        (10**6,))
+            key_id = (await cursor.fetchone() or (0,))[0]
+        keys.append(FloorKey(id=f"floor-{key_id}", row=key_id, rate_limit=1e6, max_active_jobs=10**6))
         yield
         for pool in pools.values():
             while not pool.empty():
@@ -159,9 +294,12 @@ def create_app() -> FastAPI:
 
     @app.post("/jobs", status_code=202)
     async def submit(body: FloorJob, authorization: Annotated[str, Header()] = "",
-                     durable: bool = True) -> dict[str, str]:
+                     durable: bool = True, duties: bool = False) -> dict[str, str]:
         if not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
             raise HTTPException(401, "send the bench's token")
+        key = keys[0]
+        if duties:
+            check_request_rate(settings, key)  # type: ignore[arg-type]  # reads id and rate_limit, as of an ApiKey
         inputs = np.asarray(body.inputs, dtype=np.float64)
         if inputs.ndim != 2 or inputs.shape[1] != 2 or not np.isfinite(inputs).all():
             raise HTTPException(422, "inputs: rows of 2 finite numbers")
@@ -169,12 +307,21 @@ def create_app() -> FastAPI:
         pool = pools[durable]
         conn = await pool.get()
         try:
-            await conn.execute("INSERT INTO floor_jobs (id, inputs, state) VALUES (%s, %s, 'queued')",
-                               (job_id, Jsonb(inputs.tolist())))
+            if duties:
+                await _insert_with_duties(conn, key, job_id, inputs)
+            else:
+                await conn.execute("INSERT INTO floor_jobs (id, inputs, state) VALUES (%s, %s, 'queued')",
+                                   (job_id, Jsonb(inputs.tolist())))
             await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
         finally:
             pool.put_nowait(conn)
-        broker.send_task(TASK, args=[job_id, model_path, durable], queue="local", task_id=job_id)
+        if duties:
+            broker.send_task(DUTIES_TASK, args=[job_id, model_path], queue="local", task_id=job_id)
+        else:
+            broker.send_task(TASK, args=[job_id, model_path, durable], queue="local", task_id=job_id)
         return {"id": job_id}
 
     return app

@@ -51,12 +51,13 @@ def submit(qc: Client, model_id: str, inputs: np.ndarray, cpu: CpuMeter | None =
 
 
 def post_floor(client: httpx.Client, inputs: np.ndarray, cpu: CpuMeter | None = None,
-               durable: bool = True) -> Submitted:
+               durable: bool = True, duties: bool = False) -> Submitted:
     """One job through the floor service (``floor_service.py``); its id is its task's id. Not ``durable``: its
-    commits return before their WAL flush."""
+    commits return before their WAL flush; ``duties``: with the service's duties beyond durability."""
+    params = {**({} if durable else {"durable": "false"}), **({"duties": "true"} if duties else {})}
+
     def post() -> str:
-        response = client.post("/jobs", json={"inputs": inputs.tolist()},
-                               params={} if durable else {"durable": "false"})
+        response = client.post("/jobs", json={"inputs": inputs.tolist()}, params=params)
         response.raise_for_status()
         return str(response.json()["id"])
     return timed(cpu, post)

@@ -70,7 +70,7 @@ def print_report(args: argparse.Namespace, result: dict[str, Any]) -> None:
     out.append("")
     out.append(f"{'':42}{'n':>5}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'per s':>9}")
     for key in ("bare_sequential", "bare_concurrent", "floor_sequential", "floor_no_flush", "floor_concurrent",
-                "service_sequential", "service_concurrent"):
+                "floor_duties_sequential", "floor_duties_concurrent", "service_sequential", "service_concurrent"):
         if key not in result:
             continue
         phase = result[key]
@@ -80,13 +80,14 @@ def print_report(args: argparse.Namespace, result: dict[str, Any]) -> None:
     out.append("latency = done − client clock before publish/POST; done = task-succeeded event (bare, floor) or "
                "the job's finished_at (service)")
     posts = [f"{result[k]['label'].split(', one')[0]} {ms(result[k]['post_s']['p50'], 0)} ms"
-             for k in ("floor_sequential", "floor_no_flush") if k in result]
+             for k in ("floor_sequential", "floor_no_flush", "floor_duties_sequential") if k in result]
     if posts:
         seq_post = result["service_sequential"]["segments"]["POST round trip (client)"]["p50"]
         out.append("POST → 202 at the client, p50 one at a time: " + ", ".join(posts)
                    + f", service {ms(seq_post, 0)} ms")
     failed = result["service_concurrent"]["failed"] + result["service_sequential"]["failed"]
-    floor_failed = sum(result[k]["failed"] for k in ("floor_sequential", "floor_no_flush", "floor_concurrent")
+    floor_failed = sum(result[k]["failed"] for k in ("floor_sequential", "floor_no_flush", "floor_concurrent",
+                                                     "floor_duties_sequential", "floor_duties_concurrent")
                        if k in result)
     if failed or floor_failed or result["bare_concurrent"]["failed"]:
         out.append(f"FAILURES: {failed} jobs, {floor_failed} floor jobs, {result['bare_concurrent']['failed']} noops "
@@ -178,10 +179,12 @@ def print_report(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 def goals(bare_seq: Phase, bare_conc: Phase, svc_seq: Phase, svc_conc: Phase, commits: CommitCost | None = None,
           floor_seq: Phase | None = None, floor_conc: Phase | None = None,
-          floor_no_flush: Phase | None = None) -> list[dict[str, Any]]:
+          floor_no_flush: Phase | None = None, duties_seq: Phase | None = None,
+          duties_conc: Phase | None = None) -> list[dict[str, Any]]:
     """The issue's two goals, as ratios to bare Celery in the same run; then the loaded latency ratio, the
     absolute rate and (PostgreSQL) the latency floor of the durable commits and the floor service's ratios (the
-    same goals for the least a durable service does, ``floor_service.py``), for reference."""
+    same goals for the least a durable service does, ``floor_service.py``, and for that least with the service's
+    duties), for reference."""
     p50 = {k: stats(p.latencies)["p50"] for k, p in
            (("bs", bare_seq), ("bc", bare_conc), ("ss", svc_seq), ("sc", svc_conc))}
     rate = svc_conc.rate / bare_conc.rate
@@ -213,6 +216,13 @@ def goals(bare_seq: Phase, bare_conc: Phase, svc_seq: Phase, svc_conc: Phase, co
         ratio = stats(floor_no_flush.latencies)["p50"] / p50["bs"]
         out.append({"goal": "(floor service, commits not flushed) latency ÷ bare, one at a time",
                     "value": f"{ratio:.2f}×", "ratio": ratio, "met": None})
+    if duties_seq is not None and duties_conc is not None:
+        rate = duties_conc.rate / bare_conc.rate
+        seq_ratio = stats(duties_seq.latencies)["p50"] / p50["bs"]
+        out.append({"goal": f"(floor + duties) throughput ÷ bare ({n} at once; goal ⅓)", "value": f"{rate:.2f}×",
+                    "ratio": rate, "met": None})
+        out.append({"goal": f"(floor + duties) latency ÷ bare, one at a time (goal {LATENCY_GOAL:.0f}×)",
+                    "value": f"{seq_ratio:.2f}×", "ratio": seq_ratio, "met": None})
     return out
 
 

@@ -310,6 +310,8 @@ def measure(args: argparse.Namespace, service: LocalService, api_url: str, app: 
     for key, phase in (("bare_sequential", bare_seq), ("bare_concurrent", bare_conc),
                        ("floor_sequential", floor.get("sequential")), ("floor_no_flush", floor.get("no flush")),
                        ("floor_concurrent", floor.get("concurrent")),
+                       ("floor_duties_sequential", floor.get("duties sequential")),
+                       ("floor_duties_concurrent", floor.get("duties concurrent")),
                        ("service_sequential", svc_seq), ("service_concurrent", svc_conc)):
         if phase is None:
             continue
@@ -326,7 +328,8 @@ def measure(args: argparse.Namespace, service: LocalService, api_url: str, app: 
                                "all at once": stats([s.returned - s.start for s in subs])}
     out["cpu_ms_per_item"] = cpu_per
     out["goals"] = goals(bare_seq, bare_conc, svc_seq, svc_conc, out.get("commit_cost"),
-                         floor.get("sequential"), floor.get("concurrent"), floor.get("no flush"))
+                         floor.get("sequential"), floor.get("concurrent"), floor.get("no flush"),
+                         floor.get("duties sequential"), floor.get("duties concurrent"))
     return out
 
 
@@ -352,8 +355,22 @@ def measure_floor(args: argparse.Namespace, service: LocalService, watcher: Even
         conc, conc_subs = all_at_once(f"floor service, {args.jobs} at once", [
             partial(post_floor, client, x, cpu) for x in inputs[:args.jobs]], args.threads, watcher, args.timeout)
         cpu_per[f"floor, {args.jobs} at once"] = cpu.per_item(before, cpu.snapshot(), args.jobs)
+        log(f"[floor] {args.sequential} floor jobs with the service's duties one at a time ...")
+        before = cpu.snapshot()
+        duties_seq, duties_seq_subs = one_at_a_time("floor + duties, one at a time", [
+            partial(post_floor, client, x, cpu, duties=True) for x in inputs[:args.sequential]], watcher,
+            args.timeout)
+        cpu_per["floor + duties, one at a time"] = cpu.per_item(before, cpu.snapshot(), args.sequential)
+        log(f"[floor] {args.jobs} floor jobs with the service's duties at once ...")
+        before = cpu.snapshot()
+        duties_conc, duties_conc_subs = all_at_once(f"floor + duties, {args.jobs} at once", [
+            partial(post_floor, client, x, cpu, duties=True) for x in inputs[:args.jobs]], args.threads, watcher,
+            args.timeout)
+        cpu_per[f"floor + duties, {args.jobs} at once"] = cpu.per_item(before, cpu.snapshot(), args.jobs)
         cpu.extra_apis.remove(process)  # before it stops: a stopped process reads as 0 s
-    phases = {"sequential": (seq, seq_subs), "no flush": (no_flush, no_flush_subs), "concurrent": (conc, conc_subs)}
+    phases = {"sequential": (seq, seq_subs), "no flush": (no_flush, no_flush_subs), "concurrent": (conc, conc_subs),
+              "duties sequential": (duties_seq, duties_seq_subs),
+              "duties concurrent": (duties_conc, duties_conc_subs)}
     for phase, subs in phases.values():  # a task can return without a result
         phase.extra["failed"] += len(subs) - succeeded(service.settings.resolved_database_url, [s.job_id for s in subs])
         phase.extra["post_s"] = stats([s.returned - s.start for s in subs])
