@@ -21,7 +21,7 @@ result) is not recorded: it issues it again on each try.
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +31,7 @@ from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql import Executable
 
 from qkan_orch.service.store import jobs as store
+from qkan_orch.service.store import step_in_one_statement as one_statement
 
 log = logging.getLogger("qkan.worker")
 PATIENCE = 120.0  # seconds a write waits for an unreachable database before the step gives up
@@ -77,31 +78,38 @@ class PendingWrites:
 
     def commit_log(self) -> None:
         """Commit the pending round rows and events alone: progress the event stream should show now."""
-        self._write(None, {})
+        self._write(None)
 
     def commit(self, **values: Any) -> bool:
         """Write everything pending and ``values``; returns the job's cancel flag. LeaseLost if the lease is gone."""
-        return bool(self._write(store.change, values))
+        return bool(self._write(values))
 
     def release(self, **values: Any) -> None:
         """Write everything pending and ``values`` and give the lease up, in the same UPDATE."""
-        self._write(store.release, values)
+        self._write({**values, **store.RELEASED})
 
-    def _write(self, update: Callable[..., bool | None] | None, values: dict[str, Any]) -> bool | None:
-        """The log rows, then ``update`` of the job with the pending columns and ``values``, one commit; the same
+    def _write(self, values: dict[str, Any] | None) -> bool | None:
+        """The log rows, then (unless ``values`` is None) the job's conditional UPDATE with the pending columns and
+        ``values``, one commit — one statement where the database allows (``step_in_one_statement``); the same
         again after a backoff while the database cannot be reached, for up to ``PATIENCE`` seconds."""
         rows, events, stored = self.rounds, self.events, self.result
-        columns, amounts = self._take(values) if update else ({}, {})
+        columns, amounts = self._take(values) if values is not None else ({}, {})
         added, executed = [*self.flushed, *self.session.new], list(self.executed)
         self.rounds, self.events, self.result = [], [], None
         deadline, delay = time.monotonic() + PATIENCE, RETRY_FIRST
         while True:
             try:
+                if values is not None and one_statement.possible(self.session):
+                    cancel = one_statement.change(self.session, self.job_id, self.token, amounts, rows, events,
+                                                  stored, **columns)
+                    self.session.commit()  # the statement committed itself: this gives its connection back
+                    return cancel
                 store.add_rounds(self.session, rows)
                 store.add_events(self.session, events)
                 if stored is not None:
                     store.store_result(self.session, self.job_id, *stored)
-                result = update(self.session, self.job_id, self.token, amounts, **columns) if update else None
+                result = store.change(self.session, self.job_id, self.token, amounts, **columns) \
+                    if values is not None else None
                 self.session.commit()
                 return result
             except OperationalError as exc:

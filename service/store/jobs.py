@@ -155,14 +155,14 @@ def change(session: Session, job_id: str, token: str, added: Mapping[str, int | 
     added = added or {}
     parameters = {"change_id": job_id, "change_token": token, **{f"set_{k}": v for k, v in values.items()},
                   **{f"add_{k}": v for k, v in added.items()}}
-    row = session.connection().execute(_change_statement(frozenset(values), frozenset(added)), parameters).first()
+    row = session.connection().execute(change_statement(frozenset(values), frozenset(added)), parameters).first()
     if row is None:
         raise LeaseLost(job_id)
     return bool(row[0])
 
 
 @functools.cache
-def _change_statement(setting: frozenset[str], adding: frozenset[str]) -> Update:
+def change_statement(setting: frozenset[str], adding: frozenset[str]) -> Update:
     """``change``'s UPDATE for these columns, built once per set of names with bind parameters for the values: a
     step's writes take a handful of shapes, and a statement reused skips construction and its cache key (0.2 ms
     less CPU a write, bench/results/service_load.md)."""
@@ -172,10 +172,8 @@ def _change_statement(setting: frozenset[str], adding: frozenset[str]) -> Update
             .values(columns).returning(JOBS.c.cancel_requested))
 
 
-def release(session: Session, job_id: str, token: str, added: Mapping[str, int | float] | None = None,
-            **values: Any) -> None:
-    """Give the lease up, together with any last ``values`` and ``added`` amounts (state, next task id, …)."""
-    change(session, job_id, token, added, lease_owner=None, lease_until=None, **values)
+RELEASED = {"lease_owner": None, "lease_until": None}  # the columns of a job nobody holds
+
 
 
 def add_round(session: Session, job_id: str, number: int, **values: Any) -> None:
