@@ -31,7 +31,7 @@ own work, to tell whether the service's design or its duties keep it from the
 throughput goal:
 
 * API: the key's request rate (the service's token bucket in Redis,
-  ``check_request_rate``), its active jobs (the key's row locked, its active
+  ``RequestRates``), its active jobs (the key's row locked, its active
   jobs counted, in the insert's transaction, as ``check_active_jobs``), the
   inputs stored as safetensors (``pack_arrays``).
 * Worker: the inputs unpacked, the answer computed by the service's own plan
@@ -77,7 +77,7 @@ from pydantic import BaseModel
 from qkan_orch.backends import get_backend
 from qkan_orch.circuits import plan_for
 from qkan_orch.models import Model, load_model
-from qkan_orch.service.api.rate_limits import check_request_rate
+from qkan_orch.service.api.rate_limits import RequestRates
 from qkan_orch.service.broker import celery_app
 from qkan_orch.service.devstack import libpq_dsn
 from qkan_orch.service.processes import free_port, start_child, stop_group, wait_for_api
@@ -270,6 +270,7 @@ def create_app() -> FastAPI:
     token, model_path = os.environ["FLOOR_TOKEN"], os.environ["FLOOR_MODEL"]
     pools: dict[bool, asyncio.Queue[psycopg.AsyncConnection]] = {True: asyncio.Queue(), False: asyncio.Queue()}
     keys: list[FloorKey] = []  # the bench's one key, made at start-up
+    rates = RequestRates(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -299,7 +300,7 @@ def create_app() -> FastAPI:
             raise HTTPException(401, "send the bench's token")
         key = keys[0]
         if duties:
-            check_request_rate(settings, key)  # type: ignore[arg-type]  # reads id and rate_limit, as of an ApiKey
+            await rates.take(key)  # type: ignore[arg-type]  # reads id and rate_limit, as of an ApiKey
         inputs = np.asarray(body.inputs, dtype=np.float64)
         if inputs.ndim != 2 or inputs.shape[1] != 2 or not np.isfinite(inputs).all():
             raise HTTPException(422, "inputs: rows of 2 finite numbers")

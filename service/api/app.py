@@ -13,6 +13,7 @@ from qkan_orch.service import dashboard
 from qkan_orch.service.api import docs_assets, errors
 from qkan_orch.service.api.event_hub import EventHub
 from qkan_orch.service.api.limits import BodyLimit
+from qkan_orch.service.api.rate_limits import RequestRates
 from qkan_orch.service.api.routes import backends, calibrations, comparisons, estimate, health, jobs, models, queues
 from qkan_orch.service.api.routes import keys as key_routes
 from qkan_orch.service.broker import Courier
@@ -31,11 +32,13 @@ sees only its own models and jobs. Errors are `{"error": {"code", "message", "fi
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Once the server has set up logging: ours with the job id (``job_logging``), and no provider secret reaches
-    any log, whatever an SDK says. At shutdown the event streams' poller and the broker courier stop."""
+    any log, whatever an SDK says. At shutdown the event streams' poller, the rate limits' Redis client and the
+    broker courier stop."""
     configure_api(app.state.settings.log_level)
     redact_logs(*map(logging.getLogger, ("", "qkan", "uvicorn", "uvicorn.error", "uvicorn.access")))
     yield
     await app.state.event_hub.close()
+    await app.state.request_rates.close()
     app.state.courier.close()
 
 
@@ -45,6 +48,7 @@ def create_app(settings: Settings, *, celery: Celery) -> FastAPI:
     app.state.settings, app.state.celery = settings, celery
     app.state.event_hub = EventHub(settings.resolved_database_url, settings.max_streams_per_key)
     app.state.courier = Courier(celery)
+    app.state.request_rates = RequestRates(settings)
     errors.install(app)
     docs_assets.install(app)
     install_resolver(resolver(settings.resolved_database_url))  # emulate:calibration:<id> in quotes

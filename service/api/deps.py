@@ -6,12 +6,13 @@ from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from qkan_orch.service.api.errors import HTTPProblem
 from qkan_orch.service.api.event_hub import EventHub
-from qkan_orch.service.api.rate_limits import check_auth_failures, check_request_rate, record_auth_failure
+from qkan_orch.service.api.rate_limits import check_auth_failures, record_auth_failure
 from qkan_orch.service.broker import Courier
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store.database import session_scope
@@ -52,16 +53,15 @@ def _refused(settings: Settings, address: str, message: str) -> HTTPProblem:
     return HTTPProblem(401, "unauthorized", message, headers=_CHALLENGE)
 
 
-def current_key(
+async def current_key(
     request: Request,
     settings: Annotated[Settings, Depends(settings_dep)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
-    """The caller's key, looked up in a short session of its own: a route that holds no session (an event
-    stream) holds no connection either. A token this process has not verified is looked up only if its address
-    has not failed too often (a guess never gets into the cache, so only lookups need that check); a known key
-    then takes a request from its rate limit (``rate_limits``)."""
-    address = request.client.host if request.client else "unknown"
+    """The caller's key; then a request from its rate limit (``rate_limits``). On the event loop: a key this
+    process verified within ``key_cache_seconds`` needs no database, and the rate limit asks Redis
+    asynchronously, so the usual request makes no thread hop for its key. Any other token is looked up on a
+    thread (``_verify``)."""
     if credentials is None:
         raise HTTPProblem(401, "unauthorized", "send an API key: 'Authorization: Bearer <key>'", headers=_CHALLENGE)
     digest = hash_key(credentials.credentials)
@@ -69,17 +69,26 @@ def current_key(
     if cached is not None and cached[1] > time.monotonic():
         key = cached[0]
     else:
-        check_auth_failures(settings, address)
-        with session_scope(settings.resolved_database_url) as session:
-            key = key_for_token(session, credentials.credentials)
-            if key is not None:
-                session.expunge(key)
-        if key is None:
-            raise _refused(settings, address, "the API key is not valid")
-        if key.revoked_at is not None:
-            raise _refused(settings, address, "the API key was revoked")
-        _known_keys[digest] = (key, time.monotonic() + settings.key_cache_seconds)
-    check_request_rate(settings, key)
+        address = request.client.host if request.client else "unknown"
+        key = await run_in_threadpool(_verify, settings, address, credentials.credentials, digest)
+    await request.app.state.request_rates.take(key)
+    return key
+
+
+def _verify(settings: Settings, address: str, token: str, digest: str) -> ApiKey:
+    """Look the token up in a short session of its own (a route that holds no session, an event stream, holds
+    no connection either) — only if its address has not failed too often: a guess never gets into the cache,
+    so only lookups need that check. A valid key is cached for ``key_cache_seconds``."""
+    check_auth_failures(settings, address)
+    with session_scope(settings.resolved_database_url) as session:
+        key = key_for_token(session, token)
+        if key is not None:
+            session.expunge(key)
+    if key is None:
+        raise _refused(settings, address, "the API key is not valid")
+    if key.revoked_at is not None:
+        raise _refused(settings, address, "the API key was revoked")
+    _known_keys[digest] = (key, time.monotonic() + settings.key_cache_seconds)
     return key
 
 

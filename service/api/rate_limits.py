@@ -23,6 +23,7 @@ import threading
 import time
 
 import redis
+import redis.asyncio
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
@@ -57,12 +58,10 @@ return wait
 """
 
 
-class _Redis:
-    """One client per Redis URL and process, with short timeouts, that stays quiet for a while after a failure."""
+class _Outage:
+    """Whether Redis answered lately: after a failure the limits are skipped for a while, logged once per outage."""
 
-    def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url, socket_timeout=_TIMEOUT, socket_connect_timeout=_TIMEOUT)
-        self.bucket = self.client.register_script(_BUCKET)
+    def __init__(self) -> None:
         self.offline_until = 0.0
         self.logged = False
 
@@ -79,6 +78,15 @@ class _Redis:
         if self.logged:
             self.logged = False
             log.info("Redis answers again: rate limits are back")
+
+
+class _Redis(_Outage):
+    """One client per Redis URL and process, with short timeouts, for the failed-authentication windows (a
+    request thread's)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.client = redis.Redis.from_url(url, socket_timeout=_TIMEOUT, socket_connect_timeout=_TIMEOUT)
 
 
 _clients: dict[str, _Redis] = {}
@@ -98,21 +106,37 @@ def _too_many(code: str, message: str, retry_after: float) -> HTTPProblem:
     return HTTPProblem(429, code, message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
-def check_request_rate(settings: Settings, key: ApiKey) -> None:
-    """Take one request from the key's bucket; 429 ``rate_limited`` with Retry-After if it is empty."""
-    rate = key.rate_limit if key.rate_limit is not None else settings.rate_limit_per_second
-    store = _redis(settings)
-    if store is None or not store.available():
-        return
-    try:
-        wait_ms = int(store.bucket(keys=[f"qkan:rate:{key.id}"], args=[rate, rate * BURST_SECONDS]))
-    except redis.RedisError as exc:
-        store.failed(exc)
-        return
-    store.answered()
-    if wait_ms > 0:
-        raise _too_many("rate_limited", f"this API key may make {rate:g} requests per second "
-                        f"(bursts of {rate * BURST_SECONDS:g}); try again in a moment", wait_ms / 1000)
+class RequestRates(_Outage):
+    """The keys' request buckets, asked from the API's event loop with an asyncio client: every authenticated
+    request takes a token, and a thread hop for it cost more CPU than the request's own work when the key is
+    cached (bench/results/service_load.md). One per app (``create_app``), used on that app's loop only."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.client = (redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=_TIMEOUT,
+                                                    socket_connect_timeout=_TIMEOUT)
+                       if settings.redis_url else None)
+        self.bucket = self.client.register_script(_BUCKET) if self.client is not None else None
+
+    async def take(self, key: ApiKey) -> None:
+        """Take one request from the key's bucket; 429 ``rate_limited`` with Retry-After if it is empty."""
+        rate = key.rate_limit if key.rate_limit is not None else self.settings.rate_limit_per_second
+        if self.bucket is None or not self.available():
+            return
+        try:
+            wait_ms = int(await self.bucket(keys=[f"qkan:rate:{key.id}"], args=[rate, rate * BURST_SECONDS]))
+        except redis.RedisError as exc:
+            self.failed(exc)
+            return
+        self.answered()
+        if wait_ms > 0:
+            raise _too_many("rate_limited", f"this API key may make {rate:g} requests per second "
+                            f"(bursts of {rate * BURST_SECONDS:g}); try again in a moment", wait_ms / 1000)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
 
 
 def check_auth_failures(settings: Settings, address: str) -> None:
