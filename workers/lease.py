@@ -19,13 +19,11 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from qkan_orch.service.store import jobs as store
-from qkan_orch.service.store.database import session_scope
+from qkan_orch.service.store.database import ONE_STATEMENT, session_scope
 from qkan_orch.service.store.states import TERMINAL
 
 log = logging.getLogger("qkan.worker")
 RENEW_RETRY = 0.5  # seconds between tries of a renewal that failed
-# the claim is one statement, committed by itself: no BEGIN and COMMIT round trips around it
-ONE_STATEMENT = {"isolation_level": "AUTOCOMMIT"}
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ class Lease:
 def claim(session: Session, job_id: str, seconds: float) -> Lease | None:
     """Take the job's lease (committed) if it is active and free; None if someone else holds it or it ended."""
     token = uuid.uuid4().hex
-    session.connection(execution_options=ONE_STATEMENT)
+    session.connection(execution_options=ONE_STATEMENT)  # the claim is one statement, committed by itself
     job = store.claim(session, job_id, token, seconds)
     session.commit()
     return Lease(job, token) if job is not None else None

@@ -33,6 +33,8 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 _ADVISORY_LOCK = 0x51CA4  # any constant shared by all our processes
 CONNECT_TIMEOUT = 5  # seconds: the API answers 503 database_unavailable after at most this long
 PING_AFTER_IDLE = 1.0  # seconds a pooled connection may sit unused before it is pinged at checkout
+# execution options of a connection whose statement commits by itself: no BEGIN and COMMIT round trips around it
+ONE_STATEMENT = {"isolation_level": "AUTOCOMMIT"}
 
 
 @cache

@@ -175,7 +175,6 @@ def change_statement(setting: frozenset[str], adding: frozenset[str]) -> Update:
 RELEASED = {"lease_owner": None, "lease_until": None}  # the columns of a job nobody holds
 
 
-
 def add_round(session: Session, job_id: str, number: int, **values: Any) -> None:
     session.add(Round(job_id=job_id, number=number, **values))
 

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import JSON, Integer, Select, Table, bindparam, column, func, insert, select, true
 from sqlalchemy.orm import Session
 
+from qkan_orch.service.store.database import ONE_STATEMENT
 from qkan_orch.service.store.jobs import JOBS, LeaseLost, change_statement
 from qkan_orch.service.store.tables import JobEvent, JobResult, Round, utcnow
 
@@ -31,7 +32,6 @@ RESULTS: Table = JobResult.__table__  # type: ignore[assignment]
 ROUND_COLUMNS = ("number", "rows", "requested", "executions", "shots", "provider_job_ids", "submitted_at",
                  "finished_at", "seconds")
 EVENT_COLUMNS = ("kind", "at", "data")
-ONE_STATEMENT = {"isolation_level": "AUTOCOMMIT"}  # committed by itself: no BEGIN and COMMIT round trips
 
 
 def possible(session: Session) -> bool:
