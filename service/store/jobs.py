@@ -153,9 +153,8 @@ def change(session: Session, job_id: str, token: str, added: Mapping[str, int | 
     ``PendingWrites`` wants: it issues this statement again itself on each try.
     """
     added = added or {}
-    parameters = {"change_id": job_id, "change_token": token, **{f"set_{k}": v for k, v in values.items()},
-                  **{f"add_{k}": v for k, v in added.items()}}
-    row = session.connection().execute(change_statement(frozenset(values), frozenset(added)), parameters).first()
+    row = session.connection().execute(change_statement(frozenset(values), frozenset(added)),
+                                       change_parameters(job_id, token, added, values)).first()
     if row is None:
         raise LeaseLost(job_id)
     return bool(row[0])
@@ -170,6 +169,13 @@ def change_statement(setting: frozenset[str], adding: frozenset[str]) -> Update:
     columns.update({name: JOBS.c[name] + bindparam(f"add_{name}", type_=JOBS.c[name].type) for name in adding})
     return (update(JOBS).where(JOBS.c.id == bindparam("change_id"), JOBS.c.lease_owner == bindparam("change_token"))
             .values(columns).returning(JOBS.c.cancel_requested))
+
+
+def change_parameters(job_id: str, token: str, added: Mapping[str, int | float], values: Mapping[str, Any]
+                      ) -> dict[str, Any]:
+    """The bind parameters of ``change_statement``: the job, the lease's token, each value set, each amount added."""
+    return {"change_id": job_id, "change_token": token, **{f"set_{k}": v for k, v in values.items()},
+            **{f"add_{k}": v for k, v in added.items()}}
 
 
 RELEASED = {"lease_owner": None, "lease_until": None}  # the columns of a job nobody holds

@@ -23,7 +23,7 @@ from sqlalchemy import JSON, Integer, Select, Table, bindparam, column, func, in
 from sqlalchemy.orm import Session
 
 from qkan_orch.service.store.database import ONE_STATEMENT
-from qkan_orch.service.store.jobs import JOBS, LeaseLost, change_statement
+from qkan_orch.service.store.jobs import JOBS, LeaseLost, change_parameters, change_statement
 from qkan_orch.service.store.tables import JobEvent, JobResult, Round, utcnow
 
 ROUNDS: Table = Round.__table__  # type: ignore[assignment]
@@ -47,10 +47,7 @@ def change(session: Session, job_id: str, token: str, added: Mapping[str, int | 
     job's ``result`` (arrays, summary) inserted if the UPDATE matches, committed; the cancel flag, or LeaseLost
     (and nothing written) if the lease is gone."""
     values = {**values, "updated_at": utcnow()}  # a CTE's UPDATE gets no onupdate value of its own
-    parameters: dict[str, Any] = {
-        "change_id": job_id, "change_token": token,
-        **{f"set_{k}": v for k, v in values.items()}, **{f"add_{k}": v for k, v in added.items()},
-    }
+    parameters = change_parameters(job_id, token, added, values)
     if rounds:
         parameters["rounds"] = [{k: _json(row[k]) for k in ROUND_COLUMNS} for row in rounds]
     if events:
