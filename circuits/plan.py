@@ -83,6 +83,7 @@ class ExecutionPlan(Protocol):
     """What workers and ``run_plan`` drive: any model whose inference is rounds of activation batches."""
 
     total_rounds: int
+    inputs: np.ndarray  # as validated: samples × features, or samples × steps × features for sequences
 
     def initial_state(self) -> PlanState: ...
 

@@ -47,7 +47,7 @@ def spec_warnings() -> Iterator[None]:
 def predict(args: argparse.Namespace) -> int:
     from qkan_orch.backends import get_backend, run_plan
     from qkan_orch.circuits import plan_for
-    from qkan_orch.comparisons import agreement
+    from qkan_orch.comparisons import agreement, independent_samples
     from qkan_orch.mitigation import Mitigation, mitigated
     from qkan_orch.models import load_model
 
@@ -65,7 +65,8 @@ def predict(args: argparse.Namespace) -> int:
             raise InputError(field, f"{path}: use a .npy or .csv file")
     reference = get_backend(args.compare) if args.compare else None
     inputs = read_array(args.inputs)
-    report = run_plan(plan_for(model, inputs), mitigated(backend, mitigation), shots=shots, pack=args.pack,
+    plan = plan_for(model, inputs)
+    report = run_plan(plan, mitigated(backend, mitigation), shots=shots, pack=args.pack,
                       options=options, progress=not args.quiet)
     write_array(args.out, report.outputs)
     if args.stderr_out:
@@ -81,8 +82,9 @@ def predict(args: argparse.Namespace) -> int:
     if reference is not None:
         ref = run_plan(plan_for(model, inputs), reference,
                        shots=resolve_shots(reference.capabilities(), None), progress=not args.quiet)
-        print(f"vs {reference.name}: {agreement(report.outputs, report.stderr, ref.outputs, ref.stderr).summary()}",
-              file=sys.stderr)
+        found = agreement(report.outputs, report.stderr, ref.outputs, ref.stderr,
+                          independent_samples(plan.inputs))
+        print(f"vs {reference.name}: {found.summary()}", file=sys.stderr)
     return 0
 
 

@@ -160,7 +160,7 @@ def _print_table(entries: list[dict]) -> None:
     print(f"rows: circuits after deduplication, of: activations requested, execs: circuits run (calibration and "
           f"fold scales included); raw RMSE: the same rounds without mitigation; RMSE / max err vs {REFERENCE}; "
           "σ shots: expected RMSE from shot noise alone; χ² p: the chance of differences this large if shot noise "
-          "alone caused them (tiny: noise the errors do not report)")
+          "alone caused them (tiny: noise the errors do not report), over the samples that share no circuit")
 
 
 def _plot(target: np.ndarray, outputs: dict, path: str, formula: str) -> None:

@@ -202,6 +202,7 @@ class Agreement(_Response):
     sigma: float
     mean_z2: float | None
     p_value: float
+    chi2_n: int
     slope: float | None
     intercept: float | None
 

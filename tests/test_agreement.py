@@ -6,8 +6,14 @@ reported errors are right; the fraction of p-values under 0.01 is binomial with 
 
 import numpy as np
 import pytest
+from scipy.stats import chi2
 
-from qkan_orch.comparisons import agreement
+from qkan_orch.backends import get_backend
+from qkan_orch.backends.runner import run_plan
+from qkan_orch.circuits import plan_for
+from qkan_orch.cli.demo import demo_model
+from qkan_orch.comparisons import agreement, independent_samples
+from qkan_orch.models.functions import get_function
 
 DRAWS, N = 400, 50
 
@@ -51,3 +57,34 @@ def test_the_plain_statistics_and_the_analytic_edge_cases() -> None:
     assert np.isnan(agreement(y, se, np.ones(3)).slope)  # a constant reference has no slope
     with pytest.raises(ValueError):
         agreement(y, se, r[:2])
+
+
+def test_samples_with_an_input_value_in_common_are_counted_once() -> None:
+    grid = np.array([[a, b] for a in range(4) for b in range(4)], dtype=float)
+    assert np.flatnonzero(independent_samples(grid)).tolist() == [0, 5, 10, 15]  # one per value of each column
+    assert independent_samples(np.random.default_rng(0).uniform(-1, 1, (20, 3))).all()  # no value repeats
+    assert independent_samples(np.array([[0.1, 0.2], [0.3, 0.2], [0.5, 0.6]])).tolist() == [True, False, True]
+    assert independent_samples(np.zeros((3, 5, 2))).tolist() == [True, False, False]  # LSTM: h = 0 circuits shared
+    y = np.random.default_rng(1).normal(size=(16, 2))
+    found = agreement(y, np.ones_like(y), np.zeros_like(y), independent=independent_samples(grid))
+    assert found.n == 32 and found.chi2_n == 8  # four samples × two outputs
+    assert found.p_value == pytest.approx(chi2.sf(np.sum(y[[0, 5, 10, 15]] ** 2), 8))
+    assert found.mean_z2 == pytest.approx(np.mean(y**2))  # every value: unbiased whatever they share
+
+
+def test_ideal_runs_on_a_grid_give_uniform_p_values_over_samples_that_share_no_circuit() -> None:
+    """The demo's model on its 8×8 grid, shot noise alone (``emulate:dm`` without noise; bench/agreement_calibration.py
+    runs the same at length). Samples with an x value in common share that edge's circuit: counting all of them,
+    p < 0.01 comes far more often than 1 %; counting the independent ones, p is uniform."""
+    model, _ = demo_model()
+    grid = get_function("sin_cos").grid(8).numpy()
+    exact = run_plan(plan_for(model, grid), get_backend("exact")).outputs
+    runs = [run_plan(plan_for(model, grid), get_backend("emulate:dm"), shots=4000, options={"noise": False, "seed": k})
+            for k in range(DRAWS)]
+    independent = independent_samples(grid)
+    assert independent.sum() == 8
+    p = np.array([agreement(r.outputs, r.stderr, exact, independent=independent).p_value for r in runs])
+    assert abs(np.mean(p < 0.01) - 0.01) < 5 * np.sqrt(0.01 * 0.99 / DRAWS)
+    assert np.mean(p) == pytest.approx(0.5, abs=5 * np.sqrt(1 / 12 / DRAWS))
+    every = np.array([agreement(r.outputs, r.stderr, exact).p_value for r in runs])
+    assert np.mean(every < 0.01) > 0.01 + 5 * np.sqrt(0.01 * 0.99 / DRAWS)  # why: shared circuits, correlated errors

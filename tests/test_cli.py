@@ -251,8 +251,10 @@ def test_predict_compare_prints_errors_and_packing_and_csv_has_a_header(workdir:
     *parts, consistency = compared.removeprefix("vs exact: ").split(", ")
     numbers = dict(part.rsplit(" ", 1) for part in parts)
     assert set(numbers) == {"RMSE", "max error", "σ from shots", "slope"}, compared
-    mean_z2, p_value = map(float, re.fullmatch(r"mean z² (\S+) \(χ² p (\S+)\)", consistency).groups())
+    mean_z2, p_value, counted = map(float, re.fullmatch(r"mean z² (\S+) \(χ² p (\S+) over (\d+)\)",
+                                                         consistency).groups())
     z2 = ((y - ref) / se) ** 2  # exact reports no error: the sampled run's alone
+    assert counted == z2.size  # random inputs repeat no value: no two samples share a circuit
     assert mean_z2 == pytest.approx(np.mean(z2), rel=5e-3)
     assert p_value == pytest.approx(chi2.sf(np.sum(z2), z2.size), rel=5e-2, abs=5e-3)
     assert float(numbers["RMSE"]) == pytest.approx(np.sqrt(np.mean((y - ref) ** 2)), rel=1e-3)

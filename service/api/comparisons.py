@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from qkan_orch.backends import get_backend
-from qkan_orch.comparisons import Agreement, agreement, edge_rmse
+from qkan_orch.comparisons import Agreement, agreement, edge_rmse, independent_samples
 from qkan_orch.models.errors import InputError
 from qkan_orch.service.api.job_records import new_job, publish
 from qkan_orch.service.api.job_views import jobs_out
@@ -146,7 +146,9 @@ def comparisons_out(session: Session, comparisons: Sequence[Comparison]) -> list
         own = {j.backend: j for j in jobs if j.comparison_id == comparison.id}
         reference = own[comparison.reference]
         ref_arrays = results.get(reference.id)
-        compared = [_compared(own[b], views[own[b].id], results.get(own[b].id), ref_arrays)
+        # the jobs share these inputs, so which samples share circuits is the same for all of them
+        independent = independent_samples(unpack_arrays(reference.inputs)["inputs"]) if ref_arrays else None
+        compared = [_compared(own[b], views[own[b].id], results.get(own[b].id), ref_arrays, independent)
                     for b in comparison.backends]
         estimates = [j.estimate for j in own.values() if j.estimate]
         out.append(ComparisonOut(
@@ -166,14 +168,15 @@ def _summed(estimates: list[dict]) -> EstimateOut:
 
 
 def _compared(job: Job, view: JobOut, arrays: dict[str, np.ndarray] | None,
-              reference: dict[str, np.ndarray] | None) -> ComparedOut:
+              reference: dict[str, np.ndarray] | None, independent: np.ndarray | None) -> ComparedOut:
     out = ComparedOut(backend=job.backend, job=view)
     if arrays is None or reference is None:
         return out
     ref, ref_se = reference["outputs"], reference["stderr"]
-    out.agreement = _agreement_out(agreement(arrays["outputs"], arrays["stderr"], ref, ref_se))
+    out.agreement = _agreement_out(agreement(arrays["outputs"], arrays["stderr"], ref, ref_se, independent))
     if "raw_outputs" in arrays:
-        out.raw_agreement = _agreement_out(agreement(arrays["raw_outputs"], arrays["raw_stderr"], ref, ref_se))
+        out.raw_agreement = _agreement_out(agreement(arrays["raw_outputs"], arrays["raw_stderr"], ref, ref_se,
+                                                     independent))
     count = sum(1 for k in arrays if k.startswith("layer."))
     out.layers = [_layer(k, arrays, reference) for k in range(count)]
     return out

@@ -274,7 +274,10 @@ class AgreementOut(BaseModel):
     max_error: float
     sigma: float = Field(description="The RMSE the reported standard errors explain")
     mean_z2: float | None = Field(description="Mean squared error in units of the reported σ (null: infinite)")
-    p_value: float = Field(description="χ² probability of differences this large if the errors explain them")
+    p_value: float = Field(description="χ² probability of differences this large if the errors explain them, "
+                                       "over the samples that share no circuit (chi2_n values)")
+    chi2_n: int = Field(description="Output values p_value counts: those of samples with no input value in common "
+                                    "(samples sharing a value share that circuit's shot noise)")
     slope: float | None = Field(description="Of outputs on the reference: below 1 is a noise shrink (null: the "
                                             "reference is constant)")
     intercept: float | None
