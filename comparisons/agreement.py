@@ -30,8 +30,11 @@ and ``chi2_n`` says over how many output values: all of them for inputs
 without repeated values, one sample per distinct value on a grid. Counted
 that way an ideal run's p is uniform again (p < 0.01 in 1.0 % of 400 runs on
 the grid). Not removed: read-out mitigation corrects every row on a qubit
-with the same calibration circuits, so a small part of mitigated errors is
-common to all samples.
+with the same calibration circuits, so part of a mitigated error is common
+to all samples. It matters with many samples: read-out-corrected ideal runs
+(``emulate:dm``, read-out flip 0.02 only, 4000 shots) gave a calibrated p on
+64 samples, and on 1000 samples p < 0.01 in 3 % and p < 10⁻⁴ in 1 % of 100
+runs.
 """
 
 from dataclasses import dataclass
