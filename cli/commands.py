@@ -83,7 +83,7 @@ def predict(args: argparse.Namespace) -> int:
         ref = run_plan(plan_for(model, inputs), reference,
                        shots=resolve_shots(reference.capabilities(), None), progress=not args.quiet)
         found = agreement(report.outputs, report.stderr, ref.outputs, ref.stderr,
-                          independent_samples(plan.inputs))
+                          independent_samples(plan.inputs, model.spec.kind))
         print(f"vs {reference.name}: {found.summary()}", file=sys.stderr)
     return 0
 

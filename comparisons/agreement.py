@@ -24,10 +24,9 @@ same h = 0 circuits. Mean z² stays unbiased, but Σ z² over such samples
 spreads wider than χ²_n and P(χ²_n ≥ χ²) comes out too small: on the demo's
 8×8 grid an ideal run gave p < 10⁻⁴ in 2 % of runs instead of 0.01 %
 (``bench/agreement_calibration.py``). So ``p_value`` is computed over the
-samples ``independent_samples`` picks — no two with a value in common in any
-input column, whatever their circuits could share downstream then differs —
-and ``chi2_n`` says over how many output values: all of them for inputs
-without repeated values, one sample per distinct value on a grid. Counted
+samples ``independent_samples`` picks, no two of which share a circuit, and
+``chi2_n`` says over how many output values: for a QKAN all of them when no
+input column repeats a value, one sample per distinct value on a grid. Counted
 that way an ideal run's p is uniform again (p < 0.01 in 1.0 % of 400 runs on
 the grid). Not removed: read-out mitigation corrects every row on a qubit
 with the same calibration circuits, so part of a mitigated error is common
@@ -65,13 +64,25 @@ def edge_rmse(activations: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean((np.asarray(activations, float) - np.asarray(reference, float)) ** 2, axis=0))
 
 
-def independent_samples(inputs: np.ndarray) -> np.ndarray:
-    """Which samples the χ² may count together: a sample joins, in order, unless it has an input value in common
-    with one that joined (the same column; the two would share that column's circuits). All of them when no
-    column repeats a value. Sequences (samples × steps × features): the first sample only, since a QKAN-LSTM
-    runs every sample's first step on the same h = 0 circuits (an HQKAN-LSTM would allow more)."""
+MIXING_KINDS = ("hqkan", "hqkan-lstm")  # the first quantum layer sees a classical (Linear) map of the inputs
+
+
+def independent_samples(inputs: np.ndarray, kind: str = "qkan") -> np.ndarray:
+    """Which samples the χ² may count together: no two of them share a circuit of a model of ``kind``.
+
+    A QKAN runs one circuit per edge and input value, so a sample joins, in order, unless it has a value in
+    common with one that joined (the same column); all of them when no column repeats a value. A QKAN-LSTM runs
+    every sample's first step on the same h = 0 circuits: the first sample only. An HQKAN or HQKAN-LSTM feeds its
+    QKAN a Linear map of the whole input row (of the first step), which differs wherever the rows differ: one
+    sample per distinct row. Later layers and steps see each sample's own noisy values. Any other kind gets the
+    first two rules, which hold for every kind.
+    """
     x = np.asarray(inputs)
     chosen = np.zeros(len(x), dtype=bool)
+    if kind in MIXING_KINDS:
+        rows = (x[:, 0] if x.ndim == 3 else x).reshape(len(x), -1)
+        chosen[np.unique(rows, axis=0, return_index=True)[1]] = True
+        return chosen
     if x.ndim != 2:
         chosen[:1] = True
         return chosen

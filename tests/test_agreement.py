@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import chi2
 
+from conftest import make_model
 from qkan_orch.backends import get_backend
 from qkan_orch.backends.runner import run_plan
 from qkan_orch.circuits import plan_for
@@ -65,6 +66,12 @@ def test_samples_with_an_input_value_in_common_are_counted_once() -> None:
     assert independent_samples(np.random.default_rng(0).uniform(-1, 1, (20, 3))).all()  # no value repeats
     assert independent_samples(np.array([[0.1, 0.2], [0.3, 0.2], [0.5, 0.6]])).tolist() == [True, False, True]
     assert independent_samples(np.zeros((3, 5, 2))).tolist() == [True, False, False]  # LSTM: h = 0 circuits shared
+    assert independent_samples(grid, "hqkan").all()  # a Linear map of the row: every row differs
+    repeated = np.array([[0.1, 0.2], [0.3, 0.2], [0.1, 0.2]])
+    assert independent_samples(repeated, "hqkan").tolist() == [True, True, False]
+    steps = np.random.default_rng(0).uniform(-1, 1, (4, 3, 2))
+    steps[2, 0] = steps[0, 0]  # same first step: the same circuits there
+    assert independent_samples(steps, "hqkan-lstm").tolist() == [True, True, False, True]
     y = np.random.default_rng(1).normal(size=(16, 2))
     found = agreement(y, np.ones_like(y), np.zeros_like(y), independent=independent_samples(grid))
     assert found.n == 32 and found.chi2_n == 8  # four samples × two outputs
@@ -88,3 +95,35 @@ def test_ideal_runs_on_a_grid_give_uniform_p_values_over_samples_that_share_no_c
     assert np.mean(p) == pytest.approx(0.5, abs=5 * np.sqrt(1 / 12 / DRAWS))
     every = np.array([agreement(r.outputs, r.stderr, exact).p_value for r in runs])
     assert np.mean(every < 0.01) > 0.01 + 5 * np.sqrt(0.01 * 0.99 / DRAWS)  # why: shared circuits, correlated errors
+
+
+@pytest.mark.parametrize("spec", [
+    {"width": [2, 3, 2], "reps": 2},
+    {"kind": "hqkan", "in_dim": 2, "out_dim": 2, "qkan": {"width": [3, 2], "reps": 2}},
+    {"kind": "qkan-lstm", "in_dim": 2, "hidden": 2, "window": 3, "gate": {"reps": 1}},
+    {"kind": "hqkan-lstm", "in_dim": 2, "hidden": 2, "window": 3, "latent": 2, "gate": {"reps": 1}},
+], ids=lambda spec: spec.get("kind", "qkan"))
+def test_the_samples_picked_share_no_circuit_in_any_round(spec: dict) -> None:
+    """The compiler's own batches, round by round: no row (circuit) serves two picked samples. Inputs on a grid
+    of 4 values with 4 rows repeated, so unpicked samples do share circuits."""
+    model = make_model(**spec)
+    values = np.linspace(-1, 1, 4)
+    grid = np.array([[a, b] for a in values for b in values] * 2)[:20]
+    x = grid if "window" not in spec else np.stack([np.roll(grid, k, axis=0) for k in range(spec["window"])], axis=1)
+    picked = independent_samples(x, model.spec.kind)
+    plan, exact = plan_for(model, x), get_backend("exact")
+    state, shared = plan.initial_state(), 0
+    while (batch := plan.next_batch(state)) is not None:
+        users = np.zeros(batch.num_rows, dtype=int)  # picked samples each row serves
+        everyone = np.zeros(batch.num_rows, dtype=int)
+        for segment in batch.segments:
+            rows = segment.slots.reshape(len(x), -1)
+            for b in range(len(x)):
+                served = np.unique(rows[b][rows[b] >= 0])
+                everyone[served] += 1
+                users[served] += picked[b]
+        assert users.max() <= 1, f"round {state.rounds_done}: a circuit serves {users.max()} picked samples"
+        shared = max(shared, everyone.max())
+        state = plan.absorb(state, exact.submit(batch).result)
+    assert shared > 1  # the unpicked do share: the check above could fail
+    assert picked.sum() == {"qkan": 4, "hqkan": 16, "qkan-lstm": 1, "hqkan-lstm": 16}[model.spec.kind]

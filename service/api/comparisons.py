@@ -43,7 +43,7 @@ from qkan_orch.service.api.schemas import (
 from qkan_orch.service.settings import Settings
 from qkan_orch.service.store.arrays import unpack_arrays
 from qkan_orch.service.store.states import TERMINAL, JobState
-from qkan_orch.service.store.tables import ApiKey, Comparison, Job, JobResult
+from qkan_orch.service.store.tables import ApiKey, Comparison, Job, JobResult, StoredModel
 
 MAX_BACKENDS = 16
 
@@ -147,7 +147,8 @@ def comparisons_out(session: Session, comparisons: Sequence[Comparison]) -> list
         reference = own[comparison.reference]
         ref_arrays = results.get(reference.id)
         # the jobs share these inputs, so which samples share circuits is the same for all of them
-        independent = independent_samples(unpack_arrays(reference.inputs)["inputs"]) if ref_arrays else None
+        independent = (independent_samples(unpack_arrays(reference.inputs)["inputs"], _kind(session, comparison))
+                       if ref_arrays else None)
         compared = [_compared(own[b], views[own[b].id], results.get(own[b].id), ref_arrays, independent)
                     for b in comparison.backends]
         estimates = [j.estimate for j in own.values() if j.estimate]
@@ -159,6 +160,12 @@ def comparisons_out(session: Session, comparisons: Sequence[Comparison]) -> list
             created_at=comparison.created_at,
         ))
     return out
+
+
+def _kind(session: Session, comparison: Comparison) -> str:
+    """The compared model's kind; a deleted model's is unknown ("": the rules that hold for every kind)."""
+    model = session.get(StoredModel, comparison.model_id) if comparison.model_id else None
+    return model.spec.get("kind", "qkan") if model is not None else ""
 
 
 def _summed(estimates: list[dict]) -> EstimateOut:

@@ -276,8 +276,8 @@ class AgreementOut(BaseModel):
     mean_z2: float | None = Field(description="Mean squared error in units of the reported σ (null: infinite)")
     p_value: float = Field(description="χ² probability of differences this large if the errors explain them, "
                                        "over the samples that share no circuit (chi2_n values)")
-    chi2_n: int = Field(description="Output values p_value counts: those of samples with no input value in common "
-                                    "(samples sharing a value share that circuit's shot noise)")
+    chi2_n: int = Field(description="Output values p_value counts: those of samples that share no circuit (for a "
+                                    "QKAN, no input value in common), as shared circuits share their shot noise")
     slope: float | None = Field(description="Of outputs on the reference: below 1 is a noise shrink (null: the "
                                             "reference is constant)")
     intercept: float | None
