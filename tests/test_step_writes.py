@@ -7,7 +7,7 @@ same rows, in the same order, and neither may write anything once the lease
 is gone.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -130,3 +130,29 @@ def test_a_write_joins_the_transaction_the_step_already_holds(url: str) -> None:
         assert one_statement.possible(session) == url.startswith("postgresql")
     with session_scope(url) as session:
         assert session.scalars(select(Round.provider_job_ids).where(Round.job_id == job_id)).all() == [["p0"]]
+
+
+def test_a_column_given_as_a_function_is_computed_only_if_written(url: str) -> None:
+    """The plan state after each cheap local round is set as its ``to_bytes``: only the one a write carries is
+    serialised, and none when the job ends (an ended job keeps no plan state)."""
+    job_id, token = _claimed_job(url)
+    serialised: list[str] = []
+
+    def state(name: str) -> Callable[[], bytes]:
+        def to_bytes() -> bytes:
+            serialised.append(name)
+            return name.encode()
+        return to_bytes
+
+    with session_scope(url) as session:
+        writes = PendingWrites(session, job_id, token)
+        writes.set(plan_state=state("after round 1"))
+        writes.set(plan_state=state("after round 2"))
+        assert serialised == []
+        writes.commit()
+        assert serialised == ["after round 2"]
+        assert session.scalar(select(Job.plan_state).where(Job.id == job_id)) == b"after round 2"
+        writes.set(plan_state=state("after round 3"))
+        writes.release(state=JobState.SUCCEEDED, plan_state=None)
+        assert serialised == ["after round 2"]
+        assert session.scalar(select(Job.plan_state).where(Job.id == job_id)) is None

@@ -70,8 +70,10 @@ class ClaimedJob:
         return Step(delay, task_id)
 
     def end(self, state: JobState, event: dict[str, Any], **values: Any) -> Step:
+        """The job's last write. Nothing resumes an ended job, so it keeps no plan state: its result holds the
+        outputs, layer outputs and activations the state carried."""
         self.writes.event("state", state=state, **event)
-        self.writes.release(state=state, finished_at=datetime.now(UTC), in_flight=None, **values)
+        self.writes.release(state=state, finished_at=datetime.now(UTC), in_flight=None, plan_state=None, **values)
         return Step(None)
 
     def succeed(self, arrays: bytes, summary: dict[str, Any], **values: Any) -> Step:

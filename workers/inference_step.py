@@ -143,8 +143,8 @@ class _Inference:
         state = self.plan.absorb(state, result)
         seconds = time.time() - submitted
         now = datetime.now(UTC)
-        self.writes.set(state=JobState.RUNNING, plan_state=state.to_bytes(), rounds_done=state.rounds_done,
-                        in_flight=None)
+        self.writes.set(state=JobState.RUNNING, plan_state=state.to_bytes, rounds_done=state.rounds_done,
+                        in_flight=None)  # serialised only if written before the job ends
         if "placement" in result.metadata:
             placement = {"pack": result.metadata.get("pack"), **result.metadata["placement"]}
             calibration_id = self._calibration_id(placement.get("calibration_time"))

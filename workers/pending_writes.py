@@ -56,7 +56,9 @@ class PendingWrites:
         event.listen(session, "after_commit", self._forget)
 
     def set(self, **columns: Any) -> None:
-        """Job columns to set (the latest value wins)."""
+        """Job columns to set (the latest value wins). A value may be a function of no arguments, called when the
+        write goes out: one overwritten before that (the plan state after each cheap local round, a finished
+        job's) is never computed."""
         self.columns.update(columns)
 
     def add(self, **amounts: int | float) -> None:
@@ -126,7 +128,7 @@ class PendingWrites:
 
     def _take(self, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int | float]]:
         """The columns the UPDATE sets and the amounts it adds to counters (a column set outright wins); forget them."""
-        columns = {**self.columns, **values}
+        columns = {name: value() if callable(value) else value for name, value in {**self.columns, **values}.items()}
         amounts = {name: amount for name, amount in self.increments.items() if name not in columns}
         self.columns, self.increments = {}, {}
         return columns, amounts
