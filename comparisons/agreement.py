@@ -67,15 +67,16 @@ def edge_rmse(activations: np.ndarray, reference: np.ndarray) -> np.ndarray:
 MIXING_KINDS = ("hqkan", "hqkan-lstm")  # the first quantum layer sees a classical (Linear) map of the inputs
 
 
-def independent_samples(inputs: np.ndarray, kind: str = "qkan") -> np.ndarray:
-    """Which samples the χ² may count together: no two of them share a circuit of a model of ``kind``.
+def independent_samples(inputs: np.ndarray, kind: str = "") -> np.ndarray:
+    """Which samples the χ² may count together: no two of them share a circuit of a model of ``kind`` ("": not
+    known).
 
     A QKAN runs one circuit per edge and input value, so a sample joins, in order, unless it has a value in
     common with one that joined (the same column); all of them when no column repeats a value. A QKAN-LSTM runs
     every sample's first step on the same h = 0 circuits: the first sample only. An HQKAN or HQKAN-LSTM feeds its
     QKAN a Linear map of the whole input row (of the first step), which differs wherever the rows differ: one
-    sample per distinct row. Later layers and steps see each sample's own noisy values. Any other kind gets the
-    first two rules, which hold for every kind.
+    sample per distinct row. Later layers and steps see each sample's own noisy values. Any other kind, or none,
+    gets the first two rules, which hold for every kind.
     """
     x = np.asarray(inputs)
     chosen = np.zeros(len(x), dtype=bool)
