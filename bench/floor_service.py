@@ -83,6 +83,7 @@ from qkan_orch.service.devstack import libpq_dsn
 from qkan_orch.service.processes import free_port, start_child, stop_group, wait_for_api
 from qkan_orch.service.settings import get_settings
 from qkan_orch.service.store.arrays import pack_arrays, unpack_arrays
+from qkan_orch.workers.inference_step import result_arrays
 
 TASK = "bench.floor_job"
 DUTIES_TASK = "bench.floor_job_with_duties"
@@ -220,10 +221,7 @@ def floor_job_with_duties(job_id: str, model_path: str) -> None:
                        "seconds": seconds, "finished_at": datetime.now(UTC).isoformat()})
         events.append(_event("round", round=state.rounds_done, of=plan.total_rounds, rows=batch.num_rows,
                              executions=result.executions, seconds=round(seconds, 4)))
-    outputs, stderr = plan.outputs(state)
-    arrays = {"outputs": outputs, "stderr": stderr, **{f"layer.{k}": y for k, y in enumerate(state.layer_outputs)},
-              **{f"activation.{k}": a for k, a in enumerate(state.activations)}}
-    summary = {"samples": int(outputs.shape[0]), "outputs": int(outputs.shape[1])}
+    arrays, summary = result_arrays(plan, state)
     events.append(_event("state", state="succeeded", **summary))
     conn.execute(FINISH_WITH_DUTIES, {"id": job_id, "summary": Jsonb(summary), "rounds": Jsonb(rounds),
                                       "events": Jsonb(events), "arrays": pack_arrays(arrays)})

@@ -23,6 +23,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from qkan_orch.backends import Backend, Handle, get_backend
 from qkan_orch.backends.base import ProviderJobLost
 from qkan_orch.backends.calibration_snapshot import device_snapshot
@@ -176,14 +178,7 @@ class _Inference:
         return calibrations.store(self.claimed.session, document)[0]
 
     def _succeed(self, state: PlanState) -> Step:
-        outputs, stderr = self.plan.outputs(state)
-        arrays = {"outputs": outputs, "stderr": stderr}
-        if (raw := self.plan.raw_outputs(state)) is not None:
-            arrays.update(raw_outputs=raw[0], raw_stderr=raw[1])
-        arrays.update({f"layer.{k}": y for k, y in enumerate(state.layer_outputs)})
-        arrays.update({f"activation.{k}": a for k, a in enumerate(state.activations)})  # 8 B per edge and sample
-        arrays.update({f"edge_qubit.{k}": q for k, q in state.edge_qubits.items()})  # placed rounds: 16 B per edge
-        summary = {"samples": int(outputs.shape[0]), "outputs": int(outputs.shape[1])}
+        arrays, summary = result_arrays(self.plan, state)
         return self.claimed.succeed(pack_arrays(arrays), summary)
 
     def _finished_with_a_round_in_flight(self, number: int, state: PlanState) -> Step:
@@ -192,6 +187,20 @@ class _Inference:
                    f"{state.rounds_done} rounds; the job's stored state is inconsistent")
         log.error("job %s: %s", self.job.id, message)
         return self.claimed.fail("internal", message)
+
+
+def result_arrays(plan: ExecutionPlan, state: PlanState) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """What a finished inference keeps, and its summary: outputs and standard errors (raw ones too where
+    mitigated), every layer's outputs and edge activations (8 B per edge and sample, for the comparisons' edge
+    errors) and where placed rounds ran (16 B per edge)."""
+    outputs, stderr = plan.outputs(state)
+    arrays = {"outputs": outputs, "stderr": stderr}
+    if (raw := plan.raw_outputs(state)) is not None:
+        arrays.update(raw_outputs=raw[0], raw_stderr=raw[1])
+    arrays.update({f"layer.{k}": y for k, y in enumerate(state.layer_outputs)})
+    arrays.update({f"activation.{k}": a for k, a in enumerate(state.activations)})
+    arrays.update({f"edge_qubit.{k}": q for k, q in state.edge_qubits.items()})
+    return arrays, {"samples": int(outputs.shape[0]), "outputs": int(outputs.shape[1])}
 
 
 def _mitigation_summary(result: BatchResult) -> dict[str, Any]:
