@@ -107,6 +107,7 @@ from load_floor import commit_cost
 from load_instruments import CpuMeter, EventWatcher, PgStats, SqlMeter, redis_calls, worker_log_durations
 from load_phases import (
     Send,
+    Submitted,
     all_at_once,
     one_at_a_time,
     post_floor,
@@ -333,6 +334,16 @@ def measure(args: argparse.Namespace, service: LocalService, api_url: str, app: 
     return out
 
 
+# the floor's phases, in order: name, label, CPU column (None: not metered), post_floor's options, all at once
+FLOOR_ARMS: tuple[tuple[str, str, str | None, dict[str, bool], bool], ...] = (
+    ("sequential", "floor service", "floor", {}, False),
+    ("no flush", "floor, commits not flushed", None, {"durable": False}, False),
+    ("concurrent", "floor service", "floor", {}, True),
+    ("duties sequential", "floor + duties", "floor + duties", {"duties": True}, False),
+    ("duties concurrent", "floor + duties", "floor + duties", {"duties": True}, True),
+)
+
+
 def measure_floor(args: argparse.Namespace, service: LocalService, watcher: EventWatcher, cpu: CpuMeter,
                   cpu_per: dict[str, dict[str, float]], model_path: Path, inputs: list[np.ndarray]) -> dict[str, Phase]:
     """The floor service (``floor_service.py``) one at a time and all at once, on the same worker and database."""
@@ -341,36 +352,18 @@ def measure_floor(args: argparse.Namespace, service: LocalService, watcher: Even
         warm = [post_floor(client, x) for x in inputs[:4 * args.concurrency]]
         watcher.wait(lambda: all(watcher.task_done(s.job_id) for s in warm), args.timeout, "floor warm-up")
         cpu.extra_apis.append(process)
-        log(f"[floor] {args.sequential} floor jobs one at a time ...")
-        before = cpu.snapshot()
-        seq, seq_subs = one_at_a_time("floor service, one at a time", [
-            partial(post_floor, client, x, cpu) for x in inputs[:args.sequential]], watcher, args.timeout)
-        cpu_per["floor, one at a time"] = cpu.per_item(before, cpu.snapshot(), args.sequential)
-        log(f"[floor] {args.sequential} floor jobs one at a time, commits not flushed ...")
-        no_flush, no_flush_subs = one_at_a_time("floor, commits not flushed, one at a time", [
-            partial(post_floor, client, x, cpu, durable=False) for x in inputs[:args.sequential]], watcher,
-            args.timeout)
-        log(f"[floor] {args.jobs} floor jobs at once ...")
-        before = cpu.snapshot()
-        conc, conc_subs = all_at_once(f"floor service, {args.jobs} at once", [
-            partial(post_floor, client, x, cpu) for x in inputs[:args.jobs]], args.threads, watcher, args.timeout)
-        cpu_per[f"floor, {args.jobs} at once"] = cpu.per_item(before, cpu.snapshot(), args.jobs)
-        log(f"[floor] {args.sequential} floor jobs with the service's duties one at a time ...")
-        before = cpu.snapshot()
-        duties_seq, duties_seq_subs = one_at_a_time("floor + duties, one at a time", [
-            partial(post_floor, client, x, cpu, duties=True) for x in inputs[:args.sequential]], watcher,
-            args.timeout)
-        cpu_per["floor + duties, one at a time"] = cpu.per_item(before, cpu.snapshot(), args.sequential)
-        log(f"[floor] {args.jobs} floor jobs with the service's duties at once ...")
-        before = cpu.snapshot()
-        duties_conc, duties_conc_subs = all_at_once(f"floor + duties, {args.jobs} at once", [
-            partial(post_floor, client, x, cpu, duties=True) for x in inputs[:args.jobs]], args.threads, watcher,
-            args.timeout)
-        cpu_per[f"floor + duties, {args.jobs} at once"] = cpu.per_item(before, cpu.snapshot(), args.jobs)
+        phases: dict[str, tuple[Phase, list[Submitted]]] = {}
+        for name, label, metered, options, at_once in FLOOR_ARMS:
+            n = args.jobs if at_once else args.sequential
+            log(f"[floor] {n} jobs: {label}, {'all at once' if at_once else 'one at a time'} ...")
+            sends = [partial(post_floor, client, x, cpu, **options) for x in inputs[:n]]
+            before = cpu.snapshot()
+            phases[name] = (all_at_once(f"{label}, {n} at once", sends, args.threads, watcher, args.timeout)
+                            if at_once else one_at_a_time(f"{label}, one at a time", sends, watcher, args.timeout))
+            if metered:
+                cpu_per[f"{metered}, {n} at once" if at_once else f"{metered}, one at a time"] = cpu.per_item(
+                    before, cpu.snapshot(), n)
         cpu.extra_apis.remove(process)  # before it stops: a stopped process reads as 0 s
-    phases = {"sequential": (seq, seq_subs), "no flush": (no_flush, no_flush_subs), "concurrent": (conc, conc_subs),
-              "duties sequential": (duties_seq, duties_seq_subs),
-              "duties concurrent": (duties_conc, duties_conc_subs)}
     for phase, subs in phases.values():  # a task can return without a result
         phase.extra["failed"] += len(subs) - succeeded(service.settings.resolved_database_url, [s.job_id for s in subs])
         phase.extra["post_s"] = stats([s.returned - s.start for s in subs])
