@@ -141,14 +141,15 @@ def comparisons_out(session: Session, comparisons: Sequence[Comparison]) -> list
     done = [j.id for j in jobs if j.state == JobState.SUCCEEDED]
     results = {r.job_id: unpack_arrays(r.arrays)
                for r in session.scalars(select(JobResult).where(JobResult.job_id.in_(done)))} if done else {}
+    kinds = _kinds(session, {c.model_id for c in comparisons if c.model_id})
     out = []
     for comparison in comparisons:
         own = {j.backend: j for j in jobs if j.comparison_id == comparison.id}
         reference = own[comparison.reference]
         ref_arrays = results.get(reference.id)
         # the jobs share these inputs, so which samples share circuits is the same for all of them
-        independent = (independent_samples(unpack_arrays(reference.inputs)["inputs"], _kind(session, comparison))
-                       if ref_arrays else None)
+        independent = (independent_samples(unpack_arrays(reference.inputs)["inputs"],
+                                           kinds.get(comparison.model_id or "", "")) if ref_arrays else None)
         compared = [_compared(own[b], views[own[b].id], results.get(own[b].id), ref_arrays, independent)
                     for b in comparison.backends]
         estimates = [j.estimate for j in own.values() if j.estimate]
@@ -162,10 +163,13 @@ def comparisons_out(session: Session, comparisons: Sequence[Comparison]) -> list
     return out
 
 
-def _kind(session: Session, comparison: Comparison) -> str:
-    """The compared model's kind; a deleted model's is unknown ("": the rules that hold for every kind)."""
-    model = session.get(StoredModel, comparison.model_id) if comparison.model_id else None
-    return model.spec.get("kind", "qkan") if model is not None else ""
+def _kinds(session: Session, model_ids: set[str]) -> dict[str, str]:
+    """The compared models' kinds, in one query; a deleted model has none (``independent_samples`` then applies
+    the rules that hold for every kind)."""
+    if not model_ids:
+        return {}
+    rows = session.execute(select(StoredModel.id, StoredModel.spec).where(StoredModel.id.in_(model_ids)))
+    return {model_id: spec.get("kind", "qkan") for model_id, spec in rows}
 
 
 def _summed(estimates: list[dict]) -> EstimateOut:
