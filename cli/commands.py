@@ -80,7 +80,7 @@ def predict(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if reference is not None:
-        ref = run_plan(plan_for(model, inputs), reference,
+        ref = run_plan(plan, reference,  # a plan keeps no run's state: the same one serves the reference
                        shots=resolve_shots(reference.capabilities(), None), progress=not args.quiet)
         found = agreement(report.outputs, report.stderr, ref.outputs, ref.stderr,
                           independent_samples(plan.inputs, model.spec.kind))
