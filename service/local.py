@@ -115,7 +115,8 @@ class LocalService:
             if self.redis is not None:  # this process is the service: get_settings() must name its broker
                 os.environ["QKAN_REDIS_URL"] = self.redis.url
                 get_settings.cache_clear()
-            uvicorn.run(self.app(), host=host, port=port, log_level=self.settings.log_level.lower())
+            uvicorn.run(self.app(), host=host, port=port, log_level=self.settings.log_level.lower(),
+                        access_log=self.settings.access_log)
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)

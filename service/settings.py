@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     broker_visibility_timeout: int = Field(300, description="Seconds before a dead worker's task is redelivered")
     worker_concurrency: int | None = Field(None, description="Worker processes (default: CPU count)")
     log_level: str = Field("INFO", description="Logging level of API and workers")
+    access_log: bool = Field(False, description="The API's line per HTTP request (uvicorn's access log); off, "
+                             "each job's creation and cancel are still logged with its id")
     max_streams_per_key: int = Field(20, ge=1, description="Open event streams one API key may hold per API "
                                      "process (429 above)")
     max_layers: int = Field(16, ge=1, description="Most QKAN layers a model spec may have")
