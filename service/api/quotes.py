@@ -18,14 +18,13 @@ from qkan_orch.backends.base import Backend, Estimate, Pack
 from qkan_orch.circuits import validate_inputs
 from qkan_orch.circuits.sequence_plan import validate_sequences
 from qkan_orch.mitigation import Mitigation, mitigated
-from qkan_orch.models import parse_spec
 from qkan_orch.models.errors import InputError
 from qkan_orch.models.spec import ModelSpec, SequenceSpec
 from qkan_orch.service.api.bounds import check_estimate, check_rounds, check_samples, round_rows
 from qkan_orch.service.api.budgets import check_budget
 from qkan_orch.service.api.errors import HTTPProblem, not_found
 from qkan_orch.service.settings import Settings
-from qkan_orch.service.store.models import get_model
+from qkan_orch.service.store.models import model_spec
 from qkan_orch.service.store.tables import ApiKey
 
 
@@ -67,11 +66,10 @@ def workload(session: Session, settings: Settings, key: ApiKey, model_id: str, s
              inputs: np.ndarray | None = None) -> Workload:
     """The model (404 if the key has none of that id), the samples and rounds against the limits, and the
     inputs (if given) against the model."""
-    model_row = get_model(session, key.id, model_id)
-    if model_row is None:
+    spec = model_spec(session, key.id, model_id)
+    if spec is None:
         raise not_found("model", model_id)
     check_samples(settings, samples, "inputs")
-    spec = parse_spec(model_row.spec)
     if isinstance(spec, SequenceSpec) and spec.kind == "lstm":
         raise InputError("model_id", "a classical LSTM has no quantum layers to run; evaluate it with torch")
     if inputs is not None:
@@ -79,7 +77,7 @@ def workload(session: Session, settings: Settings, key: ApiKey, model_id: str, s
                   else validate_inputs(inputs, spec.in_dim))
     rows = round_rows(spec, samples)
     check_rounds(settings, rows, samples)
-    return Workload(model_row.id, spec, rows, inputs)
+    return Workload(model_id, spec, rows, inputs)
 
 
 def quote(session: Session, settings: Settings, key: ApiKey, work: Workload, run: RunSettings, *,

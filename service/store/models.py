@@ -12,15 +12,16 @@ both a column and the ``noise`` entry of its safetensors metadata.
 import hashlib
 import json
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 import torch
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from qkan_orch.models import Model, model_to_bytes
-from qkan_orch.models.spec import spec_to_json
+from qkan_orch.models import Model, model_to_bytes, parse_spec
+from qkan_orch.models.spec import ModelSpec, spec_to_json
 from qkan_orch.service.store.tables import StoredModel
 
 
@@ -85,6 +86,32 @@ def _by_digest(session: Session, owner_id: int, digest: str) -> StoredModel | No
 def get_model(session: Session, owner_id: int, model_id: str) -> StoredModel | None:
     row = session.get(StoredModel, model_id)
     return row if row is not None and row.owner_id == owner_id else None
+
+
+MODELS: Table = StoredModel.__table__  # type: ignore[assignment]
+# Core, built once: a submission reads a model's owner and hash on every POST, and the ORM's get cost it twice
+# as much CPU (bench/results/service_load.md)
+_OWNER_AND_HASH = select(MODELS.c.owner_id, MODELS.c.content_hash).where(MODELS.c.id == bindparam("model_id"))
+_SPEC = select(MODELS.c.spec).where(MODELS.c.id == bindparam("model_id"))
+_SPECS: OrderedDict[str, ModelSpec] = OrderedDict()  # parsed specs by content hash, the most recently used last
+SPECS_KEPT = 256
+
+
+def model_spec(session: Session, owner_id: int, model_id: str) -> ModelSpec | None:
+    """The spec of the key's model, None if it has none of that id. The row is read every time (a model
+    deleted by another API process is gone here too), the spec parsed once per content hash: the hash covers
+    the stored file, spec included, so the same hash is the same spec."""
+    row = session.connection().execute(_OWNER_AND_HASH, {"model_id": model_id}).first()
+    if row is None or row.owner_id != owner_id:
+        return None
+    spec = _SPECS.get(row.content_hash)
+    if spec is None:
+        spec = parse_spec(session.connection().execute(_SPEC, {"model_id": model_id}).scalar_one())
+        _SPECS[row.content_hash] = spec
+        if len(_SPECS) > SPECS_KEPT:
+            _SPECS.popitem(last=False)
+    _SPECS.move_to_end(row.content_hash)
+    return spec
 
 
 def list_models(session: Session, owner_id: int, limit: int, offset: int) -> tuple[list[StoredModel], int]:

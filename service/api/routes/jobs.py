@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, defer
 from sse_starlette.sse import EventSourceResponse
 
 from qkan_orch.models.errors import InputError
-from qkan_orch.service.api.deps import BrokerDep, CourierDep, EventHubDep, KeyDep, OffsetQuery, SessionDep, SettingsDep
+from qkan_orch.service.api.deps import CourierDep, EventHubDep, KeyDep, OffsetQuery, SessionDep, SettingsDep
 from qkan_orch.service.api.errors import (
     ERROR_RESPONSES,
     ERROR_RESPONSES_SUBMIT,
@@ -71,19 +71,21 @@ IdempotencyHeader = Annotated[str | None, Header(alias="Idempotency-Key",
         "multipart/form-data": {"schema": _MULTIPART_BODY},
     }}},
 )
-async def submit(request: Request, response: Response, key: KeyDep, settings: SettingsDep, broker: BrokerDep,
-                 idempotency_key: IdempotencyHeader = None) -> JobOut:
+async def submit(request: Request, key: KeyDep, idempotency_key: IdempotencyHeader = None) -> Response:
     """Inputs as a JSON array in the body, or as an uploaded .npy/.csv (multipart).
 
     Of concurrent submissions with one idempotency key (header or body field) one creates the job; the others
     lose the insert to the unique constraint and, submitting again, replay it.
+
+    The busiest route, so it asks FastAPI for no more than it must: settings and broker are read from the app's
+    state rather than solved as dependencies, and the answer is the job's JSON, not a model FastAPI validates
+    and serialises again (bench/results/service_load.md).
     """
+    settings: Settings = request.app.state.settings
     parse = await _read_submission(request, settings, idempotency_key)
-    job, replayed = await run_in_threadpool(_parse_and_submit, parse, broker, settings, key)
-    if replayed:
-        response.status_code = 200
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job
+    job, replayed = await run_in_threadpool(_parse_and_submit, parse, request.app.state.celery, settings, key)
+    return Response(job.model_dump_json(), status_code=200 if replayed else 202, media_type="application/json",
+                    headers={"Location": f"/v1/jobs/{job.id}"})
 
 
 Parse = Callable[[], tuple[JobRequest, np.ndarray]]
