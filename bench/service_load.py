@@ -65,7 +65,11 @@ Where the time goes (printed after the results):
   lie between a job's POST and its ``finished_at``, so their sum is shown
   as a ratio to the bare round trip next to the latency goal;
 * the worker path in this process: the worker is stopped, jobs are submitted,
-  and ``advance_job`` runs here — once with the SQL meter, once under cProfile.
+  and ``advance_job`` runs here — once with the SQL meter, once under cProfile;
+* PostgreSQL, API in its own process: after the goals, what the service's
+  throughput ratio would be if its API process, then its API and workers,
+  cost a job what the floor with duties does (``load_report.at_duties_cost``):
+  what rewriting each hot path into the floor's shape could reach.
 
 Caveats, printed in the header too: with ``--api thread`` the API shares this
 process (and its GIL) with the 16 client threads and the event receiver, which
@@ -118,7 +122,7 @@ from load_phases import (
     warm_up_noops,
 )
 from load_profile import profile_worker_path
-from load_report import Phase, goals, jsonable, log, per_task, print_report, stats
+from load_report import Phase, at_duties_cost, goals, jsonable, log, per_task, print_report, stats
 
 from qkan_orch.client import Client
 from qkan_orch.models import build_model, parse_spec, save_model
@@ -331,6 +335,9 @@ def measure(args: argparse.Namespace, service: LocalService, api_url: str, app: 
     out["goals"] = goals(bare_seq, bare_conc, svc_seq, svc_conc, out.get("commit_cost"),
                          floor.get("sequential"), floor.get("concurrent"), floor.get("no flush"),
                          floor.get("duties sequential"), floor.get("duties concurrent"))
+    if "duties concurrent" in floor and args.api == "process":  # an API thread has no process of its own
+        out["goals"] += at_duties_cost(out["goals"][0]["ratio"], cpu_per[f"service, {args.jobs} at once"],
+                                       cpu_per[f"floor + duties, {args.jobs} at once"])
     return out
 
 
