@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from qkan_orch.backends import get_backend
 from qkan_orch.comparisons import Agreement, agreement, edge_rmse, independent_samples
+from qkan_orch.models import parse_spec
 from qkan_orch.models.errors import InputError
 from qkan_orch.service.api.job_records import new_job, publish
 from qkan_orch.service.api.job_views import jobs_out
@@ -169,7 +170,7 @@ def _kinds(session: Session, model_ids: set[str]) -> dict[str, str]:
     if not model_ids:
         return {}
     rows = session.execute(select(StoredModel.id, StoredModel.spec).where(StoredModel.id.in_(model_ids)))
-    return {model_id: spec.get("kind", "qkan") for model_id, spec in rows}
+    return {model_id: parse_spec(spec).kind for model_id, spec in rows}
 
 
 def _summed(estimates: list[dict]) -> EstimateOut:
