@@ -35,10 +35,10 @@ IDEAL = {"noise": False}
 def calibration(model: object, inputs: np.ndarray, runs: int, shots: int) -> dict[str, dict[str, float]]:
     """Mean z² (its mean and spread over runs), and how often p falls under 0.01 and 10⁻⁴ counting every sample
     and counting the independent ones."""
-    exact = run_plan(plan_for(model, inputs), get_backend("exact")).outputs
+    plan = plan_for(model, inputs)  # a plan keeps no run's state: one serves every run
+    exact = run_plan(plan, get_backend("exact")).outputs
     emulator, independent = get_backend("emulate:dm"), independent_samples(inputs)
-    runs_ = [run_plan(plan_for(model, inputs), emulator, shots=shots, options={**IDEAL, "seed": k})
-             for k in range(runs)]
+    runs_ = [run_plan(plan, emulator, shots=shots, options={**IDEAL, "seed": k}) for k in range(runs)]
     out = {}
     for name, mask in (("every sample", None), ("independent", independent)):
         found = [agreement(r.outputs, r.stderr, exact, independent=mask) for r in runs_]

@@ -216,15 +216,11 @@ def goals(bare_seq: Phase, bare_conc: Phase, svc_seq: Phase, svc_conc: Phase, co
     return out
 
 
-# the CPU table's rows a job's CPU is summed over, whole: busy processes, everything else on the machine, idle
-BUSY, OTHERS, IDLE = "all of the above", "other processes on the machine", "idle"
-
-
 def at_duties_cost(rate: float, service: dict[str, float], duties: dict[str, float]) -> list[dict[str, Any]]:
     """The service's throughput ratio (``rate``) if its API process, then its API and workers, cost a job what the
     floor with duties does (CPU tables of both, all at once): the rate scaled by the whole CPU a job takes (busy,
     others and idle held as in the run). What a rewrite of each hot path into the floor's shape could reach."""
-    whole = service[BUSY] + service[OTHERS] + service[IDLE]
+    whole = service["all of the above"] + service["other processes on the machine"] + service["idle"]
     api = whole - service["API processes"] + duties["API processes"]
     both = api - service["worker processes"] + duties["worker processes"]
     return [{"goal": f"(service, its {part} at the duties floor's CPU) throughput ÷ bare", "value": f"{value:.2f}×",
