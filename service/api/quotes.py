@@ -69,6 +69,12 @@ def workload(session: Session, settings: Settings, key: ApiKey, model_id: str, s
     spec = model_spec(session, key.id, model_id)
     if spec is None:
         raise not_found("model", model_id)
+    return workload_of(spec, settings, model_id, samples, inputs)
+
+
+def workload_of(spec: ModelSpec, settings: Settings, model_id: str, samples: int,
+                inputs: np.ndarray | None = None) -> Workload:
+    """``workload`` once the model's spec is found: the checks alone (the load bench's floor shares them)."""
     check_samples(settings, samples, "inputs")
     if isinstance(spec, SequenceSpec) and spec.kind == "lstm":
         raise InputError("model_id", "a classical LSTM has no quantum layers to run; evaluate it with torch")
