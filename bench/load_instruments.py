@@ -308,6 +308,29 @@ def thread_cpu(native_id: int | None) -> float:
     return 0.0
 
 
+def unowned_cpu(exclude: set[int]) -> dict[str, float]:
+    """CPU seconds of the processes no role owns that the "other processes" row is known to hold, by pid: the
+    PostgreSQL server's own (WAL writer, checkpointer, autovacuum, other databases' backends) and the kernel's
+    threads (writeback, memory monitors: children of kthreadd, pid 2). Keyed ``pgown:<pid>`` and ``kthread:<pid>``
+    so a process that starts in a phase counts whole, as the run's backends do."""
+    out: dict[str, float] = {}
+    for process in psutil.process_iter(["pid", "ppid", "name"]):
+        pid, name = process.info["pid"], process.info["name"] or ""
+        if pid in exclude:
+            continue
+        kind = ("kthread" if pid == 2 or process.info["ppid"] == 2
+                else "pgown" if name.startswith("postgres") else None)
+        if kind is not None:
+            out[f"{kind}:{pid}"] = process_cpu(pid)
+    return out
+
+
+def interrupts_busy() -> float:
+    """CPU seconds all cores spent in interrupt handlers (irq, softirq) since boot: no process's time."""
+    t = psutil.cpu_times()
+    return t.irq + t.softirq
+
+
 def machine_busy() -> float:
     """CPU seconds all cores spent busy since boot: everything but idle and iowait."""
     t = psutil.cpu_times()
@@ -327,7 +350,11 @@ class CpuMeter:
     system one also serves others, but little while a phase runs); this
     run's PostgreSQL backends. Whatever else the machine's cores did in the
     phase is "other processes": on a shared machine that is the first thing
-    to check before believing a throughput.
+    to check before believing a throughput. Three parts of it are shown on
+    their own: the PostgreSQL server's other processes (the WAL writer and
+    checkpointer work for every commit), the kernel's threads (writeback of
+    the flushed WAL, memory monitors) and interrupt handling; what remains is
+    everyone else's.
     """
 
     def __init__(self, service: LocalService, watcher: threading.Thread, pg: PgStats | None) -> None:
@@ -354,8 +381,10 @@ class CpuMeter:
             "worker processes": sum(tree_cpu(worker.pid) for worker in self.service.workers),
             "redis-server": process_cpu(self.redis_pid),
         }
-        if self.pg is not None:
-            snap.update({f"pg:{pid}": process_cpu(pid) for pid in self.pg.backends()})
+        backends = self.pg.backends() if self.pg is not None else []
+        snap.update({f"pg:{pid}": process_cpu(pid) for pid in backends})
+        snap.update(unowned_cpu(set(backends)))
+        snap["interrupts"] = interrupts_busy()
         return snap
 
     def per_item(self, before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
@@ -377,6 +406,9 @@ class CpuMeter:
         ours = sum(out.values())
         out["all of the above"] = ours
         out["other processes on the machine"] = delta["machine"] - ours
+        out["  of which PostgreSQL's own processes"] = sum(v for k, v in delta.items() if k.startswith("pgown:"))
+        out["  of which kernel threads"] = sum(v for k, v in delta.items() if k.startswith("kthread:"))
+        out["  of which interrupts (irq, softirq)"] = delta["interrupts"]
         out["idle"] = (os.cpu_count() or 1) * delta["wall"] - delta["machine"]
         return {k: 1000 * v / n for k, v in out.items()}
 

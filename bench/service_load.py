@@ -42,8 +42,9 @@ and the service's absolute rate, for reference only.
 Where the time goes (printed after the results):
 
 * CPU ms per job by process (API, client threads, event receiver, worker,
-  Redis, PostgreSQL backends, everything else on the machine, idle), from
-  psutil — with the ceiling that CPU cost puts on the rate, and a warning
+  Redis, PostgreSQL backends, everything else on the machine — and of that
+  the PostgreSQL server's own processes, kernel threads and interrupts —,
+  idle), from psutil — with the ceiling that CPU cost puts on the rate, and a warning
   when other processes took a large share of the cores during a phase;
 * per-job timeline from timestamps on one clock: client POST → ``created_at``
   (row inserted) → ``task-sent`` event (API published) → POST returns;
