@@ -351,10 +351,9 @@ class CpuMeter:
     run's PostgreSQL backends. Whatever else the machine's cores did in the
     phase is "other processes": on a shared machine that is the first thing
     to check before believing a throughput. Three parts of it are shown on
-    their own: the PostgreSQL server's other processes (the WAL writer and
-    checkpointer work for every commit), the kernel's threads (writeback of
-    the flushed WAL, memory monitors) and interrupt handling; what remains is
-    everyone else's.
+    their own: the PostgreSQL server's other processes (WAL writer,
+    checkpointer, autovacuum), the kernel's threads (writeback, memory
+    monitors) and interrupt handling; what remains is everyone else's.
     """
 
     def __init__(self, service: LocalService, watcher: threading.Thread, pg: PgStats | None) -> None:
