@@ -32,7 +32,7 @@ from qkan_orch.service.devstack import libpq_dsn
 from qkan_orch.service.job_logging import configure_api, job_context
 from qkan_orch.service.settings import get_settings
 from qkan_orch.service.store.arrays import pack_arrays
-from qkan_orch.service.store.models import model_digest
+from qkan_orch.service.store.models import cached_spec, model_digest
 from qkan_orch.service.store.states import JobState
 
 MODEL_ID = "floor-model"  # the bench's one model row, the key's own
@@ -77,16 +77,14 @@ VALUES (%(id)s, %(owner_id)s, %(blob)s, 'queued', 'inference', %(model_id)s, %(b
 """
 
 
-async def _spec(conn: psycopg.AsyncConnection, key: FloorKey, model_id: str, specs: dict[str, ModelSpec],
-                model_path: str) -> ModelSpec:
-    """The model's spec if the key owns it (404 if not), parsed once per content hash, as ``model_spec``."""
+async def _spec(conn: psycopg.AsyncConnection, key: FloorKey, model_id: str, model_path: str) -> ModelSpec:
+    """The model's spec if the key owns it (404 if not), from the service's own cache by content hash, as
+    ``store.models.model_spec``."""
     cursor = await conn.execute("SELECT owner_id, content_hash FROM floor_models WHERE id = %s", (model_id,))
     row = await cursor.fetchone()
     if row is None or row[0] != key.row:
         raise HTTPException(404, "no such model")
-    if row[1] not in specs:
-        specs[row[1]] = load_model(model_path).spec
-    return specs[row[1]]
+    return cached_spec(row[1], lambda: load_model(model_path).spec)
 
 
 def _job_document(job: dict[str, Any], estimate: Estimate) -> str:
@@ -121,7 +119,6 @@ def create_app() -> FastAPI:
     token, model_path = os.environ["FLOOR_TOKEN"], os.environ["FLOOR_MODEL"]
     pools: dict[bool, asyncio.Queue[psycopg.AsyncConnection]] = {True: asyncio.Queue(), False: asyncio.Queue()}
     keys: list[FloorKey] = []  # the bench's one key, made at start-up
-    specs: dict[str, ModelSpec] = {}  # parsed specs by content hash
     rates = RequestRates(settings)
     configure_api(settings.log_level)  # the "queued" line, as the service's API logs it
 
@@ -153,9 +150,9 @@ def create_app() -> FastAPI:
                      durable: bool = True, duties: bool = False) -> Response:
         if not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
             raise HTTPException(401, "send the bench's token")
-        if duties:
-            return await submit_with_duties(keys[0], np.asarray(body.inputs, dtype=np.float64))
         inputs = np.asarray(body.inputs, dtype=np.float64)
+        if duties:
+            return await submit_with_duties(keys[0], inputs)
         if inputs.ndim != 2 or inputs.shape[1] != 2 or not np.isfinite(inputs).all():
             raise HTTPException(422, "inputs: rows of 2 finite numbers")
         job_id = str(uuid.uuid4())
@@ -168,7 +165,7 @@ def create_app() -> FastAPI:
     async def submit_with_duties(key: FloorKey, inputs: np.ndarray) -> Response:
         await rates.take(key)  # type: ignore[arg-type]  # reads id and rate_limit, as of an ApiKey
         async with _pooled(pools[True]) as conn:
-            spec = await _spec(conn, key, MODEL_ID, specs, model_path)
+            spec = await _spec(conn, key, MODEL_ID, model_path)
             work = workload_of(spec, settings, MODEL_ID, len(inputs), inputs)
             quoted = quote(None, settings, key, work,  # type: ignore[arg-type]  # no budget: no statement
                            RunSettings("exact", None, None, {}, None))

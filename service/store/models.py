@@ -14,6 +14,7 @@ import json
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -101,19 +102,25 @@ SPECS_KEPT = 256
 
 def model_spec(session: Session, owner_id: int, model_id: str) -> ModelSpec | None:
     """The spec of the key's model, None if it has none of that id. The row is read every time (a model
-    deleted by another API process is gone here too), the spec parsed once per content hash: the hash covers
-    the stored file, spec included, so the same hash is the same spec."""
+    deleted by another API process is gone here too), the spec parsed once per content hash."""
     row = session.connection().execute(_OWNER_AND_HASH, {"model_id": model_id}).first()
     if row is None or row.owner_id != owner_id:
         return None
+    return cached_spec(row.content_hash,
+                       lambda: parse_spec(session.connection().execute(_SPEC, {"model_id": model_id}).scalar_one()))
+
+
+def cached_spec(content_hash: str, read: Callable[[], ModelSpec]) -> ModelSpec:
+    """The spec stored under ``content_hash``, ``read`` only the first time (and again once evicted, least
+    recently used first): the hash covers the stored file, spec included, so the same hash is the same spec."""
     with _SPECS_LOCK:
-        spec = _SPECS.get(row.content_hash)
+        spec = _SPECS.get(content_hash)
         if spec is not None:
-            _SPECS.move_to_end(row.content_hash)
+            _SPECS.move_to_end(content_hash)
             return spec
-    spec = parse_spec(session.connection().execute(_SPEC, {"model_id": model_id}).scalar_one())
+    spec = read()
     with _SPECS_LOCK:
-        _SPECS[row.content_hash] = spec
+        _SPECS[content_hash] = spec
         if len(_SPECS) > SPECS_KEPT:
             _SPECS.popitem(last=False)
     return spec
