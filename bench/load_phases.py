@@ -10,7 +10,8 @@ from datetime import datetime
 import httpx
 import numpy as np
 from celery import Celery
-from load_instruments import CpuMeter, EventWatcher, TaskSeen
+from load_cpu import CpuMeter
+from load_instruments import EventWatcher, TaskSeen
 from load_report import Phase
 from noop_task import NAME as NOOP
 

@@ -86,7 +86,7 @@ Not a test and not run by CI. Run it with::
 
 A readable report goes to stdout, followed by one JSON line with every number;
 progress notes go to stderr. This file is the run; the phases are in
-load_phases.py and load_profile.py, the instruments in load_instruments.py,
+load_phases.py and load_profile.py, the instruments in load_instruments.py and load_cpu.py,
 the report in load_report.py, the baseline task in noop_task.py.
 """
 
@@ -108,8 +108,9 @@ import noop_task
 import numpy as np
 from celery import Celery
 from floor_service import running_floor, succeeded
+from load_cpu import CpuMeter
 from load_floor import commit_cost
-from load_instruments import CpuMeter, EventWatcher, PgStats, SqlMeter, redis_calls, worker_log_durations
+from load_instruments import EventWatcher, PgStats, SqlMeter, redis_calls, worker_log_durations
 from load_phases import (
     Send,
     Submitted,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psutil
-from load_instruments import process_tree
+from load_cpu import process_tree
 from load_report import stats
 from sqlalchemy import Engine, text
 
